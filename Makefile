@@ -1,0 +1,59 @@
+# Restora developer entry points. `make run` and `make test` work on a fresh machine: each
+# creates the virtual environment and installs what it needs by itself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The exact pin matters: a local CPU wheel is served for it, while a bare `torch` would pull
+# the multi-GB CUDA build. It is installed before the project so pip never picks another.
+TORCH_PIN := torch==2.13.0
+# Rebuilt whenever pyproject.toml changes; lives inside the venv so deleting .venv resets it.
+STAMP := $(VENV)/.restora-installed
+
+TASK ?= denoise
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help venv system-deps lint pytest test run bench-quality bench-speed clean-venv
+
+help: ## List the targets
+	@echo "Restora make targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
+	@echo "Variables: TASK=$(TASK) PYTEST_ARGS='...' BENCH_ARGS='...' RESTORA_PORT=8080"
+
+venv: $(STAMP) ## Create .venv (python3.11) and install the project with dev+classic extras
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet -e '.[dev,classic]'
+	@touch $@
+
+system-deps: ## Install the Debian packages the tests need (rabbitmq-server); fast when present
+	@bash scripts/install-system-deps.sh
+
+lint: venv ## ruff + import-linter contracts from pyproject.toml
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+pytest: venv ## Run pytest only (PYTEST_ARGS='-k smoke' to select)
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test: venv system-deps ## Lint, then the whole test suite (starts RabbitMQ and S3 by itself)
+	@$(MAKE) --no-print-directory lint
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+run: venv ## Start everything on one machine: http://127.0.0.1:8080 (RESTORA_PORT changes it)
+	$(BIN)/python -m services.embedded
+
+bench-quality: venv ## Quality benchmark for TASK=denoise|artifacts|superres|inpaint
+	$(BIN)/python -m benchmarks.quality --task $(TASK) $(BENCH_ARGS)
+
+bench-speed: venv ## Speed benchmark for TASK=denoise|artifacts|superres|inpaint
+	$(BIN)/python -m benchmarks.speed --task $(TASK) $(BENCH_ARGS)
+
+clean-venv: ## Delete .venv (the next target recreates it)
+	rm -rf $(VENV)

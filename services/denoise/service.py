@@ -1,0 +1,23 @@
+"""Denoise service adapter: tasks `denoise` and `artifacts` on the shared model runtime."""
+
+from __future__ import annotations
+
+from services.denoise.core import denoise, remove_artifacts, resolve_quality, resolve_sigma
+from shared import topology
+from shared.blobstore import BlobStore
+from shared.eventbus import EventBus
+from shared.model_service import ModelService, RestoreInput, RestoreOutput
+
+
+def restore(job: RestoreInput) -> RestoreOutput:
+    model = job.options.model
+    if job.task == "artifacts":
+        quality = resolve_quality(job.options.quality)
+        pixels = remove_artifacts(job.pixels, quality, model)
+        return RestoreOutput(pixels, model, {"quality": quality})
+    sigma = resolve_sigma(job.pixels, job.options.sigma)
+    return RestoreOutput(denoise(job.pixels, sigma, model), model, {"sigma": round(sigma, 2)})
+
+
+def build(bus: EventBus, store: BlobStore, device: str = "cpu") -> ModelService:
+    return ModelService("denoise", topology.DENOISE, restore, bus, store, device)

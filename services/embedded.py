@@ -1,0 +1,72 @@
+"""`make run`: the whole service in one process for one machine.
+
+Gateway, preprocess and the three model services share one event loop, an in-process
+event bus and a local-disk store by default; with RESTORA_BROKER_URL and RESTORA_S3_*
+set, the same command uses RabbitMQ and S3 instead. This module is the composition root:
+it is the only code that imports every service (they never import each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+
+import torch
+
+from services.denoise import service as denoise_service
+from services.gateway.app import create_app, running_gateway
+from services.inpaint import service as inpaint_service
+from services.preprocess.service import PreprocessService
+from services.superres import service as superres_service
+from shared.accel import device_name
+from shared.blobstore import BlobStore
+from shared.bootstrap import configure_process, connect, wait_for_shutdown
+from shared.config import EmbeddedSettings, PreprocessSettings, load_settings
+from shared.eventbus import EventBus
+from shared.inference import inference_lock, set_cpu_threads
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Stack:
+    bus: EventBus
+    store: BlobStore
+    services: list[object]
+
+
+async def start_workers(
+    bus: EventBus, store: BlobStore, preprocess_settings: PreprocessSettings
+) -> list[object]:
+    """Everything behind the gateway, consuming from `bus`."""
+    device = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    services: list[object] = [PreprocessService(bus, store, preprocess_settings)]
+    for module in (denoise_service, superres_service, inpaint_service):
+        services.append(module.build(bus, store, device))
+    for service in services:
+        await service.start()  # type: ignore[attr-defined]
+    return services
+
+
+async def main() -> None:
+    settings = load_settings(EmbeddedSettings)
+    configure_process("restora", settings)
+    # The services share the cores: one inference at a time, using all of them.
+    set_cpu_threads(settings.threads or os.cpu_count() or 1)
+    inference_lock.configure(1)
+    bus, store = await connect(settings)
+    await start_workers(bus, store, load_settings(PreprocessSettings))
+    app = create_app(bus, store, settings)
+    async with running_gateway(app, settings.host, settings.port):
+        log.info("restora_ready", url=f"http://{settings.host}:{settings.port}")
+        print(f"Restora is running at http://{settings.host}:{settings.port}  (Ctrl-C stops)")
+        try:
+            await wait_for_shutdown()
+        finally:
+            await bus.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

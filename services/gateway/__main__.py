@@ -1,0 +1,22 @@
+"""`python -m services.gateway`: the gateway alone (compose, Kubernetes)."""
+
+import asyncio
+
+from services.gateway.app import create_app, running_gateway
+from shared.bootstrap import configure_process, connect, wait_for_shutdown
+from shared.config import GatewaySettings, load_settings
+
+
+async def main() -> None:
+    settings = load_settings(GatewaySettings)
+    configure_process("gateway", settings)
+    bus, store = await connect(settings)
+    async with running_gateway(create_app(bus, store, settings), settings.host, settings.port):
+        try:
+            await wait_for_shutdown()
+        finally:
+            await bus.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,350 @@
+"""The aiohttp gateway: accepts uploads, answers job state, streams events, serves links."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from services.gateway import openapi
+from services.gateway.events import StatusBroadcaster, event_id
+from services.gateway.uploads import UploadForm, read_upload, sniff_image
+from services.gateway.validation import InvalidRequest, parse_options
+from shared import catalog, messages, telemetry, topology
+from shared.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
+from shared.config import GatewaySettings
+from shared.eventbus import EventBus
+from shared.jobs import (
+    JobKeys,
+    JobLog,
+    JobSpec,
+    JobView,
+    StatusReporter,
+    is_valid_job_id,
+    new_job_id,
+)
+from shared.logging import get_logger
+from shared.messages import JobStatus, JobSubmitted
+
+log = get_logger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+KEEPALIVE_S = 15.0
+
+BUS: web.AppKey[EventBus] = web.AppKey("bus", EventBus)  # type: ignore[type-abstract]
+STORE: web.AppKey[BlobStore] = web.AppKey("store", BlobStore)  # type: ignore[type-abstract]
+SETTINGS = web.AppKey("settings", GatewaySettings)
+BROADCASTER = web.AppKey("broadcaster", StatusBroadcaster)
+
+
+def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> web.Application:
+    # The upload is streamed part by part, so aiohttp's whole-body cap only guards
+    # non-multipart bodies; the real cap is settings.max_upload_bytes, enforced while reading.
+    app = web.Application(client_max_size=settings.max_upload_bytes + (1 << 20))
+    app[BUS], app[STORE], app[SETTINGS] = bus, store, settings
+    app[BROADCASTER] = StatusBroadcaster()
+    app.router.add_post("/api/v1/jobs", submit_job)
+    app.router.add_get("/api/v1/jobs/{id}", get_job)
+    app.router.add_get("/api/v1/jobs/{id}/events", job_events)
+    app.router.add_get("/api/v1/models", list_models)
+    app.router.add_get("/api/v1/openapi.json", openapi_json)
+    app.router.add_get(LOCAL_FILES_ROUTE + "{key:.+}", local_file)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR)
+    app.on_startup.append(_subscribe)
+    return app
+
+
+async def _subscribe(app: web.Application) -> None:
+    bus = app[BUS]
+    await bus.subscribe_status(app[BROADCASTER].on_status)
+    jobs = JobLog(app[STORE])
+    reporter = StatusReporter(jobs, bus, stage="gateway")
+    for queue in topology.WORK_QUEUES:
+        await bus.consume_dead_letters(queue, _dead_letter_handler(jobs, reporter))
+
+
+def _dead_letter_handler(jobs: JobLog, reporter: StatusReporter):  # type: ignore[no-untyped-def]
+    """A message a stage gave up on fails its job, saying which stage and why."""
+
+    async def handle(queue: topology.QueueSpec, body: bytes, headers: dict[str, Any]) -> None:
+        try:
+            job_id = getattr(messages.decode(body), "job_id", None)
+        except messages.MessageError:
+            log.warning("unreadable_dead_letter", queue=queue.dead_letter_queue)
+            return
+        if not job_id:
+            return
+        view = await jobs.view(job_id)
+        if view is None or view.is_final:
+            return
+        attempts = int(headers.get("x-delivery-count") or topology.DELIVERY_LIMIT)
+        last = f": {view.error}" if view.error else ""
+        reason = f"{queue.service} gave up after {attempts} attempts{last}"
+        await reporter.report(job_id, "failed", error=reason)
+
+    return handle
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+# ---------------------------------------------------------------------------- submit
+async def submit_job(request: web.Request) -> web.Response:
+    settings, store, bus = request.app[SETTINGS], request.app[STORE], request.app[BUS]
+    with telemetry.tracer().start_as_current_span("gateway submit") as span:
+        try:
+            form = await read_upload(request, settings.max_upload_bytes)
+        except InvalidRequest as exc:
+            return _error(exc.status, str(exc))
+        try:
+            options, task = _validate(form)
+            job_id = new_job_id()
+            span.set_attribute("restora.job_id", job_id)
+            span.set_attribute("restora.task", task)
+            keys = JobKeys(job_id)
+            await store.put(keys.upload, form.files["image"].data, form.files["image"].content_type)
+            mask_key = None
+            if "mask" in form.files:
+                mask_key = keys.upload_mask
+                await store.put(mask_key, form.files["mask"].data, "application/octet-stream")
+        except InvalidRequest as exc:
+            return _error(exc.status, str(exc))
+        finally:
+            form.close()
+        jobs = JobLog(store)
+        spec = JobSpec(
+            job_id=job_id,
+            task=task,
+            options=options,
+            created_at=time.time(),
+            upload_bytes=form.files["image"].size,
+            upload_content_type=form.files["image"].format,
+        )
+        await jobs.create(spec)
+        reporter = StatusReporter(jobs, bus, stage="gateway")
+        await reporter.report(job_id, "queued")
+        submitted = JobSubmitted(job_id, task, options, keys.upload, mask_key, spec.created_at)
+        try:
+            await bus.publish(topology.PREPROCESS, submitted)
+        except Exception as exc:
+            log.exception("publish_failed", job_id=job_id)
+            await reporter.report(job_id, "failed", error=f"could not queue the job: {exc}")
+            return _error(503, "the job queue is unavailable; try again shortly")
+    log.info("job_accepted", job_id=job_id, task=task, model=options.model)
+    status_url = f"/api/v1/jobs/{job_id}"
+    return web.json_response(
+        {"id": job_id, "state": "queued", "status_url": status_url},
+        status=202,
+        headers={"Location": status_url},
+    )
+
+
+def _validate(form: UploadForm) -> tuple[messages.JobOptions, str]:
+    if "image" not in form.files:
+        raise InvalidRequest("the form has no file field 'image'")
+    task = form.fields.get("task", "")
+    options = parse_options(task, form.fields)
+    sniff_image(form.files["image"], "image")
+    if task == "inpaint":
+        if "mask" not in form.files:
+            raise InvalidRequest(
+                "inpaint needs a 'mask' file: same size as the image, white = fill"
+            )
+        sniff_image(form.files["mask"], "mask")
+    return options, task
+
+
+# ---------------------------------------------------------------------------- read
+async def _load_view(request: web.Request) -> JobView:
+    job_id = request.match_info["id"]
+    if not is_valid_job_id(job_id):
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "no such job"}), content_type="application/json"
+        )
+    view = await JobLog(request.app[STORE]).view(job_id)
+    if view is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "no such job"}), content_type="application/json"
+        )
+    return view
+
+
+async def get_job(request: web.Request) -> web.Response:
+    view = await _load_view(request)
+    return web.json_response(job_document(view, request.app[STORE], request.app[SETTINGS]))
+
+
+def job_document(view: JobView, store: BlobStore, settings: GatewaySettings) -> dict[str, Any]:
+    spec = view.spec
+    doc: dict[str, Any] = {
+        "id": spec.job_id,
+        "task": spec.task,
+        "model": view.details.get("model", spec.options.model),
+        "options": {
+            "sigma": spec.options.sigma if spec.options.sigma is not None else "auto",
+            "quality": spec.options.quality if spec.options.quality is not None else "auto",
+            "scale": spec.options.scale,
+            "max_side": spec.options.max_side,
+            "format": spec.options.format,
+        },
+        "state": view.state,
+        "stages": view.stages,
+        "progress": view.progress,
+        "error": view.error if view.state == "failed" else None,
+        "created_at": spec.created_at,
+        "updated_at": view.last_event_at,
+        "input": view.details.get("input"),
+        "output": view.details.get("output"),
+        "timings": view.details.get("timings"),
+    }
+    expiry = settings.link_expiry_s
+    doc["original_url"] = store.link(JobKeys(spec.job_id).upload, LinkOptions(expiry))
+    if view.state == "done" and view.result_key:
+        filename = f"restora-{spec.job_id[:8]}-{spec.task}.{view.result_key.rsplit('.', 1)[-1]}"
+        doc["result_url"] = store.link(view.result_key, LinkOptions(expiry, filename))
+        doc["result_view_url"] = store.link(view.result_key, LinkOptions(expiry, filename, True))
+    return doc
+
+
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """SSE: the current state first (or what was missed after Last-Event-ID), then live."""
+    job_id = request.match_info["id"]
+    broadcaster = request.app[BROADCASTER]
+    queue = broadcaster.listen(job_id)  # before reading the log, so nothing slips between
+    try:
+        view = await _load_view(request)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        last_sent = _last_event_id(request)
+        for status in _catch_up(view, last_sent):
+            last_sent = await _send(response, status)
+        final = view.is_final
+        while not final:
+            try:
+                status = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            if int(event_id(status)) <= last_sent:
+                continue
+            last_sent = await _send(response, status)
+            final = status.is_final
+        return response
+    finally:
+        broadcaster.stop_listening(job_id, queue)
+
+
+def _last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    return int(raw) if raw.isdigit() else 0
+
+
+def _catch_up(view: JobView, last_sent: int) -> list[JobStatus]:
+    if last_sent:
+        return [e for e in view.events if int(event_id(e)) > last_sent]
+    # A new connection: the current state, as one event.
+    latest = view.events[-1] if view.events else None
+    at = latest.at if latest else view.spec.created_at
+    return [
+        JobStatus(
+            job_id=view.spec.job_id,
+            state=view.state,
+            stage=latest.stage if latest else "gateway",
+            at=at,
+            progress=view.progress,
+            error=view.error if view.state == "failed" else None,
+        )
+    ]
+
+
+async def _send(response: web.StreamResponse, status: JobStatus) -> int:
+    ident = event_id(status)
+    data = {
+        "state": status.state,
+        "stage": status.stage,
+        "progress": status.progress,
+        "error": status.error,
+        "at": status.at,
+    }
+    payload = f"id: {ident}\nevent: status\ndata: {json.dumps(data)}\n\n"
+    await response.write(payload.encode())
+    return int(ident)
+
+
+# ---------------------------------------------------------------------------- misc
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "tasks": {task: catalog.models_for(task) for task in messages.TASKS},
+            "sigma_range": list(catalog.SIGMA_RANGE),
+            "quality_range": list(catalog.JPEG_QUALITY_RANGE),
+            "scales": list(catalog.SCALES),
+            "formats": list(messages.OUTPUT_FORMATS),
+        }
+    )
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.openapi_document())
+
+
+async def local_file(request: web.Request) -> web.StreamResponse:
+    """Downloads from the local-disk store, through HMAC-signed expiring links."""
+    store = request.app[STORE]
+    if not isinstance(store, LocalDirBlobStore):
+        raise web.HTTPNotFound()
+    key = request.match_info["key"]
+    if not store.verify_link(key, dict(request.query)):
+        return _error(403, "this link has expired or is not valid")
+    path = store.local_path(key)
+    if not path.is_file():
+        return _error(404, "the file is gone (expired or deleted)")
+    headers = {}
+    if disposition := request.query.get("disposition"):
+        headers["Content-Disposition"] = disposition
+    return web.FileResponse(path, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = {
+        "broker": await request.app[BUS].ping(),
+        "store": await request.app[STORE].ping(),
+    }
+    return web.json_response(
+        {"ready": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503
+    )
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(app: web.Application, host: str, port: int):  # type: ignore[no-untyped-def]
+    """Serve `app` until the block exits (tests and the embedded launcher use it)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()

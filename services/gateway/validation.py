@@ -1,0 +1,89 @@
+"""Turning the upload form's text fields into validated JobOptions (pure, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from shared import catalog
+from shared.messages import OUTPUT_FORMATS, TASKS, JobOptions
+
+
+class InvalidRequest(ValueError):
+    """A 4xx: the message says what was wrong and what is accepted."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_options(
+    task: str | None, fields: Mapping[str, str], weights_dir: Path = catalog.DEFAULT_WEIGHTS_DIR
+) -> JobOptions:
+    if not task:
+        raise InvalidRequest(f"the form field 'task' is required: one of {', '.join(TASKS)}")
+    if task not in TASKS:
+        raise InvalidRequest(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
+    models = catalog.models_for(task, weights_dir)
+    model = fields.get("model") or models[0]
+    if model not in models:
+        raise InvalidRequest(
+            f"task {task!r} has no model {model!r}: use one of {', '.join(models)}"
+        )
+    return JobOptions(
+        model=model,
+        sigma=_auto_or_number(fields, "sigma", float, catalog.SIGMA_RANGE),
+        quality=_auto_or_number(fields, "quality", int, catalog.JPEG_QUALITY_RANGE),
+        scale=_scale(fields),
+        max_side=_optional_int(fields, "max_side", catalog.MAX_SIDE_RANGE),
+        format=_format(fields),
+        strength=_number(fields, "strength", float, catalog.STRENGTH_RANGE, default=1.0),
+    )
+
+
+def _auto_or_number(
+    fields: Mapping[str, str], name: str, kind: type, bounds: tuple
+) -> float | None:
+    raw = (fields.get(name) or "auto").strip().lower()
+    if raw == "auto":
+        return None
+    return _number(fields, name, kind, bounds)
+
+
+def _number(
+    fields: Mapping[str, str], name: str, kind: type, bounds: tuple, default: float | None = None
+) -> float:
+    raw = (fields.get(name) or "").strip()
+    if not raw and default is not None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name}={raw!r} is not a {kind.__name__}") from None
+    low, high = bounds
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name}={value} is out of range: allowed {low}–{high}")
+    return value
+
+
+def _optional_int(fields: Mapping[str, str], name: str, bounds: tuple) -> int | None:
+    if not (fields.get(name) or "").strip():
+        return None
+    return int(_number(fields, name, int, bounds))
+
+
+def _scale(fields: Mapping[str, str]) -> int:
+    raw = (fields.get("scale") or str(catalog.SCALES[0])).strip()
+    if raw not in {str(s) for s in catalog.SCALES}:
+        raise InvalidRequest(f"scale={raw!r} is not served: use {catalog.SCALES}")
+    return int(raw)
+
+
+def _format(fields: Mapping[str, str]) -> str:
+    fmt = (fields.get("format") or "png").strip().lower()
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in OUTPUT_FORMATS:
+        raise InvalidRequest(
+            f"format={fmt!r} is not offered: use one of {', '.join(OUTPUT_FORMATS)}"
+        )
+    return fmt

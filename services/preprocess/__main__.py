@@ -1,0 +1,25 @@
+"""`python -m services.preprocess`: the preprocess service alone (compose, Kubernetes)."""
+
+import asyncio
+
+from services.preprocess.service import PreprocessService
+from shared.bootstrap import configure_process, connect, wait_for_shutdown
+from shared.config import PreprocessSettings, load_settings
+from shared.health import serve_health
+
+
+async def main() -> None:
+    settings = load_settings(PreprocessSettings)
+    configure_process("preprocess", settings)
+    bus, store = await connect(settings)
+    await PreprocessService(bus, store, settings).start()
+    health = await serve_health({"broker": bus.ping, "store": store.ping}, settings.health_port)
+    try:
+        await wait_for_shutdown()
+    finally:
+        await bus.close()
+        await health.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

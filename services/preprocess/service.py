@@ -1,0 +1,115 @@
+"""Preprocess adapter: JobSubmitted → normalise (pure core) → store → RestoreRequested."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from services.preprocess.core import InvalidInput, Limits, NormalizedInput, normalize
+from shared import imaging, topology
+from shared.blobstore import BlobNotFound, BlobStore
+from shared.config import PreprocessSettings
+from shared.eventbus import Delivery, EventBus, Reject
+from shared.jobs import JobKeys, JobLog, StatusReporter
+from shared.logging import get_logger
+from shared.messages import JobSubmitted, RestoreRequested
+
+log = get_logger(__name__)
+
+
+class PreprocessService:
+    def __init__(self, bus: EventBus, store: BlobStore, settings: PreprocessSettings) -> None:
+        self.bus = bus
+        self.store = store
+        self.settings = settings
+        self.jobs = JobLog(store)
+        self.reporter = StatusReporter(self.jobs, bus, stage="preprocess")
+
+    async def start(self) -> None:
+        await self.bus.consume(topology.PREPROCESS, self.handle)
+
+    def limits_for(self, task: str) -> Limits:
+        return Limits(
+            max_upload_bytes=self.settings.max_upload_bytes,
+            max_input_pixels=self.settings.max_pixels_for(task),
+        )
+
+    async def handle(self, delivery: Delivery) -> None:
+        job = delivery.message
+        if not isinstance(job, JobSubmitted):
+            raise Reject(f"preprocess cannot handle {type(job).__name__}")
+        view = await self.jobs.view(job.job_id)
+        if view is None or view.is_final:
+            return  # deleted or cancelled before we got to it
+        await self.reporter.report(job.job_id, "preprocessing")
+        started = time.time()
+        try:
+            image = await self.store.get(job.upload_key)
+            mask = await self.store.get(job.mask_key) if job.mask_key else None
+            normalized = await asyncio.to_thread(
+                normalize,
+                image,
+                task=job.task,  # type: ignore[arg-type]
+                mask_bytes=mask,
+                max_side=job.options.max_side,
+                limits=self.limits_for(job.task),
+            )
+        except BlobNotFound:
+            await self.reporter.report(job.job_id, "failed", error="the upload is gone (deleted?)")
+            return
+        except InvalidInput as exc:
+            await self.reporter.report(job.job_id, "failed", error=str(exc))
+            return
+        request = await self._store_normalized(job, normalized)
+        height, width = normalized.pixels.shape[:2]
+        log.info("preprocessed", job_id=job.job_id, width=width, height=height)
+        await self.reporter.report(
+            job.job_id,
+            "preprocessing",
+            progress=1.0,
+            details={
+                "timings": {"preprocess": {"total_s": time.time() - started}},
+                "input": {
+                    "width": width,
+                    "height": height,
+                    "format": normalized.source_format,
+                    "resized": normalized.was_resized,
+                    "jpeg_quality": normalized.jpeg_quality,
+                },
+            },
+        )
+        # Published last: once a model service may see the job, preprocess is done with it.
+        await self.bus.publish(topology.queue_for_task(job.task), request)
+
+    async def _store_normalized(
+        self, job: JobSubmitted, normalized: NormalizedInput
+    ) -> RestoreRequested:
+        keys = JobKeys(job.job_id)
+        await self.store.put(keys.input, imaging.encode_png_array(normalized.pixels), "image/png")
+        mask_key = alpha_key = icc_key = None
+        if normalized.mask is not None:
+            mask_key = keys.input_mask
+            await self.store.put(mask_key, imaging.encode_png_array(normalized.mask), "image/png")
+        if normalized.alpha is not None:
+            alpha_key = keys.input_alpha
+            await self.store.put(alpha_key, imaging.encode_png_array(normalized.alpha), "image/png")
+        if normalized.icc_profile:
+            icc_key = keys.icc
+            await self.store.put(icc_key, normalized.icc_profile, "application/vnd.iccprofile")
+        options = job.options
+        if job.task == "artifacts" and options.quality is None and normalized.jpeg_quality:
+            # "auto": the quality the file says it was saved at, read before decoding.
+            options = dataclasses.replace(options, quality=normalized.jpeg_quality)
+        return RestoreRequested(
+            job_id=job.job_id,
+            task=job.task,
+            options=options,
+            input_key=keys.input,
+            mask_key=mask_key,
+            alpha_key=alpha_key,
+            icc_key=icc_key,
+            orientation_after=normalized.orientation_after,
+            source_format=normalized.source_format,
+            submitted_at=job.submitted_at,
+        )

@@ -1,0 +1,285 @@
+"""Object storage behind one interface: MinIO/S3 (minio client) or a local directory.
+
+Objects are addressed by server-generated keys (`jobs/<id>/...`); user-provided names never
+become keys. Downloads are links: presigned S3 URLs, or for the local store HMAC-signed,
+expiring URLs that the gateway serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import os
+import shutil
+import time
+import urllib.parse
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from minio import Minio
+from minio.error import S3Error
+
+from shared.config import CommonSettings
+
+LOCAL_FILES_ROUTE = "/api/v1/files/"
+
+
+class BlobNotFound(KeyError):
+    pass
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    expires_s: int
+    filename: str | None = None
+    inline: bool = False
+
+    def disposition(self) -> str | None:
+        if not self.filename:
+            return None
+        kind = "inline" if self.inline else "attachment"
+        return f'{kind}; filename="{self.filename}"'
+
+
+class BlobStore(Protocol):
+    async def put(self, key: str, data: bytes | BinaryIO, content_type: str = ...) -> None: ...
+    async def get(self, key: str) -> bytes: ...
+    async def exists(self, key: str) -> bool: ...
+    async def list(self, prefix: str) -> list[str]: ...
+    async def delete_prefix(self, prefix: str) -> None: ...
+    async def ping(self) -> bool: ...
+    def link(self, key: str, options: LinkOptions) -> str: ...
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith("/") or ".." in key.split("/") or "\\" in key:
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+def _read_all(data: bytes | BinaryIO) -> bytes:
+    return data if isinstance(data, bytes) else data.read()
+
+
+class LocalDirBlobStore:
+    """Objects as files under a directory; links are HMAC-signed gateway URLs."""
+
+    def __init__(self, root: Path, secret: bytes) -> None:
+        self.root = root
+        self._secret = secret
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    async def put(
+        self, key: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream"
+    ) -> None:
+        await asyncio.to_thread(self._put_sync, key, data)
+
+    def _put_sync(self, key: str, data: bytes | BinaryIO) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader never sees half an object, like on S3.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        with open(tmp, "wb") as out:
+            if isinstance(data, bytes):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, 1 << 20)
+        tmp.replace(path)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self._path(key).read_bytes)
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key) from exc
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def list(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list_sync, prefix)
+
+    def _list_sync(self, prefix: str) -> list[str]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        return sorted(
+            k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith(".")
+        )
+
+    async def delete_prefix(self, prefix: str) -> None:
+        for key in await self.list(prefix):
+            self._path(key).unlink(missing_ok=True)
+
+    async def ping(self) -> bool:
+        return self.root.is_dir()
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    # -- signed links ---------------------------------------------------------------
+    def link(self, key: str, options: LinkOptions) -> str:
+        expires = int(time.time()) + options.expires_s
+        params = {"expires": str(expires)}
+        disposition = options.disposition()
+        if disposition:
+            params["disposition"] = disposition
+        params["signature"] = self._sign(key, params)
+        return f"{LOCAL_FILES_ROUTE}{urllib.parse.quote(key)}?{urllib.parse.urlencode(params)}"
+
+    def verify_link(self, key: str, params: dict[str, str], now: float | None = None) -> bool:
+        """True when `params` carry a valid, unexpired signature for `key`."""
+        signature = params.get("signature", "")
+        signed = {k: v for k, v in params.items() if k in ("expires", "disposition")}
+        if not hmac.compare_digest(signature, self._sign(key, signed)):
+            return False
+        try:
+            return int(signed["expires"]) >= (time.time() if now is None else now)
+        except (KeyError, ValueError):
+            return False
+
+    def _sign(self, key: str, params: dict[str, str]) -> str:
+        payload = key + "\n" + "\n".join(f"{k}={params[k]}" for k in sorted(params))
+        digest = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class S3BlobStore:
+    """MinIO or any S3-compatible server through the `minio` client.
+
+    A second client configured with the *public* endpoint and an explicit region signs
+    download links: signing then needs no network call, and the Host header the browser
+    sends matches the one the signature was made for.
+    """
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.bucket = settings.s3_bucket
+        self._client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+        public = settings.s3_public_endpoint or settings.s3_endpoint
+        self._signer = Minio(
+            public,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_public_secure if settings.s3_public_endpoint else settings.s3_secure,
+            region=settings.s3_region,
+        )
+        self._bucket_ready = False
+
+    async def ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+
+        def create() -> None:
+            if not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket)
+                except S3Error as exc:  # another replica made it first
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+        await asyncio.to_thread(create)
+        self._bucket_ready = True
+
+    async def put(
+        self, key: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream"
+    ) -> None:
+        payload = _read_all(data) if isinstance(data, bytes) else data
+        await self.ensure_bucket()
+
+        def upload() -> None:
+            if isinstance(payload, bytes):
+                self._client.put_object(
+                    self.bucket, _check_key(key), io.BytesIO(payload), len(payload), content_type
+                )
+            else:
+                self._client.put_object(
+                    self.bucket, _check_key(key), payload, -1, content_type, part_size=16 << 20
+                )
+
+        await asyncio.to_thread(upload)
+
+    async def get(self, key: str) -> bytes:
+        def download() -> bytes:
+            try:
+                response = self._client.get_object(self.bucket, _check_key(key))
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                    raise BlobNotFound(key) from exc
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return await asyncio.to_thread(download)
+
+    async def exists(self, key: str) -> bool:
+        def stat() -> bool:
+            try:
+                self._client.stat_object(self.bucket, _check_key(key))
+                return True
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                    return False
+                raise
+
+        return await asyncio.to_thread(stat)
+
+    async def list(self, prefix: str) -> list[str]:
+        await self.ensure_bucket()
+
+        def listing() -> list[str]:
+            objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            return sorted(o.object_name for o in objects if o.object_name)
+
+        return await asyncio.to_thread(listing)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        keys = await self.list(prefix)
+
+        def delete() -> None:
+            for key in keys:
+                self._client.remove_object(self.bucket, key)
+
+        await asyncio.to_thread(delete)
+
+    async def ping(self) -> bool:
+        try:
+            await asyncio.to_thread(self._client.bucket_exists, self.bucket)
+            return True
+        except Exception:
+            return False
+
+    def link(self, key: str, options: LinkOptions) -> str:
+        headers = {}
+        disposition = options.disposition()
+        if disposition:
+            headers["response-content-disposition"] = disposition
+        return self._signer.presigned_get_object(
+            self.bucket,
+            _check_key(key),
+            expires=timedelta(seconds=options.expires_s),
+            response_headers=headers or None,
+        )
+
+
+def make_blob_store(settings: CommonSettings) -> BlobStore:
+    if settings.embedded_store:
+        secret = settings.link_secret.encode() or os.urandom(32)
+        return LocalDirBlobStore(settings.data_dir / "objects", secret)
+    return S3BlobStore(settings)

@@ -1,0 +1,77 @@
+"""One bootstrap for every process: settings → logging, tracing, bus, store → run.
+
+Tests and the embedded launcher pass in-memory fakes (in-process bus, local store) through
+the same functions the real services use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+import torch
+
+from shared.accel import device_name
+from shared.blobstore import BlobStore, S3BlobStore, make_blob_store
+from shared.config import CommonSettings, ModelServiceSettings
+from shared.eventbus import EventBus, make_event_bus
+from shared.health import serve_health
+from shared.inference import inference_lock, set_cpu_threads
+from shared.logging import configure_logging, get_logger
+from shared.telemetry import setup_tracing
+
+log = get_logger(__name__)
+
+
+async def connect(settings: CommonSettings) -> tuple[EventBus, BlobStore]:
+    bus = make_event_bus(settings.broker_url)
+    await bus.start()
+    store = make_blob_store(settings)
+    if isinstance(store, S3BlobStore):
+        await store.ensure_bucket()
+    return bus, store
+
+
+def configure_process(service: str, settings: CommonSettings) -> None:
+    configure_logging(settings.log_level, service=service)
+    setup_tracing(service)
+
+
+def configure_inference(settings: ModelServiceSettings) -> torch.device:
+    if settings.threads > 0:
+        set_cpu_threads(settings.threads)
+    inference_lock.configure(settings.max_concurrent_inferences)
+    if settings.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+async def wait_for_shutdown() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_model_service(
+    name: str,
+    build: Callable[[EventBus, BlobStore, str], Awaitable[object] | object],
+    settings: ModelServiceSettings,
+) -> None:
+    """`python -m services.<name>`: consume the service's queue until SIGTERM."""
+    configure_process(name, settings)
+    device = configure_inference(settings)
+    bus, store = await connect(settings)
+    service = build(bus, store, device_name(device))
+    await service.start()  # type: ignore[attr-defined]
+    health = await serve_health({"broker": bus.ping, "store": store.ping}, settings.health_port)
+    log.info("service_started", service=name, device=device_name(device))
+    try:
+        await wait_for_shutdown()
+    finally:
+        await bus.close()
+        await health.cleanup()

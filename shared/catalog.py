@@ -1,0 +1,74 @@
+"""Which models serve which task, the option ranges the API accepts, and the defaults.
+
+Defined once here: the gateway validates against it and publishes it in the OpenAPI
+document; each model service dispatches on the same names. A network is offered only when
+its shipped weights are present, so a fresh checkout always has a working default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.degradations import JPEG_QUALITY_RANGE, SIGMA_RANGE
+
+SCALES: tuple[int, ...] = (4,)
+STRENGTH_RANGE = (0.0, 1.0)
+MAX_SIDE_RANGE = (16, 16384)
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    weights: tuple[str, ...] = ()  # files under weights/ that must exist
+
+    def available(self, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> bool:
+        return all((weights_dir / w).is_file() for w in self.weights)
+
+
+_CLASSIC_DENOISE = ModelEntry("classic", "non-local means (OpenCV)")
+CATALOG: dict[str, tuple[ModelEntry, ...]] = {
+    "denoise": (
+        ModelEntry("mwcnn", "MWCNN (Liu et al. 2018)", ("mwcnn-denoise.safetensors",)),
+        _CLASSIC_DENOISE,
+    ),
+    "artifacts": (
+        ModelEntry("mwcnn", "MWCNN (Liu et al. 2018)", ("mwcnn-artifacts.safetensors",)),
+        ModelEntry("classic", "non-local means tuned to the JPEG quality (OpenCV)"),
+    ),
+    "superres": (
+        ModelEntry("esrgan", "ESRGAN RRDBNet (Wang et al. 2018)", ("esrgan-psnr.safetensors",)),
+        ModelEntry("classic", "bicubic interpolation"),
+    ),
+    "inpaint": (
+        ModelEntry(
+            "deepfill",
+            "contextual attention (Yu et al. 2018)",
+            ("deepfill-contextual-attention.safetensors",),
+        ),
+        ModelEntry("classic", "Telea fast marching (OpenCV)"),
+    ),
+}
+
+
+def models_for(task: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> list[str]:
+    """The models a user may pick for `task`, best first."""
+    return [m.name for m in CATALOG[task] if m.available(weights_dir)]
+
+
+def default_model(task: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> str:
+    return models_for(task, weights_dir)[0]
+
+
+__all__ = [
+    "CATALOG",
+    "JPEG_QUALITY_RANGE",
+    "MAX_SIDE_RANGE",
+    "SCALES",
+    "SIGMA_RANGE",
+    "STRENGTH_RANGE",
+    "default_model",
+    "models_for",
+]

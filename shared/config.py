@@ -1,0 +1,145 @@
+"""Typed settings, read once from `RESTORA_*` environment variables.
+
+Every field of a settings class maps to `RESTORA_<FIELD_NAME_UPPER>`; the defaults run
+the embedded single-machine mode (in-process bus, local-disk store), so `make run`
+needs no configuration at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "RESTORA_"
+MiB = 1024 * 1024
+MP = 1_000_000
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every process needs: where the broker and the object store are."""
+
+    # amqp://user:pass@host:5672/ ; empty = in-process event bus (embedded mode)
+    broker_url: str = ""
+    # host:port of the S3 API ; empty = local-directory store under data_dir
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "restora"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    # host:port browsers use for presigned links (defaults to s3_endpoint)
+    s3_public_endpoint: str = ""
+    s3_public_secure: bool = False
+    data_dir: Path = Path(".data")
+    log_level: str = "info"
+    # Secret for signing local-store download links; generated per process when empty.
+    link_secret: str = ""
+    link_expiry_s: int = 3600
+
+    @property
+    def embedded_bus(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def embedded_store(self) -> bool:
+        return not self.s3_endpoint
+
+
+@dataclass(frozen=True)
+class GatewaySettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_upload_bytes: int = 50 * MiB
+    # Jobs with no progress for this long are failed with a reason.
+    job_deadline_s: int = 3600
+
+
+@dataclass(frozen=True)
+class PreprocessSettings(CommonSettings):
+    health_port: int = 8081
+    max_upload_bytes: int = 50 * MiB
+    max_pixels_denoise: int = 40 * MP
+    max_pixels_artifacts: int = 40 * MP
+    max_pixels_inpaint: int = 40 * MP
+    # SR's output is 16x its input: the input cap is what the output may grow to.
+    max_pixels_superres: int = 4 * MP
+
+    def max_pixels_for(self, task: str) -> int:
+        return int(getattr(self, f"max_pixels_{task}"))
+
+
+@dataclass(frozen=True)
+class ModelServiceSettings(CommonSettings):
+    health_port: int = 8082
+    # torch intra-op threads; 0 = let torch decide (all cores)
+    threads: int = 0
+    # "auto" (CUDA when present), "cpu" or "cuda"
+    device: str = "auto"
+    weights_dir: Path = Path("weights")
+    # How many inferences may run at once in this process (embedded mode: 1 for 2 cores).
+    max_concurrent_inferences: int = 1
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings(GatewaySettings):
+    threads: int = 0
+
+
+S = TypeVar("S")
+
+
+def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """Build `cls` from the environment; unknown or malformed values fail loudly."""
+    env = os.environ if environ is None else environ
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = ENV_PREFIX + f.name.upper()
+        if name in env:
+            values[f.name] = _convert(env[name], hints[f.name], name)
+    return cls(**values)
+
+
+def _convert(raw: str, hint: Any, name: str) -> Any:
+    target = _strip_optional(hint)
+    try:
+        if target is bool:
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off", ""}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        if target in (int, float, str, Path):
+            return target(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a valid {target.__name__}") from exc
+    raise TypeError(f"unsupported settings type {hint!r} for {name}")
+
+
+def _strip_optional(hint: Any) -> Any:
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def settings_env_names(cls: type) -> list[str]:
+    """Every environment variable a settings class reads (deployment checks use this)."""
+    return [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(cls)]
+
+
+__all__ = [
+    "CommonSettings",
+    "EmbeddedSettings",
+    "GatewaySettings",
+    "ModelServiceSettings",
+    "PreprocessSettings",
+    "load_settings",
+    "settings_env_names",
+]

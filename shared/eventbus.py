@@ -1,0 +1,345 @@
+"""The event bus: RabbitMQ through aio-pika, or in-process with the same semantics.
+
+Semantics both implementations keep:
+- `publish` returns only once the broker has confirmed the (persistent) message.
+- A consumer's handler runs once per delivery; the message is acked only after the
+  handler returns, i.e. after its result is stored and the next event published.
+- A handler raising `Reject` dead-letters the message at once (it can never succeed);
+  any other exception requeues it, and after `DELIVERY_LIMIT` deliveries it goes to the
+  service's dead-letter queue instead.
+- Status events fan out to every subscriber (every gateway replica).
+- The bus carries W3C trace context in message headers, in and out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from shared import messages, telemetry, topology
+from shared.logging import get_logger
+from shared.messages import JobStatus, Message
+from shared.topology import QueueSpec
+
+log = get_logger(__name__)
+
+
+class Reject(Exception):
+    """Raised by a handler for a message that no retry can ever process."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message: Message
+    attempt: int  # 1 for the first delivery
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= topology.DELIVERY_LIMIT
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+DeadLetterHandler = Callable[[QueueSpec, bytes, dict[str, Any]], Awaitable[None]]
+StatusHandler = Callable[[JobStatus], Awaitable[None]]
+
+
+class EventBus(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def publish(self, queue: QueueSpec, message: Message) -> None: ...
+    async def publish_status(self, status: JobStatus) -> None: ...
+    async def consume(self, queue: QueueSpec, handler: Handler) -> None: ...
+    async def consume_dead_letters(self, queue: QueueSpec, handler: DeadLetterHandler) -> None: ...
+    async def subscribe_status(self, handler: StatusHandler) -> None: ...
+    async def ping(self) -> bool: ...
+
+
+def _outgoing_headers() -> dict[str, Any]:
+    return dict(telemetry.inject_context({}))
+
+
+async def _run_handler(
+    queue: QueueSpec, body: bytes, headers: dict[str, Any], attempt: int, handler: Handler
+) -> None:
+    """Decode, open the consumer span in the publisher's trace, call the handler."""
+    with telemetry.consumer_span(
+        f"{queue.name} process", headers, **{"messaging.destination": queue.name}
+    ) as span:
+        try:
+            message = messages.decode(body)
+        except messages.MessageError as exc:
+            raise Reject(str(exc)) from exc
+        span.set_attribute("restora.job_id", getattr(message, "job_id", ""))
+        span.set_attribute("messaging.delivery_attempt", attempt)
+        await handler(Delivery(message=message, attempt=attempt, headers=headers))
+
+
+# --------------------------------------------------------------------------------------
+# In-process bus (embedded mode, fast tests)
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Envelope:
+    body: bytes
+    headers: dict[str, Any]
+    attempt: int = 1
+
+
+class InProcessBus:
+    """Queues in memory, same ack/retry/dead-letter/fan-out semantics as RabbitMQ."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, asyncio.Queue[_Envelope]] = {}
+        self.dead_letters: dict[str, list[_Envelope]] = {}
+        self._dead_queues: dict[str, asyncio.Queue[_Envelope]] = {}
+        self._status_subscribers: list[StatusHandler] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def _queue(self, name: str) -> asyncio.Queue[_Envelope]:
+        return self._queues.setdefault(name, asyncio.Queue())
+
+    def _dead_queue(self, queue: QueueSpec) -> asyncio.Queue[_Envelope]:
+        return self._dead_queues.setdefault(queue.dead_letter_queue, asyncio.Queue())
+
+    async def start(self) -> None:
+        for spec in topology.WORK_QUEUES:
+            self._queue(spec.name)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    async def publish(self, queue: QueueSpec, message: Message) -> None:
+        with telemetry.tracer().start_as_current_span(
+            f"{queue.name} publish", kind=telemetry.trace.SpanKind.PRODUCER
+        ):
+            self._queue(queue.name).put_nowait(
+                _Envelope(messages.encode(message), _outgoing_headers())
+            )
+
+    async def publish_status(self, status: JobStatus) -> None:
+        # Decode a fresh copy per subscriber, as each replica would receive its own.
+        body = messages.encode(status)
+        for subscriber in list(self._status_subscribers):
+            try:
+                await subscriber(messages.decode(body))  # type: ignore[arg-type]
+            except Exception:
+                log.exception("status_subscriber_failed", job_id=status.job_id)
+
+    async def subscribe_status(self, handler: StatusHandler) -> None:
+        self._status_subscribers.append(handler)
+
+    async def consume(self, queue: QueueSpec, handler: Handler) -> None:
+        self._tasks.append(asyncio.create_task(self._consume_loop(queue, handler)))
+
+    async def _consume_loop(self, queue: QueueSpec, handler: Handler) -> None:
+        source = self._queue(queue.name)
+        while not self._closed:
+            envelope = await source.get()
+            try:
+                await _run_handler(
+                    queue, envelope.body, envelope.headers, envelope.attempt, handler
+                )
+            except asyncio.CancelledError:
+                source.put_nowait(envelope)  # unacked at shutdown: stays queued
+                raise
+            except Reject as exc:
+                self._dead_letter(queue, envelope, f"rejected: {exc}")
+            except Exception as exc:
+                self._retry_or_dead_letter(queue, envelope, exc)
+
+    def _retry_or_dead_letter(self, queue: QueueSpec, envelope: _Envelope, exc: Exception) -> None:
+        if envelope.attempt >= topology.DELIVERY_LIMIT:
+            self._dead_letter(queue, envelope, f"delivery limit reached: {exc!r}")
+            return
+        envelope.attempt += 1
+        self._queue(queue.name).put_nowait(envelope)
+
+    def _dead_letter(self, queue: QueueSpec, envelope: _Envelope, reason: str) -> None:
+        log.warning("dead_lettered", queue=queue.name, reason=reason)
+        headers = {**envelope.headers, "x-delivery-count": envelope.attempt}
+        dead = _Envelope(envelope.body, headers, envelope.attempt)
+        self.dead_letters.setdefault(queue.dead_letter_queue, []).append(dead)
+        self._dead_queue(queue).put_nowait(dead)
+
+    async def consume_dead_letters(self, queue: QueueSpec, handler: DeadLetterHandler) -> None:
+        async def loop() -> None:
+            source = self._dead_queue(queue)
+            while not self._closed:
+                envelope = await source.get()
+                try:
+                    await handler(queue, envelope.body, envelope.headers)
+                except Exception:
+                    log.exception("dead_letter_handler_failed", queue=queue.dead_letter_queue)
+
+        self._tasks.append(asyncio.create_task(loop()))
+
+    async def ping(self) -> bool:
+        return not self._closed
+
+
+# --------------------------------------------------------------------------------------
+# RabbitMQ bus
+# --------------------------------------------------------------------------------------
+class RabbitBus:
+    """aio-pika: robust connection, publisher confirms, persistent messages, quorum queues."""
+
+    _ids = itertools.count()
+
+    def __init__(self, url: str, prefetch: int = topology.PREFETCH) -> None:
+        self._url = url
+        self._prefetch = prefetch
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._jobs: AbstractExchange | None = None
+        self._status: AbstractExchange | None = None
+        self._consumer_channels: list[AbstractChannel] = []
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self._url, client_properties={"connection_name": "restora"}
+        )
+        self._publish_channel = await self._connection.channel(publisher_confirms=True)
+        self._jobs, self._status = await declare_topology(self._publish_channel)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def _publish(self, exchange: AbstractExchange | None, key: str, body: bytes) -> None:
+        assert exchange is not None, "bus not started"
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=_outgoing_headers(),
+        )
+        # With publisher confirms, this await returns once the broker has the message;
+        # mandatory=True turns an unroutable message into an error instead of a loss.
+        await exchange.publish(message, routing_key=key, mandatory=True)
+
+    async def publish(self, queue: QueueSpec, message: Message) -> None:
+        with telemetry.tracer().start_as_current_span(
+            f"{queue.name} publish", kind=telemetry.trace.SpanKind.PRODUCER
+        ):
+            await self._publish(self._jobs, queue.routing_key, messages.encode(message))
+
+    async def publish_status(self, status: JobStatus) -> None:
+        await self._publish(self._status, "", messages.encode(status))
+
+    async def _consumer_channel(self) -> AbstractChannel:
+        assert self._connection is not None, "bus not started"
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._consumer_channels.append(channel)
+        return channel
+
+    async def consume(self, queue: QueueSpec, handler: Handler) -> None:
+        channel = await self._consumer_channel()
+        amqp_queue = await channel.get_queue(queue.name, ensure=True)
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            headers = dict(incoming.headers or {})
+            # Quorum queues count earlier failed deliveries in x-delivery-count.
+            attempt = int(headers.get("x-delivery-count") or 0) + 1
+            try:
+                await _run_handler(queue, incoming.body, headers, attempt, handler)
+            except Reject as exc:
+                log.warning("message_rejected", queue=queue.name, reason=str(exc))
+                await incoming.reject(requeue=False)
+            except Exception:
+                log.exception("handler_failed", queue=queue.name, attempt=attempt)
+                await incoming.nack(requeue=True)
+            else:
+                await incoming.ack()
+
+        await amqp_queue.consume(on_message, no_ack=False)
+
+    async def consume_dead_letters(self, queue: QueueSpec, handler: DeadLetterHandler) -> None:
+        channel = await self._consumer_channel()
+        dead_queue = await channel.get_queue(queue.dead_letter_queue, ensure=True)
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            try:
+                await handler(queue, incoming.body, dict(incoming.headers or {}))
+            except Exception:
+                log.exception("dead_letter_handler_failed", queue=queue.dead_letter_queue)
+                await incoming.nack(requeue=True)
+            else:
+                await incoming.ack()
+
+        await dead_queue.consume(on_message, no_ack=False)
+
+    async def subscribe_status(self, handler: StatusHandler) -> None:
+        channel = await self._consumer_channel()
+        # One exclusive, auto-deleted queue per replica: every replica hears every status.
+        own = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await own.bind(topology.STATUS_EXCHANGE)
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            async with incoming.process(ignore_processed=True):
+                try:
+                    status = messages.decode(incoming.body)
+                except messages.MessageError:
+                    log.warning("bad_status_message")
+                    return
+                if isinstance(status, JobStatus):
+                    await handler(status)
+
+        await own.consume(on_message)
+
+    async def ping(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+
+async def declare_topology(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:
+    """Declare every exchange and queue; idempotent, so every service may call it."""
+    jobs = await channel.declare_exchange(
+        topology.JOBS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    status = await channel.declare_exchange(
+        topology.STATUS_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead = await channel.declare_exchange(
+        topology.DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for spec in topology.WORK_QUEUES:
+        dead_queue = await channel.declare_queue(
+            spec.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead_queue.bind(dead, routing_key=spec.routing_key)
+        work = await channel.declare_queue(
+            spec.name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": topology.DELIVERY_LIMIT - 1,
+                "x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE,
+                "x-dead-letter-routing-key": spec.routing_key,
+            },
+        )
+        await work.bind(jobs, routing_key=spec.routing_key)
+    return jobs, status
+
+
+def make_event_bus(broker_url: str) -> EventBus:
+    return RabbitBus(broker_url) if broker_url else InProcessBus()

@@ -1,0 +1,251 @@
+"""The inference runtime every network shares: placement, precision, weights, conversion, locking.
+
+Precision policy: bf16 autocast is used only where :func:`shared.accel.use_bf16` says the
+hardware does it natively *and* the model's bf16 output matches its fp32 output at
+>= 50 dB PSNR on a probe image (:func:`precision_for`). Everything else runs fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from shared import accel
+
+#: bf16 is accepted only when its output is at least this close to fp32's.
+BF16_MIN_PSNR_DB = 50.0
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def prepare_for_inference(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """eval mode, no grads, channels-last, on `device` (in place; returned for chaining)."""
+    module.eval()
+    module.requires_grad_(False)
+    return module.to(device=device, memory_format=torch.channels_last)
+
+
+def tile_fn(
+    model: Callable[[torch.Tensor], torch.Tensor], device: torch.device, *, bf16: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap `model` for :func:`shared.tiling.run_tiled`: autocast as decided, fp32 out."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with accel.autocast_for(device, enabled=bf16):
+            return model(batch).float()
+
+    return run
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def numpy_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H×W or H×W×C (or float in [0, 1]) → 1×C×H×W float32 in [0, 1]."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3:
+        raise ValueError(f"expected H×W or H×W×C, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        array = image.astype(np.float32) / 255.0
+    elif np.issubdtype(image.dtype, np.floating):
+        array = image.astype(np.float32, copy=False)
+    else:
+        raise TypeError(f"expected uint8 or float pixels, got {image.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """1×C×H×W or C×H×W in [0, 1] → uint8 H×W×C (H×W when C = 1), rounded and clipped."""
+    if tensor.ndim == 4:
+        if tensor.shape[0] != 1:
+            raise ValueError(f"expected one image, got batch of {tensor.shape[0]}")
+        tensor = tensor[0]
+    if tensor.ndim != 3:
+        raise ValueError(f"expected C×H×W, got shape {tuple(tensor.shape)}")
+    scaled = tensor.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round()
+    array = scaled.to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+# --------------------------------------------------------------------------- threads & locking
+
+
+def set_cpu_threads(count: int) -> None:
+    """Intra-op threads for CPU inference (inter-op can only be set before any parallel work)."""
+    torch.set_num_threads(max(1, count))
+    # Already fixed once torch has run parallel work; the intra-op setting is what matters.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+
+
+class InferenceGate:
+    """Process-wide limit on concurrent inferences (a semaphore that can be resized).
+
+    On a 2-core box one inference already uses every core; letting two run at once only makes
+    both slower and doubles peak memory, so the embedded mode holds this around every run.
+    """
+
+    def __init__(self, slots: int = 1) -> None:
+        self._guard = threading.Lock()
+        self._slots = 0
+        self._sem = threading.Semaphore(1)
+        self._held = threading.local()
+        self.configure(slots)
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    def configure(self, slots: int) -> None:
+        """Resize; runs already inside keep the semaphore they entered with."""
+        if slots < 1:
+            raise ValueError("at least one inference slot is needed")
+        with self._guard:
+            self._slots = slots
+            self._sem = threading.Semaphore(slots)
+
+    def __enter__(self) -> InferenceGate:
+        with self._guard:
+            sem = self._sem
+        sem.acquire()
+        stack = getattr(self._held, "stack", None)
+        if stack is None:
+            stack = self._held.stack = []
+        stack.append(sem)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.stack.pop().release()
+
+
+#: The process-wide gate; slot count from RESTORA_INFERENCE_SLOTS (default 1).
+inference_lock = InferenceGate(int(os.environ.get("RESTORA_INFERENCE_SLOTS", "1")))
+
+
+# --------------------------------------------------------------------------- precision
+
+_precision_cache: dict[tuple[str, str], bool] = {}
+_cache_guard = threading.Lock()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
+    """PSNR in dB between two tensors in [0, peak] (inf when identical)."""
+    diff = a.detach().double().cpu().clamp(0, peak) - b.detach().double().cpu().clamp(0, peak)
+    mse = float(diff.pow(2).mean())
+    return math.inf if mse == 0.0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def precision_for(
+    model: torch.nn.Module,
+    device: torch.device,
+    probe_input: torch.Tensor,
+    *,
+    model_id: str | None = None,
+    bf16_capable: bool | None = None,
+    min_psnr_db: float = BF16_MIN_PSNR_DB,
+) -> bool:
+    """True when `model` should run under bf16 autocast on `device`.
+
+    Needs native bf16 (`bf16_capable`, default :func:`shared.accel.use_bf16`) and a bf16 output
+    within `min_psnr_db` of fp32 on `probe_input`. Decisions are cached per (`model_id`, device);
+    without a `model_id` the cache entry lives as long as the model object.
+    """
+    capable = accel.use_bf16(device) if bf16_capable is None else bf16_capable
+    if not capable:
+        return False  # not cached: costs nothing, and the flag may be injected differently
+    key = (model_id or f"object:{id(model)}", str(device))
+    with _cache_guard:
+        if key in _precision_cache:
+            return _precision_cache[key]
+    probe = probe_input.to(device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        reference = model(probe).float()
+        with accel.autocast_for(device, enabled=True):
+            reduced = model(probe).float()
+    decision = psnr(reference, reduced) >= min_psnr_db
+    with _cache_guard:
+        _precision_cache[key] = decision
+    if model_id is None:
+        weakref.finalize(model, _precision_cache.pop, key, None)
+    return decision
+
+
+def clear_precision_cache() -> None:
+    with _cache_guard:
+        _precision_cache.clear()
+
+
+def probe_image(channels: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A deterministic 1×C×size×size probe with edges, gradients and fine texture."""
+    gen = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, size)
+    base = 0.5 * (ramp[None, :] + ramp[:, None]) * (ramp[:, None] > 0.5).float()
+    texture = 0.15 * torch.rand(channels, size, size, generator=gen)
+    return (0.2 + 0.6 * base + texture).clamp(0, 1)[None]
+
+
+# --------------------------------------------------------------------------- weights
+
+
+class WeightsMismatchError(RuntimeError):
+    """A weights file does not match the module's state dict."""
+
+
+def _listed(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_safetensors_strict(module: torch.nn.Module, path: str | Path) -> dict[str, str]:
+    """Load (fp16) safetensors into `module`, cast to each tensor's dtype; return the metadata.
+
+    Keys and shapes must match exactly; the error lists every missing, unexpected and
+    mis-shaped key so a wrong width/depth/scale is obvious.
+    """
+    target = module.state_dict()
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        metadata = dict(handle.metadata() or {})
+        stored = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    missing = sorted(set(target) - set(stored))
+    unexpected = sorted(set(stored) - set(target))
+    misshaped = sorted(
+        f"{k} {tuple(stored[k].shape)}≠{tuple(target[k].shape)}"
+        for k in set(stored) & set(target)
+        if stored[k].shape != target[k].shape
+    )
+    if missing or unexpected or misshaped:
+        parts = [f"{path} does not fit {type(module).__name__}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+        if misshaped:
+            parts.append(f"shape mismatches ({len(misshaped)}): {_listed(misshaped)}")
+        raise WeightsMismatchError("\n  ".join(parts))
+    cast = {k: v.to(target[k].dtype) if v.is_floating_point() else v for k, v in stored.items()}
+    module.load_state_dict(cast, strict=True)
+    return metadata
+
+
+def save_safetensors_fp16(
+    module: torch.nn.Module, path: str | Path, metadata: Mapping[str, object] | None = None
+) -> None:
+    """Write the state dict as fp16 safetensors (the shipped format) with string metadata."""
+    tensors = {
+        k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in module.state_dict().items()
+    }
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    save_file(tensors, str(path), metadata=meta)

@@ -1,0 +1,186 @@
+"""A job's life as an append-only event log in the object store.
+
+Every state change or progress report is written as its own object
+(`jobs/<id>/events/<time>-<rank>-<state>-<rand>.json`) by the service that caused it, so
+concurrent writers never lose each other's update; the job document any gateway replica
+serves is folded from these events, and a state can only move forward.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared import messages
+from shared.blobstore import BlobNotFound, BlobStore
+from shared.eventbus import EventBus
+from shared.messages import FINAL_STATES, STATE_RANK, JobOptions, JobStatus
+
+
+def new_job_id() -> str:
+    """128 random bits, hex: unguessable, so the id itself guards the job's links."""
+    return secrets.token_hex(16)
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+
+
+class JobKeys:
+    """Where a job's objects live. Keys never contain user-provided names."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.prefix = f"jobs/{job_id}/"
+
+    @property
+    def spec(self) -> str:
+        return self.prefix + "job.json"
+
+    @property
+    def upload(self) -> str:
+        return self.prefix + "upload/image"
+
+    @property
+    def upload_mask(self) -> str:
+        return self.prefix + "upload/mask"
+
+    @property
+    def input(self) -> str:
+        return self.prefix + "work/input.png"
+
+    @property
+    def input_mask(self) -> str:
+        return self.prefix + "work/mask.png"
+
+    @property
+    def input_alpha(self) -> str:
+        return self.prefix + "work/alpha.png"
+
+    @property
+    def icc(self) -> str:
+        return self.prefix + "work/icc.bin"
+
+    def result(self, fmt: str) -> str:
+        return self.prefix + f"result/result.{_EXTENSIONS[fmt]}"
+
+    @property
+    def events_prefix(self) -> str:
+        return self.prefix + "events/"
+
+
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the gateway accepted; written once, never changed."""
+
+    job_id: str
+    task: str
+    options: JobOptions
+    created_at: float
+    upload_bytes: int
+    upload_content_type: str = ""
+
+
+@dataclass
+class JobView:
+    """The job document: folded from the spec and the event log."""
+
+    spec: JobSpec
+    state: str = "queued"
+    stages: dict[str, float] = field(default_factory=dict)
+    progress: float | None = None
+    error: str | None = None
+    result_key: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    last_event_at: float = 0.0
+    events: list[JobStatus] = field(default_factory=list)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def fold(spec: JobSpec, events: list[JobStatus]) -> JobView:
+    """Apply events in time order; a state never moves backwards, a final one never changes."""
+    view = JobView(spec=spec, stages={"queued": spec.created_at}, last_event_at=spec.created_at)
+    for event in sorted(events, key=lambda e: e.at):
+        view.events.append(event)
+        view.last_event_at = max(view.last_event_at, event.at)
+        if view.is_final:
+            continue
+        rank, current = STATE_RANK.get(event.state, -1), STATE_RANK[view.state]
+        if rank < current:
+            continue
+        if rank > current:
+            view.state = event.state
+            view.stages.setdefault(event.state, event.at)
+            view.progress = None
+        if event.progress is not None:
+            view.progress = event.progress
+        if event.error:
+            view.error = event.error
+        if event.result_key:
+            view.result_key = event.result_key
+        view.details.update(event.details)
+    return view
+
+
+class JobLog:
+    """Reads and appends a job's events in the object store."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    async def create(self, spec: JobSpec) -> None:
+        body = json.dumps(asdict(spec)).encode()
+        await self.store.put(JobKeys(spec.job_id).spec, body, "application/json")
+
+    async def append(self, status: JobStatus) -> None:
+        rank = STATE_RANK.get(status.state, 9)
+        name = f"{int(status.at * 1e9):020d}-{rank}-{status.state}-{secrets.token_hex(4)}.json"
+        key = JobKeys(status.job_id).events_prefix + name
+        await self.store.put(key, messages.encode(status), "application/json")
+
+    async def spec(self, job_id: str) -> JobSpec | None:
+        try:
+            raw = json.loads(await self.store.get(JobKeys(job_id).spec))
+        except BlobNotFound:
+            return None
+        raw["options"] = JobOptions(**raw["options"])
+        return JobSpec(**raw)
+
+    async def view(self, job_id: str) -> JobView | None:
+        spec = await self.spec(job_id)
+        if spec is None:
+            return None
+        events = []
+        for key in await self.store.list(JobKeys(job_id).events_prefix):
+            try:
+                event = messages.decode(await self.store.get(key))
+            except (BlobNotFound, messages.MessageError):
+                continue  # deleted meanwhile, or unreadable: never block the job view
+            if isinstance(event, JobStatus):
+                events.append(event)
+        return fold(spec, events)
+
+
+class StatusReporter:
+    """Records a status in the job's log, then tells every listener on the bus."""
+
+    def __init__(self, log: JobLog, bus: EventBus, stage: str) -> None:
+        self.log = log
+        self.bus = bus
+        self.stage = stage
+
+    async def report(self, job_id: str, state: str, **fields: Any) -> JobStatus:
+        status = JobStatus(job_id=job_id, state=state, stage=self.stage, at=time.time(), **fields)
+        await self.log.append(status)
+        await self.bus.publish_status(status)
+        return status

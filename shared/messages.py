@@ -1,0 +1,137 @@
+"""The messages services exchange: small, typed, versioned; keys to objects, never bytes.
+
+Flow: gateway --JobSubmitted--> preprocess --RestoreRequested--> model service, and every
+stage reports JobStatus events (to the status exchange and to the job's event log).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+SCHEMA_VERSION = 1
+
+Task = Literal["denoise", "artifacts", "superres", "inpaint"]
+TASKS: tuple[str, ...] = ("denoise", "artifacts", "superres", "inpaint")
+
+State = Literal["queued", "preprocessing", "running", "done", "failed", "cancelled"]
+# A job's state only moves forward along this order; the three last are final.
+STATE_RANK: dict[str, int] = {
+    "queued": 0,
+    "preprocessing": 1,
+    "running": 2,
+    "done": 3,
+    "failed": 3,
+    "cancelled": 3,
+}
+FINAL_STATES = frozenset({"done", "failed", "cancelled"})
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
+
+
+class MessageError(ValueError):
+    """A message that cannot be understood: wrong type, version or fields."""
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the user asked for, validated by the gateway."""
+
+    model: str
+    sigma: float | None = None  # noise level on 0–255; None = estimate from the image
+    quality: int | None = None  # JPEG quality; None = read from the file's tables
+    scale: int = 4
+    max_side: int | None = None
+    format: str = "png"
+    strength: float = 1.0  # SR: interpolation between PSNR and GAN weights
+    iterations: int | None = None  # DIP
+
+
+@dataclass(frozen=True)
+class JobSubmitted:
+    """gateway → preprocess: an upload is stored and waits for normalisation."""
+
+    TYPE: ClassVar[str] = "job.submitted"
+    job_id: str
+    task: str
+    options: JobOptions
+    upload_key: str
+    mask_key: str | None = None
+    submitted_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class RestoreRequested:
+    """preprocess → model service: a normalised input is stored and waits for a network."""
+
+    TYPE: ClassVar[str] = "restore.requested"
+    job_id: str
+    task: str
+    options: JobOptions
+    input_key: str
+    mask_key: str | None = None
+    alpha_key: str | None = None
+    icc_key: str | None = None
+    # EXIF orientation to apply to the result (JPEG deblocking runs on the stored grid).
+    orientation_after: int = 1
+    source_format: str = ""
+    submitted_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Any stage → status exchange and job event log: a state change or progress."""
+
+    TYPE: ClassVar[str] = "job.status"
+    job_id: str
+    state: str
+    stage: str
+    at: float = field(default_factory=time.time)
+    progress: float | None = None
+    error: str | None = None
+    result_key: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+Message = JobSubmitted | RestoreRequested | JobStatus
+_MESSAGE_TYPES: dict[str, type] = {
+    cls.TYPE: cls for cls in (JobSubmitted, RestoreRequested, JobStatus)
+}
+
+
+def encode(message: Message) -> bytes:
+    envelope = {"type": message.TYPE, "version": SCHEMA_VERSION, "body": asdict(message)}
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Message:
+    try:
+        envelope = json.loads(data)
+        cls = _MESSAGE_TYPES[envelope["type"]]
+        version = envelope["version"]
+        body = dict(envelope["body"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"unreadable message: {exc!r}") from exc
+    if version != SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema version {version} for {cls.TYPE}")
+    return _build(cls, body)
+
+
+def _build(cls: type, body: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(body) - known
+    if unknown:
+        raise MessageError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    if "options" in body:
+        body["options"] = _build(JobOptions, dict(body["options"]))
+    try:
+        return cls(**body)
+    except TypeError as exc:
+        raise MessageError(f"{cls.__name__}: {exc}") from exc

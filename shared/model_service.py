@@ -1,0 +1,224 @@
+"""The thin adapter every model service is: consume → load → pure function → store → publish.
+
+A service supplies one `Restorer` (a pure function of arrays); everything around it—
+loading the normalised input, running inference off the event loop so AMQP heartbeats keep
+flowing, progress and cancellation, re-attaching alpha/ICC/orientation, storing the result
+under a deterministic key (a redelivery overwrites, never duplicates), reporting `done`
+with timings—lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared import imaging, telemetry
+from shared.blobstore import BlobNotFound, BlobStore
+from shared.errors import UnprocessableInput
+from shared.eventbus import Delivery, EventBus, Reject
+from shared.inference import inference_lock
+from shared.jobs import CONTENT_TYPES, JobKeys, JobLog, StatusReporter
+from shared.logging import get_logger
+from shared.messages import JobOptions, RestoreRequested
+from shared.tiling import Cancelled
+from shared.topology import QueueSpec
+
+log = get_logger(__name__)
+
+# How often a running job looks for a cancellation and may report progress (seconds).
+CANCEL_POLL_S = 1.0
+PROGRESS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class RestoreInput:
+    """What a restorer gets: arrays and the user's options, nothing about queues or stores."""
+
+    task: str
+    options: JobOptions
+    pixels: np.ndarray  # uint8 HxW or HxWx3
+    mask: np.ndarray | None  # bool HxW (inpaint)
+    source_format: str
+    on_progress: Callable[[float], None] = lambda _fraction: None
+    should_cancel: Callable[[], bool] = lambda: False
+
+
+@dataclass(frozen=True)
+class RestoreOutput:
+    pixels: np.ndarray
+    model: str  # what actually ran, e.g. "mwcnn" or "classic:nlm"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Restorer = Callable[[RestoreInput], RestoreOutput]
+
+
+@dataclass
+class _Job:
+    """Per-delivery state shared between the event loop and the inference thread."""
+
+    request: RestoreRequested
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    last_progress_at: float = 0.0
+
+
+class ModelService:
+    def __init__(
+        self,
+        name: str,
+        queue: QueueSpec,
+        restorer: Restorer,
+        bus: EventBus,
+        store: BlobStore,
+        device: str = "cpu",
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.restorer = restorer
+        self.bus = bus
+        self.store = store
+        self.device = device
+        self.jobs = JobLog(store)
+        self.reporter = StatusReporter(self.jobs, bus, stage=name)
+
+    async def start(self) -> None:
+        await self.bus.consume(self.queue, self.handle)
+
+    async def handle(self, delivery: Delivery) -> None:
+        request = delivery.message
+        if not isinstance(request, RestoreRequested):
+            raise Reject(f"{self.name} cannot handle {type(request).__name__}")
+        view = await self.jobs.view(request.job_id)
+        if view is None or view.is_final:
+            log.info("skip_job", job_id=request.job_id, state=view.state if view else "deleted")
+            return  # cancelled, deleted or already done: ack, never retry
+        await self.reporter.report(request.job_id, "running", details={"device": self.device})
+        try:
+            await self._process(_Job(request))
+        except UnprocessableInput as exc:
+            await self.reporter.report(request.job_id, "failed", error=str(exc))
+        except Cancelled:
+            log.info("job_cancelled", job_id=request.job_id)
+        except Exception as exc:
+            reason = f"{self.name} failed (attempt {delivery.attempt}): {exc!r}"
+            final = delivery.is_last_attempt
+            await self.reporter.report(
+                request.job_id, "failed" if final else "running", error=reason
+            )
+            raise
+
+    async def _process(self, job: _Job) -> None:
+        request, keys = job.request, JobKeys(job.request.job_id)
+        timings: dict[str, float] = {}
+        started = time.time()
+        pixels, mask, alpha, icc = await self._load(request)
+        timings["load_s"] = time.time() - started
+
+        loop = asyncio.get_running_loop()
+        restore_input = RestoreInput(
+            task=request.task,
+            options=request.options,
+            pixels=pixels,
+            mask=mask,
+            source_format=request.source_format,
+            on_progress=lambda f: self._progress_threadsafe(loop, job, f),
+            should_cancel=job.cancelled.is_set,
+        )
+        watcher = asyncio.create_task(self._watch_for_cancel(job))
+        t0 = time.time()
+        try:
+            with telemetry.tracer().start_as_current_span(
+                f"{self.name} inference",
+                attributes={
+                    "restora.task": request.task,
+                    "restora.model": request.options.model,
+                    "restora.megapixels": pixels.shape[0] * pixels.shape[1] / 1e6,
+                    "restora.device": self.device,
+                },
+            ):
+                output = await asyncio.to_thread(_run_exclusive, self.restorer, restore_input)
+        finally:
+            watcher.cancel()
+        timings["inference_s"] = time.time() - t0
+
+        t0 = time.time()
+        if alpha is not None and alpha.shape != output.pixels.shape[:2]:
+            alpha = imaging.resize_alpha(alpha, output.pixels.shape[1::-1])
+        fmt = request.options.format
+        encoded = await asyncio.to_thread(
+            imaging.encode_result,
+            output.pixels,
+            alpha=alpha,
+            icc_profile=icc,
+            fmt=fmt,  # type: ignore[arg-type]
+            orientation=request.orientation_after,
+        )
+        timings["encode_s"] = time.time() - t0
+        t0 = time.time()
+        result_key = keys.result(fmt)
+        await self.store.put(result_key, encoded, CONTENT_TYPES[fmt])
+        timings["store_s"] = time.time() - t0
+        height, width = output.pixels.shape[:2]
+        await self.reporter.report(
+            request.job_id,
+            "done",
+            result_key=result_key,
+            details={
+                "model": output.model,
+                "timings": {self.name: timings},
+                "output": {"width": width, "height": height, "bytes": len(encoded)},
+                **output.details,
+            },
+        )
+
+    async def _load(
+        self, request: RestoreRequested
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bytes | None]:
+        try:
+            pixels = imaging.decode_png(await self.store.get(request.input_key))
+            mask = (
+                imaging.decode_mask_png(await self.store.get(request.mask_key))
+                if request.mask_key
+                else None
+            )
+            alpha = (
+                imaging.decode_png(await self.store.get(request.alpha_key))
+                if request.alpha_key
+                else None
+            )
+            icc = await self.store.get(request.icc_key) if request.icc_key else None
+        except BlobNotFound as exc:
+            raise UnprocessableInput(f"the job's input is gone (deleted?): {exc}") from exc
+        return pixels, mask, alpha, icc
+
+    async def _watch_for_cancel(self, job: _Job) -> None:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            view = await self.jobs.view(job.request.job_id)
+            if view is None or view.state == "cancelled":
+                job.cancelled.set()
+                return
+
+    def _progress_threadsafe(
+        self, loop: asyncio.AbstractEventLoop, job: _Job, fraction: float
+    ) -> None:
+        now = time.monotonic()
+        if now - job.last_progress_at < PROGRESS_EVERY_S and fraction < 1.0:
+            return
+        job.last_progress_at = now
+        coro = self.reporter.report(job.request.job_id, "running", progress=round(fraction, 4))
+        asyncio.run_coroutine_threadsafe(coro, loop)
+
+
+def _run_exclusive(restorer: Restorer, restore_input: RestoreInput) -> RestoreOutput:
+    """One inference at a time per process slot: on 2 cores, two at once only slow both."""
+    with inference_lock:
+        if restore_input.should_cancel():
+            raise Cancelled()
+        return restorer(restore_input)

@@ -1,0 +1,283 @@
+"""MWCNN: Multi-level Wavelet-CNN for Image Restoration (Liu, Zhang, Zhang, Lin, Zuo; CVPRW 2018).
+
+The network is a U-Net whose pooling is replaced by the 2-D Haar discrete wavelet transform
+(DWT) and whose up-convolutions are replaced by the inverse transform (IWT). The DWT turns a
+(C, H, W) map into a (4C, H/2, W/2) map of the LL/HL/LH/HH sub-bands without losing anything,
+so the receptive field grows like pooling does while the signal stays invertible.
+
+Architecture as in the paper (Fig. 3), widths ``(160, 256, 256)``, 24 conv layers:
+
+    x ─DWT─ [4 conv, w1] ─DWT─ [4 conv, w2] ─DWT─ [8 conv: w3 ... → 4·w2] ─IWT─ (+) ─┐
+                 │                  └──────────────────── sum ─────────────────────┘
+                 │                                                    [4 conv: ... → 4·w1]
+                 └────────────────────────── sum ─────────────────────────── IWT ─ (+)
+                                                                  [4 conv: ... → 4·C] ─IWT─ + x
+
+Every layer is a 3×3 "Conv+BN+ReLU" except the very last, a plain 3×3 conv whose 4·C outputs
+become the C image channels after the final IWT. Skip connections are element-wise sums of the
+contracting-path block output and the IWT output on the expanding path.
+
+Deviations from the paper (each kept small and documented):
+
+* **Residual output.** The network predicts the residual: ``out = x + net(x)``. The paper's
+  MatConvNet model learns the clean image directly; the residual form trains faster on a small
+  compute budget and is what DnCNN/FFDNet-style denoisers do.
+* **Degradation-level input (FFDNet-style).** With ``level_channel=True`` (default) one extra
+  constant input map holds the degradation level (σ/255 for Gaussian noise, see
+  :func:`level_from_sigma`; a quality-derived value for JPEG, see :func:`level_from_quality`).
+  It is concatenated to the image before the first DWT. This lets one network serve every σ or
+  JPEG quality in the API's range and makes the ``sigma``/``quality`` options meaningful; the
+  paper trains one network per level.
+* **Colour.** ``in_channels`` defaults to 3 (RGB). The shipped models are colour networks; a gray
+  image is served by replicating it to three channels and averaging the three outputs (the
+  training data contains gray images replicated in exactly this way, so the network sees both).
+* **Width.** Widths and depths are constructor arguments defaulting to the paper's; the shipped
+  width is narrower (what a CPU training budget allows) and recorded in the weights' metadata.
+* **BatchNorm** is kept as in the paper (``batch_norm=True``); convs followed by BN have no bias.
+
+Input height and width must be multiples of 8 (three DWT levels); padding is the caller's job
+(the shared tiler pads bottom/right and crops). DWT/IWT are fixed, parameter-free operations that
+always run in fp32, also under autocast, so IWT(DWT(x)) == x to fp32 rounding (≤ 2e-7).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LEVELS = 3
+SIZE_MULTIPLE = 2**LEVELS
+
+
+# --------------------------------------------------------------------------- wavelets
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def haar_dwt(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2-D Haar DWT: (N, C, H, W) → (N, 4C, H/2, W/2), sub-bands [LL, HL, LH, HH].
+
+    Channel layout is band-major (all LL channels, then all HL, ...). Computed with a pixel
+    unshuffle and butterflies of sums (no convolution), in fp32 regardless of autocast: exact up
+    to fp32 rounding and cheaper than a strided conv on CPU and CUDA.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        n, c, h, w = x.shape
+        u = F.pixel_unshuffle(_fp32(x), 2).reshape(n, c, 4, h // 2, w // 2)
+        a, b, cc, d = u.unbind(dim=2)  # the 2×2 polyphase components (0,0) (0,1) (1,0) (1,1)
+        s1, s2 = a + b, cc + d
+        t1, t2 = b - a, d - cc
+        ll = (s1 + s2) * 0.5
+        hl = (t1 + t2) * 0.5
+        lh = (s2 - s1) * 0.5
+        hh = (t2 - t1) * 0.5
+        return torch.cat((ll, hl, lh, hh), dim=1)
+
+
+def haar_iwt(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`haar_dwt`: (N, 4C, H, W) → (N, C, 2H, 2W), in fp32."""
+    with torch.autocast(device_type=y.device.type, enabled=False):
+        n, c4, h, w = y.shape
+        if c4 % 4:
+            raise ValueError(f"IWT needs a channel count divisible by 4, got {c4}")
+        ll, hl, lh, hh = _fp32(y).chunk(4, dim=1)
+        # Undo the butterflies of haar_dwt (the transform is orthonormal: it is its own adjoint).
+        s1, s2 = ll - lh, ll + lh
+        t1, t2 = hl - hh, hl + hh
+        a, b = (s1 - t1) * 0.5, (s1 + t1) * 0.5
+        cc, d = (s2 - t2) * 0.5, (s2 + t2) * 0.5
+        u = torch.stack((a, b, cc, d), dim=2).reshape(n, c4, h, w)
+        return F.pixel_shuffle(u, 2)
+
+
+class HaarDWT(nn.Module):
+    """Parameter-free module wrapper of :func:`haar_dwt` (nothing in the state_dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return haar_dwt(x)
+
+
+class HaarIWT(nn.Module):
+    """Parameter-free module wrapper of :func:`haar_iwt` (nothing in the state_dict)."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return haar_iwt(y)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class MWCNNConfig:
+    """Shape of an MWCNN. Defaults are the paper's (160/256/256 wide, 4+4+8+4+4 = 24 layers)."""
+
+    in_channels: int = 3
+    widths: tuple[int, int, int] = (160, 256, 256)
+    block_depth: int = 4  # conv layers per block on levels 1 and 2 (both paths)
+    bottom_depth: int = 8  # conv layers of the deepest (level-3) block
+    batch_norm: bool = True
+    level_channel: bool = True  # FFDNet-style degradation-level input map
+    extra: dict[str, str] = field(default_factory=dict, compare=False)  # free-form notes
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != LEVELS or min(self.widths) < 1:
+            raise ValueError(f"widths must be {LEVELS} positive ints, got {self.widths}")
+        if self.block_depth < 2 or self.bottom_depth < 2:
+            raise ValueError("block_depth and bottom_depth must be at least 2")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MWCNNConfig:
+        raw = json.loads(text)
+        raw["widths"] = tuple(raw["widths"])
+        return cls(**raw)
+
+
+def level_from_sigma(sigma: float) -> float:
+    """Level-map value for Gaussian noise of std ``sigma`` on the 0–255 scale."""
+    return float(sigma) / 255.0
+
+
+def level_from_quality(quality: float) -> float:
+    """Level-map value for JPEG quality ``quality`` (1–100): 0 = pristine, ~1 = worst."""
+    return (100.0 - float(quality)) / 100.0
+
+
+# --------------------------------------------------------------------------- network
+
+
+def _conv_bn_relu(c_in: int, c_out: int, bn: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+def _block(c_in: int, width: int, c_out: int, depth: int, bn: bool, last_plain: bool) -> nn.Sequential:
+    """``depth`` 3×3 layers c_in → width → … → c_out; the last one is a bare conv if asked."""
+    layers: list[nn.Module] = []
+    chans = [c_in] + [width] * (depth - 1) + [c_out]
+    for i in range(depth):
+        if last_plain and i == depth - 1:
+            layers.append(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=True))
+        else:
+            layers += _conv_bn_relu(chans[i], chans[i + 1], bn)
+    return nn.Sequential(*layers)
+
+
+class MWCNN(nn.Module):
+    """MWCNN with an optional FFDNet-style level input; see the module docstring for details.
+
+    ``forward(x, level)``: ``x`` is (N, C, H, W) in [0, 1] (H, W multiples of 8); ``level`` is
+    a float, or a tensor of shape (N,) / (N, 1, H, W) with per-image levels (required when the
+    config has ``level_channel=True``, ignored otherwise). Returns the restored (N, C, H, W).
+    """
+
+    def __init__(self, config: MWCNNConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or MWCNNConfig()
+        w1, w2, w3 = cfg.widths
+        c0 = cfg.in_channels + (1 if cfg.level_channel else 0)
+        bn, d, db = cfg.batch_norm, cfg.block_depth, cfg.bottom_depth
+        self.dwt, self.iwt = HaarDWT(), HaarIWT()
+        self.enc1 = _block(4 * c0, w1, w1, d, bn, last_plain=False)
+        self.enc2 = _block(4 * w1, w2, w2, d, bn, last_plain=False)
+        self.bottom = _block(4 * w2, w3, 4 * w2, db, bn, last_plain=False)
+        self.dec2 = _block(w2, w2, 4 * w1, d, bn, last_plain=False)
+        self.dec1 = _block(w1, w1, 4 * cfg.in_channels, d, bn, last_plain=True)
+
+    def _with_level(self, x: torch.Tensor, level: float | torch.Tensor | None) -> torch.Tensor:
+        if not self.config.level_channel:
+            return x
+        if level is None:
+            raise ValueError("this MWCNN takes a degradation level (level_channel=True)")
+        n, _, h, w = x.shape
+        lv = torch.as_tensor(level, dtype=x.dtype, device=x.device)
+        if lv.dim() <= 1:
+            lv = lv.reshape(-1, 1, 1, 1).expand(n, 1, h, w)
+        return torch.cat((x, lv), dim=1)
+
+    def forward(self, x: torch.Tensor, level: float | torch.Tensor | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+            raise ValueError(f"MWCNN input must be a multiple of {SIZE_MULTIPLE}, got {h}×{w}")
+        inp = self._with_level(x, level)
+        e1 = self.enc1(self.dwt(inp))
+        e2 = self.enc2(self.dwt(e1))
+        d2 = self.iwt(self.bottom(self.dwt(e2))).to(e2.dtype) + e2
+        d1 = self.iwt(self.dec2(d2)).to(e1.dtype) + e1
+        residual = self.iwt(self.dec1(d1))
+        return x + residual.to(x.dtype)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- shipped weights
+
+CONFIG_KEY = "mwcnn_config"
+
+
+def save_mwcnn(model: MWCNN, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``model`` as fp16 safetensors with its config in the metadata (key ``mwcnn_config``).
+
+    BatchNorm running statistics are stored in fp32: fp16 variances lose precision for nothing
+    (they are a few hundred numbers).
+    """
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if not value.is_floating_point():
+            continue  # BN's num_batches_tracked: unused in eval, kept out of the shipped file
+        keep_fp32 = key.endswith(("running_mean", "running_var"))
+        tensors[key] = value.detach().to("cpu", torch.float32 if keep_fp32 else torch.float16)
+        tensors[key] = tensors[key].contiguous()
+    meta = dict(metadata or {})
+    meta[CONFIG_KEY] = model.config.to_json()
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_mwcnn(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> MWCNN:
+    """Load weights written by :func:`save_mwcnn`, with strict key checks; returns eval() model."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if CONFIG_KEY not in meta:
+            raise ValueError(f"{path}: no '{CONFIG_KEY}' in safetensors metadata")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    model = MWCNN(MWCNNConfig.from_json(meta[CONFIG_KEY]))
+    expected = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    missing, unexpected = expected - tensors.keys(), tensors.keys() - expected
+    if missing or unexpected:
+        raise KeyError(f"{path}: missing keys {sorted(missing)}, unexpected {sorted(unexpected)}")
+    state = model.state_dict()
+    for key, value in tensors.items():
+        if value.shape != state[key].shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, "
+                             f"expected {tuple(state[key].shape)}")
+        state[key] = value.float()
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def read_mwcnn_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of a shipped MWCNN (config, task, ...) without loading tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})

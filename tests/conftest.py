@@ -1,0 +1,91 @@
+"""Shared pytest fixtures. Server fixtures start real RabbitMQ and S3 once per session.
+
+Point the tests at servers of your own instead with RESTORA_TEST_BROKER_URL and
+RESTORA_TEST_S3_ENDPOINT (+ RESTORA_TEST_S3_ACCESS_KEY / RESTORA_TEST_S3_SECRET_KEY).
+A missing server program skips the tests that need it, except under CI, where it is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import (
+    RabbitMQServer,
+    S3Endpoint,
+    SeaweedS3Server,
+    ServerBinaryMissing,
+    in_ci,
+)
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `timeout` in .ci/run (or a cancelled job) sends SIGTERM, which would kill pytest
+    # without teardown; as KeyboardInterrupt pytest still stops the servers it started.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
+def _unavailable(reason: str) -> None:
+    """Skip on a developer machine without the server; fail loudly in CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: a missing server is an error, not a skip)")
+    pytest.skip(reason)
+
+
+# Server start-up times, shown in the terminal summary so slow start-ups show in CI logs.
+_startup_s: dict[str, float] = {}
+
+
+def _report_startup(name: str, seconds: float | None) -> None:
+    if seconds is not None:
+        _startup_s[name] = seconds
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for name, seconds in _startup_s.items():
+        terminalreporter.write_line(f"[servers] {name} started in {seconds:.2f}s")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """amqp:// URL of a RabbitMQ node for this test session."""
+    external = os.environ.get("RESTORA_TEST_BROKER_URL")
+    if external:
+        yield external
+        return
+    try:
+        server = RabbitMQServer()
+    except ServerBinaryMissing as exc:
+        _unavailable(str(exc))
+    with server.start():
+        _report_startup("rabbitmq", server.startup_s)
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Endpoint]:
+    """Endpoint and credentials of an S3 server for this test session."""
+    external = os.environ.get("RESTORA_TEST_S3_ENDPOINT")
+    if external:
+        yield S3Endpoint(
+            endpoint=external,
+            access_key=os.environ.get("RESTORA_TEST_S3_ACCESS_KEY", ""),
+            secret_key=os.environ.get("RESTORA_TEST_S3_SECRET_KEY", ""),
+            secure=os.environ.get("RESTORA_TEST_S3_SECURE", "").lower() in ("1", "true"),
+        )
+        return
+    try:
+        server = SeaweedS3Server()
+    except ServerBinaryMissing as exc:
+        _unavailable(str(exc))
+    with server.start():
+        _report_startup("seaweedfs s3", server.startup_s)
+        yield server.endpoint

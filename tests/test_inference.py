@@ -1,0 +1,172 @@
+"""The shared inference runtime: conversion, placement, precision policy, strict weights, gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from shared import inference
+from shared.inference import (
+    InferenceGate,
+    WeightsMismatchError,
+    load_safetensors_strict,
+    numpy_to_tensor,
+    precision_for,
+    prepare_for_inference,
+    probe_image,
+    save_safetensors_fp16,
+    tensor_to_numpy,
+    tile_fn,
+)
+from shared.tiling import run_tiled
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1))
+
+
+def test_numpy_round_trip_gray_and_colour() -> None:
+    rng = np.random.default_rng(0)
+    for shape in [(7, 9), (7, 9, 3), (5, 4, 4)]:
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        tensor = numpy_to_tensor(image)
+        channels = 1 if len(shape) == 2 else shape[2]
+        assert tensor.shape == (1, channels, shape[0], shape[1]) and tensor.dtype == torch.float32
+        assert float(tensor.min()) >= 0 and float(tensor.max()) <= 1
+        np.testing.assert_array_equal(tensor_to_numpy(tensor), image)
+
+
+def test_tensor_to_numpy_rounds_and_clips() -> None:
+    t = torch.tensor([[[[-0.5, 0.0, 1.4 / 255, 1.6 / 255, 1.0, 2.0]]]])
+    assert tensor_to_numpy(t).tolist() == [[0, 0, 1, 2, 255, 255]]
+
+
+def test_numpy_to_tensor_rejects_other_types() -> None:
+    with pytest.raises(TypeError):
+        numpy_to_tensor(np.zeros((4, 4), dtype=np.int32))
+
+
+def test_prepare_for_inference() -> None:
+    net = prepare_for_inference(_net().train(), torch.device("cpu"))
+    assert not net.training
+    assert all(not p.requires_grad for p in net.parameters())
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_tile_fn_with_tiler() -> None:
+    net = prepare_for_inference(_net(), torch.device("cpu"))
+    run = tile_fn(net, torch.device("cpu"), bf16=False)
+    out = run_tiled(run, torch.rand(1, 3, 33, 41), tile=16, overlap=8)
+    assert out.shape == (1, 3, 33, 41)
+
+
+class _Bf16Sensitive(nn.Module):
+    """Adds `error` to its output when autocast is on: stands in for real bf16 rounding."""
+
+    def __init__(self, error: float) -> None:
+        super().__init__()
+        self.error = error
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        on = torch.is_autocast_enabled(x.device.type)
+        return x + (self.error if on else 0.0)
+
+
+def test_precision_never_bf16_without_native_support() -> None:
+    model = _Bf16Sensitive(0.0)
+    assert not precision_for(model, torch.device("cpu"), probe_image(3), bf16_capable=False)
+    assert model.calls == 0  # nothing even run
+
+
+def test_precision_bf16_when_capable_and_accurate() -> None:
+    inference.clear_precision_cache()
+    model = _Bf16Sensitive(1e-4)  # 80 dB
+    probe = probe_image(3)
+    assert precision_for(model, torch.device("cpu"), probe, model_id="m1", bf16_capable=True)
+    assert model.calls == 2
+    # cached per model id: not probed again
+    assert precision_for(model, torch.device("cpu"), probe, model_id="m1", bf16_capable=True)
+    assert model.calls == 2
+
+
+def test_precision_fp32_when_bf16_is_too_lossy() -> None:
+    inference.clear_precision_cache()
+    model = _Bf16Sensitive(1e-2)  # 40 dB < 50 dB
+    assert not precision_for(
+        model, torch.device("cpu"), probe_image(3), model_id="m2", bf16_capable=True
+    )
+
+
+def test_precision_this_machine_follows_accel(monkeypatch: pytest.MonkeyPatch) -> None:
+    inference.clear_precision_cache()
+    monkeypatch.setattr(inference.accel, "use_bf16", lambda device: False)
+    assert not precision_for(_Bf16Sensitive(0.0), torch.device("cpu"), probe_image(3))
+
+
+def test_strict_load_round_trip(tmp_path: Path) -> None:
+    source = _net()
+    target = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1))
+    path = tmp_path / "w.safetensors"
+    save_safetensors_fp16(source, path, {"steps": 12, "data": "T91"})
+    meta = load_safetensors_strict(target, path)
+    assert meta == {"steps": "12", "data": "T91"}
+    assert target[0].weight.dtype == torch.float32
+    assert torch.allclose(target[0].weight, source[0].weight, atol=1e-3)
+
+
+def test_strict_load_lists_missing_and_unexpected(tmp_path: Path) -> None:
+    state = {k: v.half() for k, v in _net().state_dict().items()}
+    del state["2.bias"]
+    state["extra.weight"] = torch.zeros(2, dtype=torch.float16)
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsMismatchError) as err:
+        load_safetensors_strict(_net(), path)
+    assert "missing keys (1): 2.bias" in str(err.value)
+    assert "unexpected keys (1): extra.weight" in str(err.value)
+
+
+def test_strict_load_reports_shape_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "wide.safetensors"
+    wide = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    save_safetensors_fp16(wide, path)
+    with pytest.raises(WeightsMismatchError, match="shape mismatches"):
+        load_safetensors_strict(_net(), path)
+
+
+def test_gate_allows_configured_concurrency() -> None:
+    gate = InferenceGate(1)
+    active, peak = [0], [0]
+    guard = threading.Lock()
+
+    def work() -> None:
+        with gate:
+            with guard:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            deadline = time.monotonic() + 0.5  # linger until the others could join
+            while peak[0] < gate.slots and time.monotonic() < deadline:
+                time.sleep(0.005)
+            with guard:
+                active[0] -= 1
+
+    for slots, expected in [(1, 1), (2, 2)]:
+        gate.configure(slots)
+        peak[0] = 0
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert peak[0] == expected
+    assert inference.inference_lock.slots >= 1

@@ -1,0 +1,275 @@
+"""Generic training helpers shared by every training script (MWCNN, ESRGAN, ...).
+
+Nothing here knows about a particular network. The pieces:
+
+* :class:`RunLog`: timestamped lines appended to ``<run_dir>/train.log`` (and echoed through
+  tqdm so they do not break the progress bar).
+* :func:`save_checkpoint` / :func:`load_checkpoint`: atomic, resumable checkpoints holding the
+  model, optimizer, scheduler, step, RNG states (torch, numpy Generator, python) and any extras.
+* :func:`cosine_schedule`: Adam-friendly linear warm-up then cosine decay, as a LambdaLR.
+* :class:`Every`: "has N seconds passed?" for time-based checkpointing.
+* :func:`machine_summary`: CPU model, flags, threads, bf16 decision (from ``shared.accel``).
+* :func:`export_fp16_safetensors` / :func:`write_provenance` / :func:`git_commit`: shipping.
+* :func:`psnr`: the plain PSNR used for validation logging.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import random
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shared.accel import cpu_flags, cpu_model, describe_accelerator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- threads / device
+
+
+def configure_threads(threads: int) -> None:
+    """Pin torch's intra- and inter-op pools (a background run must stay on its own core)."""
+    torch.set_num_threads(max(1, threads))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set once in this process; harmless
+
+
+def machine_summary(device: torch.device) -> dict[str, Any]:
+    """What the training log and the provenance file record about the machine."""
+    summary: dict[str, Any] = dict(describe_accelerator(device))
+    summary["cpu_model"] = cpu_model()
+    summary["cpu_count"] = os.cpu_count()
+    summary["all_cpu_flags"] = " ".join(sorted(cpu_flags()))
+    return summary
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class RunLog:
+    """Appends ``<UTC time> <message>`` lines to a log file and echoes them above tqdm bars."""
+
+    def __init__(self, path: str | Path, echo: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        line = f"{stamp} {message}"
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+        if self.echo:
+            tqdm.write(line)
+
+    def json(self, event: str, **fields: Any) -> None:
+        """A machine-readable line: ``<time> <event> {json}`` (easy to grep and parse back)."""
+        self(f"{event} {json.dumps(fields, sort_keys=True, default=str)}")
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = "train") -> tqdm:
+    """A tqdm bar that also works when stdout is a log file (no ANSI clutter, slow refresh)."""
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=5.0,
+                smoothing=0.05)
+
+
+class Every:
+    """``if every(): ...`` is true at most once per ``seconds`` (first call after the period)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = time.monotonic()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0,
+                  min_ratio: float = 0.01) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine from 1 down to ``min_ratio`` at the end."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                    min_ratio: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR applying :func:`cosine_factor`; step it once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_factor(s, total_steps, warmup_steps, min_ratio)
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def rng_state(np_rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """Every RNG a training loop may draw from, in a torch.save-able form."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if np_rng is not None:
+        state["numpy"] = np_rng.bit_generator.state
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any], np_rng: np.random.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if np_rng is not None and "numpy" in state:
+        np_rng.bit_generator.state = state["numpy"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    step: int = 0,
+    np_rng: np.random.Generator | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Atomically save everything needed to resume: model, optimizer, scheduler, step, RNGs."""
+    state: dict[str, Any] = {
+        "model": model.state_dict(),
+        "step": step,
+        "rng": rng_state(np_rng),
+        "extra": dict(extra or {}),
+        "saved_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Serialise to a temp file next to the target, then rename (atomic on POSIX).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    np_rng: np.random.Generator | None = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Load a :func:`save_checkpoint` file into the given objects (strict model keys).
+
+    Returns the raw checkpoint dict (``step``, ``extra``, ...). Our own files only: it unpickles
+    python objects (RNG states), so never point it at a checkpoint from elsewhere.
+    """
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    if model is not None:
+        model.load_state_dict(state["model"], strict=True)
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+    if restore_rng and "rng" in state:
+        restore_rng_state(state["rng"], np_rng)
+    return state
+
+
+# --------------------------------------------------------------------------- shipping
+
+
+def git_commit(repo_root: str | Path = REPO_ROOT) -> str:
+    """``git rev-parse HEAD`` of the training code (plus ``-dirty`` when it has local edits)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "shared"],
+                           cwd=repo_root, capture_output=True, text=True).stdout.strip()
+    return f"{head}-dirty" if dirty else head
+
+
+def export_fp16_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path,
+                            metadata: Mapping[str, str] | None = None,
+                            keep_fp32: tuple[str, ...] = ("running_mean", "running_var")) -> int:
+    """Write float tensors as fp16 (keys ending in ``keep_fp32`` stay fp32), skip integer
+    buffers (e.g. BN's ``num_batches_tracked``). Returns the file size in bytes.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for key, value in state_dict.items():
+        if not value.is_floating_point():
+            continue
+        dtype = torch.float32 if key.endswith(keep_fp32) else torch.float16
+        tensors[key] = value.detach().to("cpu", dtype).contiguous()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=dict(metadata or {}))
+    return path.stat().st_size
+
+
+def write_provenance(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Pretty JSON provenance beside shipped weights (data, steps, schedule, machine, commit)."""
+    text = json.dumps(dict(record), indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor,
+         data_range: float = 1.0) -> float:
+    """PSNR in dB between two arrays on the same scale (``data_range`` = peak value)."""
+    x = torch.as_tensor(a, dtype=torch.float64)
+    y = torch.as_tensor(b, dtype=torch.float64)
+    mse = float(torch.mean((x - y) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(data_range**2 / mse)

@@ -1,0 +1,243 @@
+"""Train MWCNN for denoising or JPEG artifact removal (resumable, CPU- or CUDA-friendly).
+
+    python -m training.train_mwcnn --task denoise --run-dir runs/mwcnn-denoise \\
+        --width 64 --steps 8000 --batch 16 --patch 64 --threads 1 [--resume] \\
+        [--init weights/mwcnn-denoise.safetensors]
+
+``<run-dir>/train.log`` gets the machine (CPU model, flags, bf16 decision), the settings, loss
+and steps/hour every ``--log-every`` steps and validation PSNR every ``--val-every`` steps.
+``last.pt`` (resumable: model, optimizer, scheduler, step, RNGs) is rewritten atomically every
+``--ckpt-minutes`` and on SIGTERM/SIGINT; ``best.pt`` keeps the best validation PSNR.
+``--width W`` means widths (W, 2W, 2W) — the paper's shape is 160/256/256 (``--widths``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.accel import autocast_for, best_device, use_bf16
+from shared.models.mwcnn import MWCNN, MWCNNConfig, count_parameters, load_mwcnn
+from training.common import (
+    Every,
+    RunLog,
+    configure_threads,
+    cosine_schedule,
+    git_commit,
+    load_checkpoint,
+    machine_summary,
+    progress_bar,
+    psnr,
+    save_checkpoint,
+)
+from training.data import TASKS, PatchSampler, TrainingImages, ValItem, validation_set
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--width", type=int, default=None, help="widths W/2W/2W (default: paper's)")
+    p.add_argument("--widths", type=int, nargs=3, default=None, help="explicit 3 widths")
+    p.add_argument("--block-depth", type=int, default=4)
+    p.add_argument("--bottom-depth", type=int, default=8)
+    p.add_argument("--no-bn", action="store_true", help="drop BatchNorm (a deviation)")
+    p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--min-lr-ratio", type=float, default=0.02)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--loss", choices=("l1", "l2"), default="l2")
+    p.add_argument("--gray-fraction", type=float, default=0.5)
+    p.add_argument("--clip-prob", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.add_argument("--init", type=Path, default=None, help="start from shipped safetensors")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop (with a checkpoint) after this long, e.g. for a speed probe")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> MWCNNConfig:
+    if args.widths:
+        widths = tuple(args.widths)
+    elif args.width:
+        widths = (args.width, 2 * args.width, 2 * args.width)
+    else:
+        widths = MWCNNConfig().widths
+    return MWCNNConfig(widths=widths, block_depth=args.block_depth,  # type: ignore[arg-type]
+                       bottom_depth=args.bottom_depth, batch_norm=not args.no_bn)
+
+
+def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(x).to(device, non_blocking=True)
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def restored_uint8(out: torch.Tensor) -> torch.Tensor:
+    """What a user gets back: clamped and rounded to 8-bit levels (scale 0–1)."""
+    return torch.round(out.float().clamp(0, 1) * 255) / 255
+
+
+@torch.no_grad()
+def validate(model: nn.Module, items: list[ValItem], device: torch.device) -> dict[str, float]:
+    """Mean PSNR (8-bit outputs; gray scored on the channel mean) overall and per level."""
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[float]] = {}
+    for item in items:
+        inp = to_tensor(item.input[None], device)
+        with autocast_for(device):
+            out = model(inp, torch.tensor([item.level], device=device))
+        out = restored_uint8(out)[0].cpu()
+        target = torch.from_numpy(item.target)
+        if item.gray:
+            out, target = out.mean(0), target[0]
+        level_key = item.name.rsplit("@", 1)[1]
+        scores.setdefault(level_key, []).append(psnr(out, target))
+        scores.setdefault("all", []).append(psnr(out, target))
+    model.train(was_training)
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def build_model(args: argparse.Namespace, device: torch.device, log: RunLog) -> MWCNN:
+    config = config_from_args(args)
+    if args.init is not None:
+        shipped = load_mwcnn(args.init)
+        if shipped.config != config:
+            log(f"--init {args.init}: using its config {shipped.config} (CLI shape ignored)")
+        model = shipped.train()
+    else:
+        model = MWCNN(config)
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def loss_fn(kind: str) -> nn.Module:
+    return nn.L1Loss() if kind == "l1" else nn.MSELoss()
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.stop = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = best_device()
+    run_dir: Path = args.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(run_dir / "train.log")
+    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
+
+    model = build_model(args, device, log)
+    config = model.config
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = cosine_schedule(optimizer, args.steps, args.warmup, args.min_lr_ratio)
+    np_rng = np.random.default_rng(args.seed)
+    step, best_psnr = 0, -math.inf
+    commit = git_commit()
+    history: dict[str, Any] = {"init": str(args.init) if args.init else None, "segments": []}
+    if args.resume and last.exists():
+        state = load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler,
+                                np_rng=np_rng)
+        step = int(state["step"])
+        best_psnr = float(state["extra"].get("best_psnr", -math.inf))
+        history = state["extra"].get("history", history)
+        log(f"resumed from {last} at step {step} (best val PSNR {best_psnr:.3f})")
+    elif args.resume:
+        log(f"--resume: no {last} yet, starting fresh")
+
+    machine = machine_summary(device)
+    images = TrainingImages.load(min_size=args.patch)
+    sampler = PatchSampler(images, args.task, args.patch, np_rng, args.gray_fraction,
+                           args.clip_prob)
+    val_items = validation_set(args.task)
+    segment = {"start_step": step, "commit": commit, "machine": machine["device"],
+               "args": {k: str(v) for k, v in vars(args).items()}}
+    history["segments"].append(segment)
+    log.json("start", task=args.task, config=config.to_json(), params=count_parameters(model),
+             commit=commit, machine=machine, args=vars(args), data=images.describe(),
+             val_items=len(val_items), bf16=use_bf16(device))
+
+    def extra() -> dict[str, Any]:
+        return {"config": config.to_json(), "task": args.task, "best_psnr": best_psnr,
+                "history": history, "machine": machine, "commit": commit,
+                "args": {k: str(v) for k, v in vars(args).items()}, "data": images.describe()}
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                        np_rng=np_rng, extra=extra())
+
+    criterion = loss_fn(args.loss)
+    stop = StopFlag()
+    ckpt_timer = Every(args.ckpt_minutes * 60)
+    started = time.monotonic()
+    window_start, window_steps, loss_sum = time.monotonic(), 0, 0.0
+    model.train()
+    bar = progress_bar(args.steps, initial=step, desc=f"mwcnn-{args.task}")
+    while step < args.steps and not stop.stop:
+        batch = sampler.sample(args.batch)
+        inp, target = to_tensor(batch.inputs, device), to_tensor(batch.targets, device)
+        levels = torch.from_numpy(batch.levels).to(device)
+        with autocast_for(device):
+            out = model(inp, levels)
+        loss = criterion(out.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window_steps += 1
+        loss_sum += float(loss.detach())
+        bar.update(1)
+        if step % args.log_every == 0:
+            elapsed = time.monotonic() - window_start
+            log.json("train", step=step, loss=loss_sum / window_steps,
+                     lr=scheduler.get_last_lr()[0], steps_per_hour=round(window_steps / elapsed * 3600))
+            window_start, window_steps, loss_sum = time.monotonic(), 0, 0.0
+        if step % args.val_every == 0 or step == args.steps:
+            t0 = time.monotonic()
+            scores = validate(model, val_items, device)
+            if scores["all"] > best_psnr:
+                best_psnr = scores["all"]
+                checkpoint(best_path)
+            log.json("val", step=step, psnr=scores, best=best_psnr,
+                     seconds=round(time.monotonic() - t0, 1))
+            window_start += time.monotonic() - t0  # keep validation out of steps/hour
+        if ckpt_timer():
+            checkpoint(last)
+        if args.max_minutes and time.monotonic() - started > args.max_minutes * 60:
+            log(f"--max-minutes {args.max_minutes} reached at step {step}")
+            break
+    bar.close()
+    segment["end_step"] = step
+    checkpoint(last)
+    log.json("stop", step=step, best=best_psnr, reason="signal" if stop.stop else "done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
