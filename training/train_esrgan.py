@@ -417,7 +417,7 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
-        return {"l1": float(loss)}
+        return {"l1": loss.item()}
 
     def gan_step(self, lr_img: Tensor, hr_img: Tensor) -> dict[str, float]:
         assert self.disc is not None and self.opt_d is not None and self.lap1 is not None
@@ -444,8 +444,8 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        return {"l1": float(l_pix), "lap1": float(l_percep), "g_gan": float(l_gan),
-                "d": float(loss_d)}
+        return {"l1": l_pix.item(), "lap1": l_percep.item(), "g_gan": l_gan.item(),
+                "d": loss_d.item()}
 
     # ---- loop
 

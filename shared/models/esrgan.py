@@ -124,13 +124,13 @@ class RRDBNet(nn.Module):
 
 
 def init_rrdbnet_(model: RRDBNet, dense_scale: float = 0.1) -> RRDBNet:
-    """Kaiming init with the dense-block convs scaled down (0.1 as in the ESRGAN code): keeps the
-    deep residual trunk near identity at the start, which is what makes it trainable without BN."""
-    for name, module in model.named_modules():
+    """Kaiming init of the dense-block convs scaled down by 0.1 (as in the ESRGAN/BasicSR code;
+    the other convs keep PyTorch's default): keeps the deep residual trunk near identity at the
+    start, which is what makes it trainable without batch norm."""
+    for module in model.body.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, a=0.0, mode="fan_in")
-            if name.startswith("body."):
-                module.weight.data.mul_(dense_scale)
+            module.weight.data.mul_(dense_scale)
             nn.init.zeros_(module.bias)
     return model
 

@@ -1,0 +1,114 @@
+"""The two event buses keep the same semantics: confirm, ack after handling, retry, dead-letter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared import topology
+from shared.eventbus import Delivery, EventBus, InProcessBus, RabbitBus, Reject
+from shared.messages import JobOptions, JobStatus, JobSubmitted
+from tests.stack import purge_queues
+
+QUEUE = topology.PREPROCESS
+
+
+def job(job_id: str = "a" * 32) -> JobSubmitted:
+    return JobSubmitted(
+        job_id, "denoise", JobOptions(model="classic"), "jobs/x/upload/image", submitted_at=1.0
+    )
+
+
+@pytest.fixture(params=["inprocess", pytest.param("rabbitmq", marks=pytest.mark.servers)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
+    if request.param == "rabbitmq":
+        url = request.getfixturevalue("rabbitmq_url")
+        await purge_queues(url)
+        instance: EventBus = RabbitBus(url)
+    else:
+        instance = InProcessBus()
+    await instance.start()
+    yield instance
+    await instance.close()
+
+
+async def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_message_arrives_once_and_is_acked(bus: EventBus) -> None:
+    received: list[Delivery] = []
+
+    async def handler(delivery: Delivery) -> None:
+        received.append(delivery)
+
+    await bus.consume(QUEUE, handler)
+    await bus.publish(QUEUE, job())
+    await wait_until(lambda: len(received) == 1)
+    await asyncio.sleep(0.5)
+    assert len(received) == 1
+    assert received[0].message == job() and received[0].attempt == 1
+
+
+async def test_failing_handler_is_retried_then_dead_lettered(bus: EventBus) -> None:
+    attempts: list[int] = []
+    dead: list[tuple[str, dict]] = []
+
+    async def handler(delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        raise RuntimeError("boom")
+
+    async def on_dead(queue: topology.QueueSpec, body: bytes, headers: dict) -> None:
+        dead.append((queue.service, headers))
+
+    await bus.consume(QUEUE, handler)
+    await bus.consume_dead_letters(QUEUE, on_dead)
+    await bus.publish(QUEUE, job())
+    await wait_until(lambda: len(dead) == 1)
+    assert attempts == list(range(1, topology.DELIVERY_LIMIT + 1))
+    assert dead[0][0] == "preprocess"
+
+
+async def test_reject_dead_letters_at_once(bus: EventBus) -> None:
+    attempts: list[int] = []
+    dead: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        raise Reject("can never work")
+
+    async def on_dead(queue: topology.QueueSpec, body: bytes, headers: dict) -> None:
+        dead.append(queue.service)
+
+    await bus.consume(QUEUE, handler)
+    await bus.consume_dead_letters(QUEUE, on_dead)
+    await bus.publish(QUEUE, job())
+    await wait_until(lambda: dead == ["preprocess"])
+    assert attempts == [1]
+
+
+async def test_status_fans_out_to_every_subscriber(bus: EventBus) -> None:
+    first: list[JobStatus] = []
+    second: list[JobStatus] = []
+
+    async def to_first(status: JobStatus) -> None:
+        first.append(status)
+
+    async def to_second(status: JobStatus) -> None:
+        second.append(status)
+
+    await bus.subscribe_status(to_first)
+    await bus.subscribe_status(to_second)
+    status = JobStatus("b" * 32, "running", "denoise", at=1.0, progress=0.5)
+    await bus.publish_status(status)
+    await wait_until(lambda: len(first) == 1 and len(second) == 1)
+    assert first[0] == status == second[0]
+
+
+async def test_ping(bus: EventBus) -> None:
+    assert await bus.ping()

@@ -1,0 +1,181 @@
+"""End to end through the gateway: upload, follow events, download, check the output.
+
+Runs twice: on the embedded parts (in-process bus, local store) and on the real servers
+(RabbitMQ + S3), which are the same code paths behind the same interfaces.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from PIL import Image
+from skimage import data
+
+from shared.telemetry import setup_tracing
+from tests.stack import Stack, download, follow_events, running_stack, submit, wait_for_state
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode(data_bytes: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data_bytes)))
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    setup_tracing("restora-tests", exporter)
+    return exporter
+
+
+@pytest.fixture(params=["embedded", pytest.param("servers", marks=pytest.mark.servers)])
+async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    if request.param == "servers":
+        rabbitmq_url = request.getfixturevalue("rabbitmq_url")
+        s3 = request.getfixturevalue("s3_server")
+        async with running_stack(tmp_path, rabbitmq_url, s3) as running:
+            yield running
+    else:
+        async with running_stack(tmp_path) as running:
+            yield running
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def run_job(
+    session: aiohttp.ClientSession, stack: Stack, image: bytes, task: str, **fields: object
+) -> tuple[dict, np.ndarray]:
+    mask = fields.pop("mask", None)
+    status, body = await submit(
+        session, stack.url, image, task, mask, **{k: str(v) for k, v in fields.items()}
+    )
+    assert status == 202, body
+    assert set(body) == {"id", "state", "status_url"} and body["state"] == "queued"
+    events = await follow_events(session, stack.url, body["id"])
+    assert events[-1]["state"] == "done", events
+    async with session.get(stack.url + body["status_url"]) as response:
+        doc = await response.json()
+    assert doc["state"] == "done" and doc["error"] is None
+    assert {"queued", "preprocessing", "running", "done"} <= set(doc["stages"])
+    result = decode(await download(session, stack.url, doc["result_url"]))
+    return doc, result
+
+
+async def test_denoise_lowers_the_error(stack: Stack, session: aiohttp.ClientSession) -> None:
+    clean = data.camera()[128:256, 192:352]
+    rng = np.random.default_rng(0)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    doc, result = await run_job(session, stack, png_bytes(noisy), "denoise", sigma=25)
+    assert result.shape == clean.shape
+    mse = lambda a: float(np.mean((a.astype(float) - clean) ** 2))  # noqa: E731
+    assert mse(result) < 0.6 * mse(noisy)
+    assert doc["task"] == "denoise" and doc["output"]["width"] == clean.shape[1]
+
+
+async def test_artifacts_reads_quality_from_the_file(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    clean = data.astronaut()[:96, :128]
+    buf = io.BytesIO()
+    Image.fromarray(clean).save(buf, format="JPEG", quality=20)
+    doc, result = await run_job(session, stack, buf.getvalue(), "artifacts")
+    assert result.shape == clean.shape
+    assert doc["input"]["format"] == "JPEG" and doc["input"]["jpeg_quality"] == 20
+
+
+async def test_superres_is_four_times_larger(stack: Stack, session: aiohttp.ClientSession) -> None:
+    small = data.astronaut()[::8, ::8][:40, :48]
+    _, result = await run_job(session, stack, png_bytes(small), "superres")
+    assert result.shape == (160, 192, 3)
+
+
+async def test_inpaint_leaves_pixels_outside_the_mask(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    image = data.astronaut()[100:196, 100:228].copy()
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[30:50, 40:80] = 255
+    _, result = await run_job(session, stack, png_bytes(image), "inpaint", mask=png_bytes(mask))
+    outside = mask == 0
+    assert np.array_equal(result[outside], image[outside])
+    assert not np.array_equal(result[~outside], image[~outside])
+
+
+async def test_non_image_upload_is_a_415_with_a_reason(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    status, body = await submit(session, stack.url, b"%PDF-1.4 not an image", "denoise")
+    assert status == 415
+    assert "not an image" in body["error"]
+
+
+async def test_bad_options_are_400_with_a_reason(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    image = png_bytes(np.zeros((16, 16), np.uint8))
+    status, body = await submit(session, stack.url, image, "denoise", sigma="500")
+    assert status == 400 and "sigma" in body["error"] and "range" in body["error"]
+    status, body = await submit(session, stack.url, image, "sharpen")
+    assert status == 400 and "unknown task" in body["error"]
+    status, body = await submit(session, stack.url, image, "inpaint")
+    assert status == 400 and "mask" in body["error"]
+
+
+async def test_corrupt_image_fails_with_a_reason_and_workers_live_on(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    good = png_bytes(data.camera()[:64, :64])
+    truncated = good[: len(good) // 2]  # a valid header: the gateway lets it in
+    status, body = await submit(session, stack.url, truncated, "denoise")
+    assert status == 202
+    doc = await wait_for_state(session, stack.url, body["id"], {"done", "failed"})
+    assert doc["state"] == "failed"
+    reason = (doc["error"] or "").lower()
+    assert "truncated" in reason or "corrupt" in reason, reason
+    # The same workers still serve the next job.
+    doc, _ = await run_job(session, stack, good, "denoise", sigma=10)
+    assert doc["state"] == "done"
+
+
+async def test_one_job_is_one_trace(
+    stack: Stack, session: aiohttp.ClientSession, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    image = png_bytes(data.camera()[:64, :64])
+    status, body = await submit(session, stack.url, image, "denoise", sigma="10")
+    assert status == 202
+    await follow_events(session, stack.url, body["id"])
+    finished = spans.get_finished_spans()
+    submit_span = next(
+        s
+        for s in finished
+        if s.name == "gateway submit" and s.attributes.get("restora.job_id") == body["id"]
+    )
+    trace_id = submit_span.context.trace_id
+    names = {s.name for s in finished if s.context.trace_id == trace_id}
+    assert {"gateway submit", "restora.preprocess process", "restora.denoise process"} <= names
+    assert "denoise inference" in names
+
+
+async def test_readyz_and_openapi(stack: Stack, session: aiohttp.ClientSession) -> None:
+    async with session.get(stack.url + "/readyz") as response:
+        assert response.status == 200
+        assert (await response.json()) == {"ready": True, "broker": True, "store": True}
+    async with session.get(stack.url + "/api/v1/openapi.json") as response:
+        spec = await response.json()
+    form = spec["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert form["schema"]["properties"]["sigma"]["x-range"] == [0.0, 75.0]
