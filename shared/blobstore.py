@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from minio import Minio
+from minio.commonconfig import ENABLED, Filter
 from minio.error import S3Error
+from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
 from shared.config import CommonSettings
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 LOCAL_FILES_ROUTE = "/api/v1/files/"
 
@@ -178,6 +183,7 @@ class S3BlobStore:
             region=settings.s3_region,
         )
         self._bucket_ready = False
+        self._retention_days = max(1, -(-settings.retention_s // 86400))
 
     async def ensure_bucket(self) -> None:
         if self._bucket_ready:
@@ -192,7 +198,23 @@ class S3BlobStore:
                         raise
 
         await asyncio.to_thread(create)
+        await asyncio.to_thread(self._set_retention)
         self._bucket_ready = True
+
+    def _set_retention(self) -> None:
+        """Expire every job object after the retention period (S3 counts whole days)."""
+        rule = Rule(
+            ENABLED,
+            rule_filter=Filter(prefix="jobs/"),
+            rule_id="restora-retention",
+            expiration=Expiration(days=self._retention_days),
+        )
+        try:
+            self._client.set_bucket_lifecycle(self.bucket, LifecycleConfig([rule]))
+        except S3Error as exc:
+            # Not every S3 server implements lifecycle rules; the gateway's sweeper still
+            # deletes expired jobs, so this is a warning, not a failure.
+            log.warning("bucket_lifecycle_unsupported", bucket=self.bucket, error=str(exc))
 
     async def put(
         self, key: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream"

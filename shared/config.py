@@ -41,6 +41,9 @@ class CommonSettings:
     # Secret for signing local-store download links; generated per process when empty.
     link_secret: str = ""
     link_expiry_s: int = 3600
+    # Uploads, results and job events are deleted this long after the job was created
+    # (an S3 bucket lifecycle rule, plus the gateway's sweeper for the local store).
+    retention_s: int = 7 * 24 * 3600
 
     @property
     def embedded_bus(self) -> bool:
@@ -58,6 +61,8 @@ class GatewaySettings(CommonSettings):
     max_upload_bytes: int = 50 * MiB
     # Jobs with no progress for this long are failed with a reason.
     job_deadline_s: int = 3600
+    # How often the gateway sweeps for stalled jobs and expired objects.
+    maintenance_interval_s: int = 300
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,28 @@ def megapixels(pixels: int) -> str:
     mp = pixels / 1e6
     # Small limits (tests, thumbnails) would all print as "0.0 MP": keep 3 significant digits.
     return f"{mp:.1f} MP" if mp >= 0.1 else f"{mp:.3g} MP"
+
+
+# --------------------------------------------------------------------------- renditions
+
+THUMBNAIL_SIDE = 256
+PREVIEW_SIDE = 2048
+
+
+def rendition(encoded_result: bytes, max_side: int) -> tuple[bytes, str]:
+    """A smaller copy of the final result for the browser: (bytes, content type).
+
+    Made from the encoded result (orientation already applied), shrunk so its long side is
+    at most `max_side`; WebP keeps transparency and is far smaller than PNG for photos.
+    """
+    with Image.open(io.BytesIO(encoded_result)) as img:
+        img.load()
+        small = img.copy()
+    small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if small.mode not in ("RGB", "RGBA", "L", "LA"):
+        small = small.convert("RGBA" if "A" in small.getbands() else "RGB")
+    if small.mode in ("L", "LA"):
+        small = small.convert("RGBA" if small.mode == "LA" else "RGB")
+    buf = io.BytesIO()
+    small.save(buf, format="WEBP", quality=85, method=4)
+    return buf.getvalue(), "image/webp"

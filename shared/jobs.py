@@ -68,6 +68,14 @@ class JobKeys:
         return self.prefix + f"result/result.{_EXTENSIONS[fmt]}"
 
     @property
+    def thumbnail(self) -> str:
+        return self.prefix + "result/thumbnail.webp"
+
+    @property
+    def preview(self) -> str:
+        return self.prefix + "result/preview.webp"
+
+    @property
     def events_prefix(self) -> str:
         return self.prefix + "events/"
 

@@ -159,10 +159,17 @@ class ModelService:
             fmt=fmt,  # type: ignore[arg-type]
             orientation=request.orientation_after,
         )
+        renditions = await asyncio.to_thread(_renditions, encoded)
         timings["encode_s"] = time.time() - t0
+        if job.cancelled.is_set() or await self._cancelled(request.job_id):
+            raise Cancelled()  # deleted while we worked: store nothing
         t0 = time.time()
         result_key = keys.result(fmt)
         await self.store.put(result_key, encoded, CONTENT_TYPES[fmt])
+        for key, (data, content_type) in zip(
+            (keys.thumbnail, keys.preview), renditions, strict=True
+        ):
+            await self.store.put(key, data, content_type)
         timings["store_s"] = time.time() - t0
         height, width = output.pixels.shape[:2]
         await self.reporter.report(
@@ -197,11 +204,14 @@ class ModelService:
             raise UnprocessableInput(f"the job's input is gone (deleted?): {exc}") from exc
         return pixels, mask, alpha, icc
 
+    async def _cancelled(self, job_id: str) -> bool:
+        view = await self.jobs.view(job_id)
+        return view is None or view.state == "cancelled"
+
     async def _watch_for_cancel(self, job: _Job) -> None:
         while True:
             await asyncio.sleep(CANCEL_POLL_S)
-            view = await self.jobs.view(job.request.job_id)
-            if view is None or view.state == "cancelled":
+            if await self._cancelled(job.request.job_id):
                 job.cancelled.set()
                 return
 
@@ -214,6 +224,14 @@ class ModelService:
         job.last_progress_at = now
         coro = self.reporter.report(job.request.job_id, "running", progress=round(fraction, 4))
         asyncio.run_coroutine_threadsafe(coro, loop)
+
+
+def _renditions(encoded: bytes) -> list[tuple[bytes, str]]:
+    """Thumbnail (recent-jobs list) and preview (viewing huge SR results in a browser)."""
+    return [
+        imaging.rendition(encoded, imaging.THUMBNAIL_SIDE),
+        imaging.rendition(encoded, imaging.PREVIEW_SIDE),
+    ]
 
 
 def _run_exclusive(restorer: Restorer, restore_input: RestoreInput) -> RestoreOutput:

@@ -22,6 +22,7 @@ from shared.models.esrgan import (
     to_layout,
 )
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
     # Tiny convs are dominated by thread hand-offs; on a busy 2-core box 2 threads are 10× slower.

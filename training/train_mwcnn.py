@@ -114,6 +114,18 @@ def validate(model: nn.Module, items: list[ValItem], device: torch.device) -> di
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
+def input_psnr(items: list[ValItem]) -> dict[str, float]:
+    """Validation PSNR of the degraded inputs themselves (8-bit), the floor to beat."""
+    scores: dict[str, list[float]] = {}
+    for item in items:
+        inp = restored_uint8(torch.from_numpy(item.input))
+        target = torch.from_numpy(item.target)
+        value = psnr(inp[0], target[0]) if item.gray else psnr(inp, target)
+        scores.setdefault(item.name.rsplit("@", 1)[1], []).append(value)
+        scores.setdefault("all", []).append(value)
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
 def build_model(args: argparse.Namespace, device: torch.device, log: RunLog) -> MWCNN:
     config = config_from_args(args)
     if args.init is not None:
@@ -178,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     segment = {"start_step": step, "commit": commit, "machine": machine["device"],
                "args": {k: str(v) for k, v in vars(args).items()}}
     history["segments"].append(segment)
+    input_scores = {k: round(v, 3) for k, v in input_psnr(val_items).items()}
     log.json("start", task=args.task, config=config.to_json(), params=count_parameters(model),
              commit=commit, machine=machine, args=vars(args), data=images.describe(),
-             val_items=len(val_items), bf16=use_bf16(device))
+             val_items=len(val_items), val_input_psnr=input_scores, bf16=use_bf16(device))
 
     def extra() -> dict[str, Any]:
         return {"config": config.to_json(), "task": args.task, "best_psnr": best_psnr,

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway import openapi
+from services.gateway import maintenance, openapi
 from services.gateway.events import StatusBroadcaster, event_id
 from services.gateway.uploads import UploadForm, read_upload, sniff_image
 from services.gateway.validation import InvalidRequest, parse_options
@@ -49,6 +49,7 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     app[BROADCASTER] = StatusBroadcaster()
     app.router.add_post("/api/v1/jobs", submit_job)
     app.router.add_get("/api/v1/jobs/{id}", get_job)
+    app.router.add_delete("/api/v1/jobs/{id}", delete_job)
     app.router.add_get("/api/v1/jobs/{id}/events", job_events)
     app.router.add_get("/api/v1/models", list_models)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
@@ -58,7 +59,35 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR)
     app.on_startup.append(_subscribe)
+    app.on_startup.append(_start_maintenance)
+    app.on_cleanup.append(_stop_maintenance)
     return app
+
+
+MAINTENANCE = web.AppKey("maintenance", asyncio.Task)
+
+
+def _reporter(app: web.Application) -> StatusReporter:
+    return StatusReporter(JobLog(app[STORE]), app[BUS], stage="gateway")
+
+
+async def _start_maintenance(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    app[MAINTENANCE] = asyncio.create_task(
+        maintenance.run_periodically(
+            app[STORE],
+            _reporter(app),
+            settings.retention_s,
+            settings.job_deadline_s,
+            settings.maintenance_interval_s,
+        )
+    )
+
+
+async def _stop_maintenance(app: web.Application) -> None:
+    app[MAINTENANCE].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await app[MAINTENANCE]
 
 
 async def _subscribe(app: web.Application) -> None:
@@ -110,6 +139,16 @@ async def submit_job(request: web.Request) -> web.Response:
             span.set_attribute("restora.job_id", job_id)
             span.set_attribute("restora.task", task)
             keys = JobKeys(job_id)
+            spec = JobSpec(
+                job_id=job_id,
+                task=task,
+                options=options,
+                created_at=time.time(),
+                upload_bytes=form.files["image"].size,
+                upload_content_type=form.files["image"].format,
+            )
+            # The spec first: objects of a job without a spec are a deleted job's leftovers.
+            await JobLog(store).create(spec)
             await store.put(keys.upload, form.files["image"].data, form.files["image"].content_type)
             mask_key = None
             if "mask" in form.files:
@@ -119,17 +158,7 @@ async def submit_job(request: web.Request) -> web.Response:
             return _error(exc.status, str(exc))
         finally:
             form.close()
-        jobs = JobLog(store)
-        spec = JobSpec(
-            job_id=job_id,
-            task=task,
-            options=options,
-            created_at=time.time(),
-            upload_bytes=form.files["image"].size,
-            upload_content_type=form.files["image"].format,
-        )
-        await jobs.create(spec)
-        reporter = StatusReporter(jobs, bus, stage="gateway")
+        reporter = _reporter(request.app)
         await reporter.report(job_id, "queued")
         submitted = JobSubmitted(job_id, task, options, keys.upload, mask_key, spec.created_at)
         try:
@@ -179,7 +208,23 @@ async def _load_view(request: web.Request) -> JobView:
 
 async def get_job(request: web.Request) -> web.Response:
     view = await _load_view(request)
-    return web.json_response(job_document(view, request.app[STORE], request.app[SETTINGS]))
+    settings = request.app[SETTINGS]
+    if await maintenance.fail_if_stalled(view, _reporter(request.app), settings.job_deadline_s):
+        view = await _load_view(request)
+    return web.json_response(job_document(view, request.app[STORE], settings))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    """Cancel a queued or running job (its service notices and stops) and delete its objects."""
+    view = await _load_view(request)
+    job_id = view.spec.job_id
+    state = view.state
+    if not view.is_final:
+        await _reporter(request.app).report(job_id, "cancelled", error="cancelled by the user")
+        state = "cancelled"
+    await maintenance.delete_job_objects(request.app[STORE], job_id)
+    log.info("job_deleted", job_id=job_id, state=state)
+    return web.json_response({"id": job_id, "state": state, "deleted": True})
 
 
 def job_document(view: JobView, store: BlobStore, settings: GatewaySettings) -> dict[str, Any]:
@@ -211,6 +256,9 @@ def job_document(view: JobView, store: BlobStore, settings: GatewaySettings) -> 
         filename = f"restora-{spec.job_id[:8]}-{spec.task}.{view.result_key.rsplit('.', 1)[-1]}"
         doc["result_url"] = store.link(view.result_key, LinkOptions(expiry, filename))
         doc["result_view_url"] = store.link(view.result_key, LinkOptions(expiry, filename, True))
+        keys = JobKeys(spec.job_id)
+        doc["thumbnail_url"] = store.link(keys.thumbnail, LinkOptions(expiry))
+        doc["preview_url"] = store.link(keys.preview, LinkOptions(expiry))
     return doc
 
 

@@ -1,0 +1,126 @@
+"""MWCNN: shapes, wavelet exactness, fixed ops, strict export/load round trip (tiny configs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.models.mwcnn import (
+    MWCNN,
+    MWCNNConfig,
+    haar_dwt,
+    haar_iwt,
+    load_mwcnn,
+    read_mwcnn_metadata,
+    save_mwcnn,
+)
+
+TINY = MWCNNConfig(widths=(8, 16, 16), block_depth=2, bottom_depth=2)
+
+
+def test_paper_defaults() -> None:
+    cfg = MWCNNConfig()
+    assert cfg.widths == (160, 256, 256)
+    assert (cfg.block_depth, cfg.bottom_depth) == (4, 8)  # 4+4+8+4+4 = 24 conv layers
+    convs = [m for m in MWCNN(cfg).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 24
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 8, 8), (2, 3, 32, 48), (1, 3, 64, 24)])
+def test_tiny_shapes(shape: tuple[int, int, int, int]) -> None:
+    model = MWCNN(TINY).eval()
+    x = torch.rand(shape)
+    with torch.no_grad():
+        assert model(x, 25 / 255).shape == x.shape
+        assert model(x, torch.full((shape[0],), 0.1)).shape == x.shape
+
+
+def test_rejects_sizes_not_multiple_of_8() -> None:
+    with pytest.raises(ValueError, match="multiple of 8"):
+        MWCNN(TINY)(torch.rand(1, 3, 30, 32), 0.1)
+
+
+def test_level_is_required_and_used() -> None:
+    model = MWCNN(TINY).eval()
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError):
+        model(x)
+    with torch.no_grad():
+        assert not torch.allclose(model(x, 0.0), model(x, 0.5))
+
+
+def test_channels_last_matches() -> None:
+    model = MWCNN(TINY).eval()
+    x = torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        ref = model(x, 0.2)
+        out = model.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last), 0.2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dwt_iwt_perfect_reconstruction() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 5, 32, 48, generator=gen)
+    y = haar_dwt(x)
+    assert y.shape == (3, 20, 16, 24)
+    assert (haar_iwt(y) - x).abs().max().item() <= 2e-7
+
+
+def test_dwt_is_orthonormal_haar() -> None:
+    x = torch.randn(2, 3, 16, 16)
+    y = haar_dwt(x)
+    torch.testing.assert_close(y.pow(2).sum(), x.pow(2).sum(), rtol=1e-5, atol=1e-4)
+    const = haar_dwt(torch.full((1, 1, 4, 4), 3.0))
+    assert torch.allclose(const[0, :, 0, 0], torch.tensor([6.0, 0.0, 0.0, 0.0]))
+
+
+def test_wavelets_stay_fp32_under_autocast() -> None:
+    x = torch.rand(1, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert haar_dwt(x.bfloat16()).dtype == torch.float32
+        assert haar_iwt(x.bfloat16()).dtype == torch.float32
+
+
+def test_wavelets_have_no_state() -> None:
+    model = MWCNN(TINY)
+    assert not any(k.startswith(("dwt", "iwt")) for k in model.state_dict())
+    assert not list(model.dwt.parameters()) and not list(model.iwt.parameters())
+
+
+def test_export_load_roundtrip_strict(tmp_path: Path) -> None:
+    model = MWCNN(TINY)
+    with torch.no_grad():  # non-trivial BN statistics so they must survive the round trip
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    path = tmp_path / "tiny.safetensors"
+    save_mwcnn(model, path, metadata={"task": "denoise"})
+    loaded = load_mwcnn(path)
+    assert loaded.config == TINY
+    assert read_mwcnn_metadata(path)["task"] == "denoise"
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, 0.1), model(x, 0.1), rtol=0, atol=5e-3)
+
+
+def test_load_rejects_extra_or_missing_keys(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "tiny.safetensors"
+    save_mwcnn(MWCNN(TINY), path)
+    meta = read_mwcnn_metadata(path)
+    tensors = load_file(str(path))
+    extra = dict(tensors, bogus=torch.zeros(1))
+    save_file(extra, str(tmp_path / "extra.safetensors"), metadata=meta)
+    with pytest.raises(KeyError, match="bogus"):
+        load_mwcnn(tmp_path / "extra.safetensors")
+    missing = dict(tensors)
+    missing.pop("enc1.0.weight")
+    save_file(missing, str(tmp_path / "missing.safetensors"), metadata=meta)
+    with pytest.raises(KeyError, match="enc1.0.weight"):
+        load_mwcnn(tmp_path / "missing.safetensors")

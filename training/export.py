@@ -1,0 +1,146 @@
+"""Ship a trained MWCNN: fp16 safetensors (config in its metadata) + provenance JSON beside it.
+
+    python -m training.export --checkpoint runs/mwcnn-denoise/best.pt \\
+        --out weights/mwcnn-denoise.safetensors
+
+Before writing, the validation PSNR of the fp32 weights is compared with that of the same
+weights rounded to fp16 (both run in fp32); the export fails if the change exceeds
+``--max-drop-db`` (0.01 dB by default) or the file would exceed ``--max-mb`` (16 MB).
+The written file is read back with :func:`shared.models.mwcnn.load_mwcnn` (strict keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.models.mwcnn import (
+    MWCNN,
+    MWCNNConfig,
+    count_parameters,
+    load_mwcnn,
+    save_mwcnn,
+)
+from training.common import configure_threads, git_commit, load_checkpoint, write_provenance
+from training.data import VALIDATION, validation_set
+from training.train_mwcnn import validate
+
+LEVEL_MAPS = {
+    "denoise": "level = sigma / 255 (sigma on the 0-255 scale, trained range [0, 75])",
+    "artifacts": "level = (100 - quality) / 100 (Pillow JPEG quality, trained range [10, 90])",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-drop-db", type=float, default=0.01)
+    p.add_argument("--max-mb", type=float, default=16.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-validation", action="store_true", help="tests only: no data needed")
+    return p.parse_args(argv)
+
+
+def fp16_roundtrip(model: MWCNN) -> MWCNN:
+    """A copy whose weights went through fp16 exactly as the shipped file stores them."""
+    clone = MWCNN(model.config)
+    state = {}
+    for key, value in model.state_dict().items():
+        keep = not value.is_floating_point() or key.endswith(("running_mean", "running_var"))
+        state[key] = value if keep else value.half().float()
+    clone.load_state_dict(state, strict=True)
+    return clone.eval()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def provenance(state: dict[str, Any], model: MWCNN, out: Path, checks: dict[str, Any]) -> dict:
+    extra = state.get("extra", {})
+    task = extra.get("task", "unknown")
+    return {
+        "file": out.name,
+        "sha256": sha256_of(out),
+        "bytes": out.stat().st_size,
+        "network": "MWCNN (Liu et al., CVPRW 2018), see shared/models/mwcnn.py",
+        "config": model.config.to_json(),
+        "parameters": count_parameters(model),
+        "task": task,
+        "level_map": LEVEL_MAPS.get(task, ""),
+        "gray_handling": "colour network; gray images replicated to 3 channels, output averaged",
+        "input_range": "RGB float in [0, 1], H and W multiples of 8",
+        "steps": state.get("step"),
+        "training_args": extra.get("args"),
+        "training_history": extra.get("history"),
+        "data": {
+            "description": extra.get("data"),
+            "root": "../shared/data/train (see shared/data/SOURCES.md)",
+            "held_out_for_validation": VALIDATION,
+        },
+        "machine": extra.get("machine"),
+        "training_code_commit": extra.get("commit"),
+        "export_code_commit": git_commit(),
+        "checkpoint_saved_at": state.get("saved_at"),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(),
+        "checks": checks,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_threads(args.threads)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    config = MWCNNConfig.from_json(state["extra"]["config"])
+    model = MWCNN(config)
+    load_checkpoint(args.checkpoint, model=model, restore_rng=False)
+    model.eval()
+    task = state["extra"].get("task", "denoise")
+    device = torch.device("cpu")
+
+    checks: dict[str, Any] = {}
+    if not args.skip_validation:
+        items = validation_set(task)
+        # fp32 on purpose: the check is about the stored precision, not the runtime's.
+        with torch.autocast("cpu", enabled=False):
+            fp32 = validate(model, items, device)["all"]
+            fp16 = validate(fp16_roundtrip(model), items, device)["all"]
+        change = fp16 - fp32
+        checks = {"val_psnr_fp32": fp32, "val_psnr_fp16_weights": fp16, "change_db": change}
+        print(f"validation PSNR fp32 {fp32:.4f} dB, fp16 weights {fp16:.4f} dB, "
+              f"change {change:+.4f} dB")
+        if abs(change) > args.max_drop_db:
+            print(f"FAIL: |change| > {args.max_drop_db} dB", file=sys.stderr)
+            return 1
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_mwcnn(model, args.out, metadata={"task": task, "level_map": LEVEL_MAPS.get(task, ""),
+                                          "steps": str(state.get("step"))})
+    size_mb = args.out.stat().st_size / 1e6
+    if size_mb > args.max_mb:
+        print(f"FAIL: {args.out} is {size_mb:.1f} MB > {args.max_mb} MB", file=sys.stderr)
+        args.out.unlink()
+        return 1
+    reloaded = load_mwcnn(args.out)  # strict keys: proves the shipped file loads
+    checks["reload_strict"] = True
+    checks["max_abs_weight_diff_fp16"] = max(
+        float((a.float() - b.float()).abs().max())
+        for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(), strict=True)
+        if a.is_floating_point()
+    )
+    record = provenance(state, model, args.out, checks)
+    json_path = args.out.with_suffix(".json")
+    write_provenance(json_path, record)
+    print(f"wrote {args.out} ({size_mb:.2f} MB, {record['parameters']} params) and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
