@@ -21,6 +21,7 @@ from shared.health import serve_health
 from shared.inference import inference_lock, set_cpu_threads
 from shared.logging import configure_logging, get_logger
 from shared.telemetry import setup_tracing
+from shared.tiling import set_memory_budget
 
 log = get_logger(__name__)
 
@@ -43,6 +44,7 @@ def configure_inference(settings: ModelServiceSettings) -> torch.device:
     if settings.threads > 0:
         set_cpu_threads(settings.threads)
     inference_lock.configure(settings.max_concurrent_inferences)
+    set_memory_budget(settings.tile_budget_mb)
     if settings.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")

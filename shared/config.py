@@ -89,6 +89,8 @@ class ModelServiceSettings(CommonSettings):
     weights_dir: Path = Path("weights")
     # How many inferences may run at once in this process (embedded mode: 1 for 2 cores).
     max_concurrent_inferences: int = 1
+    # Memory one tiled inference may use; 0 = a share of the free memory.
+    tile_budget_mb: int = 0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -130,8 +129,8 @@ class InferenceGate:
         self._held.stack.pop().release()
 
 
-#: The process-wide gate; slot count from RESTORA_INFERENCE_SLOTS (default 1).
-inference_lock = InferenceGate(int(os.environ.get("RESTORA_INFERENCE_SLOTS", "1")))
+#: The process-wide gate; the bootstrap sets its slots from RESTORA_MAX_CONCURRENT_INFERENCES.
+inference_lock = InferenceGate(1)
 
 
 # --------------------------------------------------------------------------- precision

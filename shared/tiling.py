@@ -28,7 +28,6 @@ channel count is taken from its first output.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +114,21 @@ def available_memory(device: torch.device | None = None) -> int:
     return min(candidates) if candidates else _FALLBACK_AVAILABLE
 
 
+_budget_override_bytes: int | None = None
+
+
+def set_memory_budget(megabytes: int) -> None:
+    """Pin the tiling budget (RESTORA_TILE_BUDGET_MB) when several workers share a node;
+    0 goes back to sizing from free memory."""
+    global _budget_override_bytes
+    _budget_override_bytes = megabytes * 1024 * 1024 if megabytes > 0 else None
+
+
 def memory_budget(device: torch.device | None = None, available_bytes: int | None = None) -> int:
     """Bytes one tiled inference may use on `device`."""
     kind = "cuda" if device is not None and device.type == "cuda" else "cpu"
-    env = os.environ.get("RESTORA_TILE_BUDGET_MB")
-    if env:  # operators pin it when several workers share a node
-        return int(env) * 1024 * 1024
+    if _budget_override_bytes is not None:
+        return _budget_override_bytes
     free = available_memory(device) if available_bytes is None else available_bytes
     return max(1, min(int(free * _BUDGET_FRACTION[kind]), _BUDGET_CAP[kind]))
 

@@ -40,11 +40,12 @@ class Stack:
 
 
 def s3_settings(endpoint: S3Endpoint, **overrides: Any) -> GatewaySettings:
+    """Settings for `endpoint`, with a fresh bucket per call unless one is given."""
+    overrides.setdefault("s3_bucket", f"restora-test-{secrets.token_hex(4)}")
     return GatewaySettings(
         s3_endpoint=endpoint.endpoint,
         s3_access_key=endpoint.access_key,
         s3_secret_key=endpoint.secret_key,
-        s3_bucket=f"restora-test-{secrets.token_hex(4)}",
         s3_secure=endpoint.secure,
         s3_region=endpoint.region,
         **overrides,

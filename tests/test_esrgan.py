@@ -138,3 +138,29 @@ def test_interpolation_endpoints_and_midpoint() -> None:
         interpolate_state_dicts(psnr, gan, 1.5)
     with pytest.raises(ValueError):
         interpolate_state_dicts(psnr, tiny(features=10).state_dict(), 0.5)
+
+
+def test_gan_stage_parts() -> None:
+    import numpy as np
+
+    from training.sr_degradations import degrade
+    from training.train_esrgan import LaplacianPyramidL1, VGGStyleDiscriminator, ragan_losses
+
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    for _ in range(4):
+        lr = degrade(hr, rng)
+        assert lr.shape == (16, 12, 3)
+        assert lr.dtype == np.uint8
+    disc = VGGStyleDiscriminator(3, features=4, size=128)
+    logits = disc(torch.rand(2, 3, 128, 128))
+    assert logits.shape == (2, 1)
+    x = torch.rand(2, 3, 64, 64)
+    lap1 = LaplacianPyramidL1()
+    assert float(lap1(x, x)) == 0.0
+    assert float(lap1(x, x.flip(-1))) > 0.0
+    # The generator's RaGAN loss falls as fakes look more real than the real batch on average.
+    real = torch.zeros(4, 1)
+    worse = ragan_losses(real, torch.full((4, 1), -2.0), for_generator=True)
+    better = ragan_losses(real, torch.full((4, 1), 2.0), for_generator=True)
+    assert float(better) < float(worse)

@@ -15,6 +15,7 @@ Nothing here knows about a particular network. The pieces:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -42,10 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def configure_threads(threads: int) -> None:
     """Pin torch's intra- and inter-op pools (a background run must stay on its own core)."""
     torch.set_num_threads(max(1, threads))
-    try:
+    with contextlib.suppress(RuntimeError):  # already set once in this process: harmless
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # already set once in this process; harmless
 
 
 def machine_summary(device: torch.device) -> dict[str, Any]:
@@ -155,6 +154,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -190,6 +190,7 @@ def save_checkpoint(
     os.close(fd)
     try:
         torch.save(state, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

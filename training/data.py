@@ -160,7 +160,8 @@ class PatchSampler:
     def sample(self, batch: int) -> Batch:
         inputs, targets, levels = [], [], []
         for _ in range(batch):
-            pool = self.images.gray if self.rng.random() < self.gray_fraction else self.images.colour
+            gray = self.rng.random() < self.gray_fraction
+            pool = self.images.gray if gray else self.images.colour
             img = pool[int(self.rng.integers(len(pool)))]
             clean = random_dihedral(random_crop(img, self.patch, self.rng), self.rng)
             value = self._draw_level()
@@ -192,7 +193,8 @@ def validation_images(root: Path | None = None) -> list[tuple[str, np.ndarray]]:
     for source, names in VALIDATION.items():
         gray = source in GRAY_SOURCES
         for name in names:
-            out.append((f"{source}/{name}", crop_to_multiple(read_image(train / source / name, gray))))
+            img = read_image(train / source / name, gray)
+            out.append((f"{source}/{name}", crop_to_multiple(img)))
     return out
 
 

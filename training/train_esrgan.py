@@ -84,6 +84,7 @@ SCALE = 4
 VAL_EVERY_NTH_BSD200 = 20  # 10 of the 200 BSD200 images are held out for validation
 SHAVE = 4
 MAX_WEIGHTS_BYTES = 16 * 1024 * 1024
+MAX_FP16_DROP_DB = 0.01
 
 Image8 = NDArray[np.uint8]
 
@@ -310,7 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.lr is None:
         args.lr = 2e-4 if args.stage == "psnr" else 1e-4
-    if args.stage == "gan" and args.init is None and not args.resume:
+    if args.stage == "gan" and args.init is None and not (args.resume or args.export_only):
         p.error("--stage gan needs --init (the PSNR-stage weights) or --resume")
     return args
 
@@ -531,8 +532,15 @@ def export(args: argparse.Namespace, path: Path | None = None) -> Path:
     size = export_fp16_safetensors(model.state_dict(), path, metadata)
     if size > MAX_WEIGHTS_BYTES:
         raise RuntimeError(f"{path} is {size} bytes, over the 16 MB limit")
-    check = load_rrdbnet(path)  # the shipped file must load back through the public loader
-    assert check.config == model.config
+    shipped = load_rrdbnet(path)  # the shipped file must load back through the public loader
+    assert shipped.config == model.config
+    # fp16 storage must not cost accuracy: compare validation PSNR of both (run in fp32).
+    configure_threads(args.threads)
+    _, val_paths = load_sets(args.data)
+    val = make_valset(val_paths)
+    psnr32, psnr16 = (validate(m, val, torch.device("cpu")) for m in (model, shipped))
+    if abs(psnr32 - psnr16) > MAX_FP16_DROP_DB:
+        raise RuntimeError(f"fp16 weights change val PSNR by {psnr16 - psnr32:+.4f} dB")
     write_provenance(path.with_suffix(".json"), {
         "model": f"ESRGAN RRDBNet x4 ({args.stage} stage)",
         "config": dataclasses.asdict(model.config),
@@ -545,9 +553,11 @@ def export(args: argparse.Namespace, path: Path | None = None) -> Path:
         "schedule": {k: run_args.get(k) for k in
                      ("lr", "warmup", "steps", "hours", "batch", "lr_patch", "stage", "init",
                       "w_pixel", "w_gan", "w_percep", "d_features")},
-        "val_psnr_y_shave4": round(state["best_psnr"], 3),
+        "val_psnr_y_shave4": round(psnr32, 4),
+        "val_psnr_y_shave4_fp16_weights": round(psnr16, 4),
         "val_bicubic_psnr_y_shave4": round(state["bicubic_psnr"], 3),
-        "machine": machine_summary(best_device()),
+        "val_set": [p.name for p in val_paths],
+        "machine": machine_summary(best_device()),  # export machine = training machine here
         "commit": commit, "bytes": size, "dtype": "float16",
     })
     print(f"exported {path} ({size} bytes)")

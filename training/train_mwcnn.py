@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.log_every == 0:
             elapsed = time.monotonic() - window_start
             log.json("train", step=step, loss=loss_sum / window_steps,
-                     lr=scheduler.get_last_lr()[0], steps_per_hour=round(window_steps / elapsed * 3600))
+                     lr=scheduler.get_last_lr()[0],
+                     steps_per_hour=round(window_steps / elapsed * 3600))
             window_start, window_steps, loss_sum = time.monotonic(), 0, 0.0
         if step % args.val_every == 0 or step == args.steps:
             t0 = time.monotonic()

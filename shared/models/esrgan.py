@@ -226,7 +226,10 @@ def _infer_config(sd: Mapping[str, Tensor]) -> RRDBNetConfig:
         raise _unknown(sd, f"missing {err.args[0]}") from None
     features, first_in = int(first.shape[0]), int(first.shape[1])
     out_channels = int(last.shape[0])
-    blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body."))
+    ids = {k.split(".")[1] for k in sd if k.startswith("body.")}
+    if not all(i.isdigit() for i in ids):
+        raise _unknown(sd, "body.* keys are not numbered RRDB blocks")
+    blocks = 1 + max(int(i) for i in ids)
     growth = int(dense.shape[0])
     # Input channels are not stored apart from the unshuffle factor: assume in == out (RGB->RGB
     # or gray->gray), as every published RRDBNet does.

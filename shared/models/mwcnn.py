@@ -163,7 +163,9 @@ def _conv_bn_relu(c_in: int, c_out: int, bn: bool) -> list[nn.Module]:
     return layers
 
 
-def _block(c_in: int, width: int, c_out: int, depth: int, bn: bool, last_plain: bool) -> nn.Sequential:
+def _block(
+    c_in: int, width: int, c_out: int, depth: int, bn: bool, last_plain: bool
+) -> nn.Sequential:
     """``depth`` 3×3 layers c_in → width → … → c_out; the last one is a bare conv if asked."""
     layers: list[nn.Module] = []
     chans = [c_in] + [width] * (depth - 1) + [c_out]
@@ -195,6 +197,23 @@ class MWCNN(nn.Module):
         self.bottom = _block(4 * w2, w3, 4 * w2, db, bn, last_plain=False)
         self.dec2 = _block(w2, w2, 4 * w1, d, bn, last_plain=False)
         self.dec1 = _block(w1, w1, 4 * cfg.in_channels, d, bn, last_plain=True)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He (fan-in, ReLU) init for every conv and a zero last conv: the network starts as the
+        identity and the signal neither vanishes nor explodes through its 24 layers. (PyTorch's
+        default conv init shrinks activations ~1/√3 per layer: measured, a 24-layer MWCNN without
+        BN then does not train at all.)
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        last = self.dec1[-1]
+        assert isinstance(last, nn.Conv2d)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def _with_level(self, x: torch.Tensor, level: float | torch.Tensor | None) -> torch.Tensor:
         if not self.config.level_channel:

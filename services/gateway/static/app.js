@@ -148,8 +148,8 @@
       el.model.append(new Option("Default", ""));
     }
     models.forEach((name, i) => {
-      const label = name === "classic" ? "Classic (fast)" : name.toUpperCase();
-      el.model.append(new Option(i === 0 ? `${label} — recommended` : label, name));
+      const label = name === "classic" ? "Classic" : name.toUpperCase();
+      el.model.append(new Option(i === 0 && models.length > 1 ? `${label} (best)` : label, name));
     });
     describeModel();
   }
@@ -210,10 +210,22 @@
     el.dropEmpty.hidden = true;
     el.preview.hidden = false;
     el.dropzone.dataset.empty = "false";
+    sizePreview();
     resetMask();
     describeFile();
     updatePainting();
     updateSubmit();
+  }
+
+  // Fit the photo to the box, scaling small ones up (at most 4×) so a finger can paint on them.
+  function sizePreview() {
+    const img = state.image;
+    if (!img?.decoded) return;
+    const box = el.dropzone.clientWidth - 24;
+    const maxH = Math.max(240, window.innerHeight * 0.62);
+    const scale = Math.min(box / img.width, maxH / img.height, 4);
+    el.previewImg.style.width = `${Math.floor(img.width * scale)}px`;
+    el.previewImg.style.height = `${Math.floor(img.height * scale)}px`;
   }
 
   function describeFile() {
@@ -663,6 +675,9 @@
   function setStageSize(w, h) {
     view.w = w;
     view.h = h;
+    // The viewer takes the result's shape, within bounds, so little of it is empty border.
+    const wanted = (el.viewer.clientWidth * h) / w;
+    el.viewer.style.height = `${Math.round(Math.min(Math.max(wanted, 224), window.innerHeight * 0.7, 720))}px`;
     el.stage.style.width = `${w}px`;
     el.stage.style.height = `${h}px`;
     zoomFit();
@@ -688,7 +703,8 @@
   function applyView() {
     clampPan();
     el.stage.style.transform = `translate(${view.tx}px, ${view.ty}px) scale(${view.z})`;
-    el.viewer.classList.toggle("pixelated", view.z >= 2);
+    // Past 200 % a close look wants the real pixels, not the browser's smoothing of them.
+    el.viewer.classList.toggle("pixelated", !view.fit && view.z >= 2);
     el.zoomLevel.textContent = `${Math.round(view.z * 100)}%`;
     el.viewer.dataset.zoom = String(view.z);
     applyCompare();
@@ -956,6 +972,10 @@
 
   // ------------------------------------------------------------------ start-up
   function init() {
+    if (matchMedia("(pointer: coarse)").matches || navigator.maxTouchPoints > 0) {
+      document.documentElement.classList.add("touch");
+    }
+    new ResizeObserver(sizePreview).observe(el.dropzone);
     bindFileInputs();
     bindMaskPainting();
     bindViewer();

@@ -1,0 +1,228 @@
+"""The upload page in a real headless Chromium, against the embedded stack.
+
+Each test ends with a screenshot under test-artifacts/. Images are small and the classic
+models are picked, so every job takes about a second.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+from skimage import data
+
+from tests.browser.conftest import Restora
+
+pytestmark = pytest.mark.browser
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+JOB_TIMEOUT_MS = 60_000
+
+
+def _photo(path: Path, width: int, height: int, noise: float = 0.0) -> Path:
+    """A crop of scikit-image's astronaut, resized, optionally with Gaussian noise."""
+    img = Image.fromarray(data.astronaut()).resize((width, height), Image.Resampling.LANCZOS)
+    pixels = np.asarray(img).astype(np.float32)
+    if noise:
+        pixels += np.random.default_rng(7).normal(0.0, noise, pixels.shape)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _open(page: Any, photo: Path, task: str) -> None:
+    page.goto("/")
+    page.set_input_files("#file-input", str(photo))
+    expect(page.locator("#file-info")).to_contain_text(" px")
+    page.locator(f"input[name=task][value={task}]").check()
+    page.select_option("#model", "classic")  # fast on any machine, and always shipped
+
+
+def _wait_done(page: Any) -> None:
+    expect(page.locator("#result-card")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#stages li[data-stage=done]")).to_have_class(re.compile(r"\breached\b"))
+    page.wait_for_function(
+        "['before-img', 'after-img'].every(id => {"
+        " const img = document.getElementById(id); return img.complete && img.naturalWidth > 0; })"
+    )
+
+
+def _job_id(page: Any) -> str:
+    return page.evaluate("JSON.parse(localStorage.getItem('restora.recentJobs'))[0].id")
+
+
+def _clip_left(page: Any) -> float:
+    clip = page.eval_on_selector("#after-img", "img => img.style.clipPath")
+    return float(re.search(r"inset\(0(?:px)? 0(?:px)? 0(?:px)? ([\d.]+)px\)", clip).group(1))
+
+
+def _decode(raw: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(raw)) as img:
+        return np.asarray(img.convert("RGB")).astype(np.int16)
+
+
+def test_desktop_denoise_compare_and_download(
+    desktop_page: Any, tmp_path: Path, artifact: Any
+) -> None:
+    page = desktop_page
+    _open(page, _photo(tmp_path / "noisy.png", 128, 96, noise=20.0), "denoise")
+    expect(page.locator("#file-info")).to_contain_text("128 × 96 px · PNG")
+    page.click("#submit")
+    _wait_done(page)
+    expect(page.locator("#job-status")).to_contain_text("Done")
+    expect(page.locator("#result-info")).to_contain_text("128 × 96 px")
+
+    # The slider moves with the keyboard and by dragging the divider's handle.
+    page.focus("#compare")
+    page.keyboard.press("ArrowRight")
+    assert page.input_value("#compare") == "51"
+    start = _clip_left(page)
+    viewer = page.locator("#viewer").bounding_box()
+    handle = page.locator(".divider-handle").bounding_box()
+    page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(viewer["x"] + viewer["width"] * 0.3, handle["y"], steps=5)
+    page.mouse.up()
+    assert int(page.input_value("#compare")) == pytest.approx(30, abs=1)
+    assert _clip_left(page) < start
+
+    with page.expect_download() as info:
+        page.click("#download")
+    download = info.value
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    with Image.open(saved) as result:
+        assert (result.format, result.size) == ("PNG", (128, 96))
+    assert saved.suffix == ".png"
+    expect(page.locator("#recent-list li")).to_have_count(1)
+    page.screenshot(path=artifact("desktop-denoise"), full_page=True)
+
+
+def _touch_stroke(page: Any, points: list[tuple[float, float]]) -> None:
+    """A one-finger stroke through real touch events (Playwright's touchscreen only taps)."""
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind: str, point: tuple[float, float] | None) -> None:
+        touches = [] if point is None else [{"x": point[0], "y": point[1], "id": 1}]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": touches})
+
+    touch("touchStart", points[0])
+    for point in points[1:]:
+        touch("touchMove", point)
+    touch("touchEnd", None)
+    cdp.detach()
+
+
+def test_phone_inpaint_with_touch(
+    phone_page: Any, restora: Restora, tmp_path: Path, artifact: Any
+) -> None:
+    page = phone_page
+    width, height = 160, 120
+    photo = _photo(tmp_path / "photo.png", width, height)
+    _open(page, photo, "inpaint")
+    canvas = page.locator("#mask-canvas")
+    expect(canvas).to_be_visible()
+    expect(page.locator("#submit")).to_be_disabled()  # nothing painted yet
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    y = box["y"] + box["height"] * 0.5
+    xs = np.linspace(box["x"] + box["width"] * 0.3, box["x"] + box["width"] * 0.7, 12)
+    _touch_stroke(page, [(float(x), y) for x in xs])
+    expect(page.locator("#mask-undo")).to_be_enabled()
+    page.locator("#submit").tap()
+    _wait_done(page)
+
+    # The mask went up binary, at the photo's own size, with the stroke where it was drawn.
+    job_id = _job_id(page)
+    with Image.open(io.BytesIO(restora.stored_mask(job_id))) as mask_img:
+        assert mask_img.format == "PNG" and mask_img.size == (width, height)
+        raw = np.asarray(mask_img)
+    assert set(np.unique(raw)) <= {0, 255}, "the mask has grey (antialiased) pixels"
+    mask = np.asarray(Image.fromarray(raw).convert("L")) > 127
+    rows, cols = np.nonzero(mask)
+    assert abs(rows.mean() - height * 0.5) < 3
+    assert cols.min() < width * 0.3 and cols.max() > width * 0.7
+    assert mask.mean() < 0.25
+
+    # The result differs from the original only under (or right at the edge of) the stroke.
+    job = restora.get_json(f"/api/v1/jobs/{job_id}")
+    assert job["state"] == "done" and job["task"] == "inpaint"
+    original = _decode(restora.get_bytes(job["original_url"]))
+    result = _decode(restora.get_bytes(job["result_url"]))
+    assert original.shape == result.shape == (height, width, 3)
+    changed = np.abs(result - original).max(axis=2) > 2
+    assert changed[mask].mean() > 0.3, "the painted region was not filled"
+    near_stroke = ndimage.binary_dilation(mask, iterations=2)
+    assert not changed[~near_stroke].any(), "pixels away from the stroke changed"
+    page.screenshot(path=artifact("phone-inpaint"), full_page=True)
+
+
+def test_non_image_upload_shows_the_reason(
+    desktop_page: Any, tmp_path: Path, artifact: Any
+) -> None:
+    page = desktop_page
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo at all\n" * 20)
+    page.goto("/")
+    page.set_input_files("#file-input", str(notes))
+    expect(page.locator("#file-info")).to_contain_text("cannot preview")
+    page.click("#submit")
+    error = page.locator("#form-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("not an image Restora can read")
+    expect(page.locator("#job-card")).to_be_hidden()
+    page.screenshot(path=artifact("non-image-error"), full_page=True)
+
+
+def test_superres_shows_4x_size_and_compares(
+    desktop_page: Any, tmp_path: Path, artifact: Any
+) -> None:
+    page = desktop_page
+    _open(page, _photo(tmp_path / "small.png", 64, 48), "superres")
+    page.click("#submit")
+    _wait_done(page)
+    info = page.locator("#result-info")
+    expect(info).to_contain_text("64 × 48 → 256 × 192 px")
+    expect(info).to_contain_text("4× larger")
+    sizes = page.evaluate(
+        "['before-img', 'after-img'].map(id => { const img = document.getElementById(id);"
+        " const r = img.getBoundingClientRect();"
+        " return [img.naturalWidth, img.naturalHeight, r.width, r.height]; })"
+    )
+    (bw, bh, bdw, bdh), (aw, ah, adw, adh) = sizes
+    assert (bw, bh, aw, ah) == (64, 48, 256, 192)
+    assert (bdw, bdh) == pytest.approx((adw, adh))  # before is shown at the result's scale
+
+    page.click("#zoom-100")
+    expect(page.locator("#zoom-level")).to_have_text("100%")
+    stage = page.locator("#stage").bounding_box()
+    assert (stage["width"], stage["height"]) == pytest.approx((256, 192), abs=0.5)
+
+    # Zoomed past the viewport, dragging pans, and the split follows the slider.
+    viewer = page.locator("#viewer")
+    viewer.focus()
+    for _ in range(5):
+        page.keyboard.press("+")
+    before_pan = page.locator("#stage").bounding_box()
+    vb = viewer.bounding_box()
+    page.mouse.move(vb["x"] + vb["width"] * 0.8, vb["y"] + vb["height"] * 0.3)
+    page.mouse.down()
+    page.mouse.move(vb["x"] + vb["width"] * 0.6, vb["y"] + vb["height"] * 0.5, steps=4)
+    page.mouse.up()
+    after_pan = page.locator("#stage").bounding_box()
+    assert after_pan["x"] != pytest.approx(before_pan["x"], abs=1)
+    clip = _clip_left(page)
+    page.focus("#compare")
+    page.keyboard.press("End")
+    assert _clip_left(page) > clip
+    page.keyboard.press("Home")
+    assert _clip_left(page) < clip
+    viewer.focus()
+    page.keyboard.press("0")
+    page.screenshot(path=artifact("superres-compare"), full_page=True)
