@@ -36,6 +36,9 @@ CUSTOM_SCHEMAS = {
     for kind in ("ScaledObject", "TriggerAuthentication")
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+# The oldest Kubernetes the manifests are meant for (policy/v1 PDBs with
+# unhealthyPodEvictionPolicy, autoscaling/v2); they are also checked against the newest.
+OLDEST_KUBERNETES = "1.30"
 
 Doc = dict[str, Any]
 
@@ -160,22 +163,33 @@ def _config_refs(pod_spec: Doc) -> Iterable[str]:
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:
-    version = args.kubernetes_version or kv_utils.latest_version()
+    versions = args.kubernetes_version or [OLDEST_KUBERNETES, kv_utils.latest_version()]
     context = [d for path in args.context for d in load_documents(Path(path))]
     failed = False
     for path in map(Path, args.files):
         docs = load_documents(path)
-        errors = [f"{name_of(d)}: {msg}" for d in docs for msg in validate_document(d, version)]
+        errors = sorted(
+            {
+                f"{name_of(d)}: {msg}"
+                for v in versions
+                for d in docs
+                for msg in validate_document(d, v)
+            }
+        )
         errors += check_references(docs, context)
         kinds = Counter(d.get("kind") for d in docs)
         summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        shown = path.name if args.short_names else path
         if errors:
             failed = True
-            print(f"FAIL {path}: {len(errors)} problem(s)")
+            print(f"FAIL {shown}: {len(errors)} problem(s)")
             for e in errors:
                 print(f"  - {e}")
         else:
-            print(f"ok   {path}: {len(docs)} resources valid for Kubernetes {version} ({summary})")
+            print(
+                f"ok   {shown}: {len(docs)} resources valid for Kubernetes "
+                f"{' and '.join(versions)} ({summary})"
+            )
     return 1 if failed else 0
 
 
@@ -210,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     manifests = sub.add_parser("manifests", help="validate rendered Kubernetes manifests")
     manifests.add_argument("files", nargs="+")
     manifests.add_argument("--context", action="append", default=[])
-    manifests.add_argument("--kubernetes-version", default=None)
+    manifests.add_argument(
+        "--kubernetes-version", action="append", help="repeatable; default: oldest and latest"
+    )
+    manifests.add_argument("--short-names", action="store_true", help="print file names only")
     manifests.set_defaults(func=cmd_manifests)
     compose = sub.add_parser("compose-to-json", help="compose YAML -> JSON for check-jsonschema")
     compose.add_argument("out_dir")

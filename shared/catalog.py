@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.degradations import JPEG_QUALITY_RANGE, SIGMA_RANGE
+from shared.hashing import cached_file_sha256
 
 SCALES: tuple[int, ...] = (4,)
 STRENGTH_RANGE = (0.0, 1.0)
@@ -51,6 +52,15 @@ CATALOG: dict[str, tuple[ModelEntry, ...]] = {
         ModelEntry("classic", "Telea fast marching (OpenCV)"),
     ),
 }
+
+
+def weights_sha256(task: str, model: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> str | None:
+    """The sha256 of the weights a model runs with (job records name it); None for classic."""
+    entry = next((m for m in CATALOG[task] if m.name == model), None)
+    if entry is None or not entry.weights:
+        return None
+    path = weights_dir / entry.weights[0]
+    return cached_file_sha256(path) if path.is_file() else None
 
 
 def models_for(task: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> list[str]:

@@ -12,6 +12,7 @@ import math
 import threading
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from shared import accel
+from shared.tiling import DEFAULT_PIXEL_COST, run_tiled
 
 #: bf16 is accepted only when its output is at least this close to fp32's.
 BF16_MIN_PSNR_DB = 50.0
@@ -248,3 +250,69 @@ def save_safetensors_fp16(
     }
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     save_file(tensors, str(path), metadata=meta)
+
+
+# --------------------------------------------------------------------------- running a network
+
+
+@dataclass(frozen=True)
+class LoadedNetwork:
+    """A network ready for inference, with what the runner needs to know about it."""
+
+    module: torch.nn.Module
+    device: torch.device
+    weights_id: str  # sha256 of the weights file: precision cache key and job records
+    in_channels: int
+    scale: int = 1
+    multiple: int = 1
+    pixel_cost: int = DEFAULT_PIXEL_COST
+
+
+_loaded: dict[tuple[str, str, float], LoadedNetwork] = {}
+_load_guard = threading.Lock()
+
+
+def load_once(
+    path: Path, device: torch.device, build: Callable[[Path, torch.device], LoadedNetwork]
+) -> LoadedNetwork:
+    """Load a network once per (file, device); a replaced file (new mtime) is reloaded."""
+    key = (str(path.resolve()), str(device), path.stat().st_mtime)
+    with _load_guard:
+        if key not in _loaded:
+            _loaded[key] = build(path, device)
+        return _loaded[key]
+
+
+def run_network(
+    network: LoadedNetwork,
+    image: np.ndarray,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    on_progress: Callable[[float], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """uint8 image in, uint8 image out, through the shared tiler on the network's device.
+
+    A gray image through a colour network is replicated to three channels and the outputs
+    averaged back to one; bf16 is used only where it is native and keeps ≥ 50 dB vs fp32.
+    """
+    forward = forward or network.module
+    tensor = numpy_to_tensor(image)
+    gray_through_colour = tensor.shape[1] == 1 and network.in_channels == 3
+    if gray_through_colour:
+        tensor = tensor.expand(-1, 3, -1, -1).contiguous()
+    probe = probe_image(network.in_channels)
+    bf16 = precision_for(forward, network.device, probe, model_id=network.weights_id)  # type: ignore[arg-type]
+    output = run_tiled(
+        tile_fn(forward, network.device, bf16=bf16),
+        tensor,
+        scale=network.scale,
+        multiple=network.multiple,
+        pixel_cost=network.pixel_cost,
+        device=network.device,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
+    if gray_through_colour:
+        output = output.mean(dim=1, keepdim=True)
+    return tensor_to_numpy(output)

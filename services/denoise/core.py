@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from services.denoise.classic import nlm_deblock, nlm_denoise
+from services.denoise.networks import mwcnn_deblock, mwcnn_denoise
 from shared.catalog import JPEG_QUALITY_RANGE, SIGMA_RANGE
 from shared.errors import UnprocessableInput
 from shared.noise_estimation import estimate_noise_sigma
 
 # Without quantisation tables (a PNG of a once-JPEG image) we assume a typical web quality.
 DEFAULT_QUALITY_WITHOUT_TABLES = 50
+
+Progress = Callable[[float], None] | None
+Cancel = Callable[[], bool] | None
 
 
 def resolve_sigma(image: np.ndarray, sigma: float | None) -> float:
@@ -24,17 +30,35 @@ def resolve_quality(quality: int | None) -> int:
     return int(np.clip(value, *JPEG_QUALITY_RANGE))
 
 
-def denoise(image: np.ndarray, sigma: float | None = None, model: str = "classic") -> np.ndarray:
+def denoise(
+    image: np.ndarray,
+    sigma: float | None = None,
+    model: str = "mwcnn",
+    *,
+    on_progress: Progress = None,
+    should_cancel: Cancel = None,
+) -> np.ndarray:
+    """Remove Gaussian-like noise of level `sigma` (0–255 scale; None = estimate)."""
     level = resolve_sigma(image, sigma)
+    if model == "mwcnn":
+        return mwcnn_denoise(image, level, on_progress=on_progress, should_cancel=should_cancel)[0]
     if model == "classic":
         return nlm_denoise(image, level)
     raise UnprocessableInput(f"denoise has no model {model!r}")
 
 
 def remove_artifacts(
-    image: np.ndarray, quality: int | None = None, model: str = "classic"
+    image: np.ndarray,
+    quality: int | None = None,
+    model: str = "mwcnn",
+    *,
+    on_progress: Progress = None,
+    should_cancel: Cancel = None,
 ) -> np.ndarray:
+    """Remove JPEG blocking/ringing of an image saved at `quality` (None = assume 50)."""
     level = resolve_quality(quality)
+    if model == "mwcnn":
+        return mwcnn_deblock(image, level, on_progress=on_progress, should_cancel=should_cancel)[0]
     if model == "classic":
         return nlm_deblock(image, level)
     raise UnprocessableInput(f"artifacts has no model {model!r}")

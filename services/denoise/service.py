@@ -5,18 +5,22 @@ from __future__ import annotations
 from services.denoise.core import denoise, remove_artifacts, resolve_quality, resolve_sigma
 from shared import topology
 from shared.blobstore import BlobStore
+from shared.catalog import weights_sha256
 from shared.eventbus import EventBus
 from shared.model_service import ModelService, RestoreInput, RestoreOutput
 
 
 def restore(job: RestoreInput) -> RestoreOutput:
     model = job.options.model
+    hooks = {"on_progress": job.on_progress, "should_cancel": job.should_cancel}
+    details: dict[str, object] = {"weights_sha256": weights_sha256(job.task, model)}
     if job.task == "artifacts":
         quality = resolve_quality(job.options.quality)
-        pixels = remove_artifacts(job.pixels, quality, model)
-        return RestoreOutput(pixels, model, {"quality": quality})
+        pixels = remove_artifacts(job.pixels, quality, model, **hooks)
+        return RestoreOutput(pixels, model, {**details, "quality": quality})
     sigma = resolve_sigma(job.pixels, job.options.sigma)
-    return RestoreOutput(denoise(job.pixels, sigma, model), model, {"sigma": round(sigma, 2)})
+    pixels = denoise(job.pixels, sigma, model, **hooks)
+    return RestoreOutput(pixels, model, {**details, "sigma": round(sigma, 2)})
 
 
 def build(bus: EventBus, store: BlobStore, device: str = "cpu") -> ModelService:
