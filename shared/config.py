@@ -91,6 +91,9 @@ class ModelServiceSettings(CommonSettings):
     max_concurrent_inferences: int = 1
     # Memory one tiled inference may use; 0 = a share of the free memory.
     tile_budget_mb: int = 0
+    # An operator's ESRGAN checkpoint (official RRDB_ESRGAN_x4.pth, BasicSR, or ours) used
+    # instead of the shipped PSNR weights; empty = the shipped weights.
+    esrgan_weights: str = ""
 
 
 @dataclass(frozen=True)

@@ -101,16 +101,17 @@ def settings_classes() -> list[type]:
     ]
 
 
-def container_env(deployment: Doc) -> set[str]:
-    """Every variable the first container gets: envFrom ConfigMap/Secret plus env."""
+def k8s_environ(deployment: Doc) -> dict[str, str]:
+    """The environment of a Deployment's container: envFrom ConfigMap/Secrets, then env."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    names = {e["name"] for e in container.get("env", [])}
+    secrets = {d["metadata"]["name"]: d for d in _load_all(K8S / "secret.template.yaml")}
+    environ: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if source.get("configMapRef", {}).get("name") == "restora-config":
-            names |= configmap_keys()
+            environ |= _env_file(K8S / "base" / "restora.env")
         if "secretRef" in source:
-            names |= secret_keys(source["secretRef"]["name"])
-    return names
+            environ |= secrets[source["secretRef"]["name"]]["stringData"]
+    return environ | {e["name"]: e["value"] for e in container.get("env", [])}
 
 
 def _seconds(duration: str) -> int:
@@ -138,7 +139,7 @@ def test_every_k8s_service_gets_all_its_settings() -> None:
     deployments = k8s_objects("Deployment")
     for service, cls in SETTINGS_OF.items():
         needed = {*config.settings_env_names(cls), *env_read_by_code()}
-        missing = needed - container_env(deployments[service])
+        missing = needed - set(k8s_environ(deployments[service]))
         assert not missing, f"Deployment {service} lacks {sorted(missing)}"
 
 
@@ -157,22 +158,12 @@ def _compose_value(raw: object) -> str:
     return text.replace("$$", "$")
 
 
-def _k8s_environ(deployment: Doc) -> dict[str, str]:
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    environ = _env_file(K8S / "base" / "restora.env")
-    secrets = {d["metadata"]["name"]: d for d in _load_all(K8S / "secret.template.yaml")}
-    for source in container.get("envFrom", []):
-        if "secretRef" in source:
-            environ |= secrets[source["secretRef"]["name"]]["stringData"]
-    return environ | {e["name"]: e["value"] for e in container.get("env", [])}
-
-
 def test_deployed_values_parse_as_settings() -> None:
     """Each service would start with these values: load_settings rejects malformed ones."""
     deployments = k8s_objects("Deployment")
     services = compose()["services"]
     for service, cls in SETTINGS_OF.items():
-        config.load_settings(cls, _k8s_environ(deployments[service]))
+        config.load_settings(cls, k8s_environ(deployments[service]))
         environ = {k: _compose_value(v) for k, v in services[service]["environment"].items()}
         config.load_settings(cls, environ)
 

@@ -5,14 +5,36 @@ from __future__ import annotations
 from services.superres.core import upscale
 from shared import topology
 from shared.blobstore import BlobStore
+from shared.catalog import weights_sha256
+from shared.config import ModelServiceSettings, load_settings
 from shared.eventbus import EventBus
-from shared.model_service import ModelService, RestoreInput, RestoreOutput
+from shared.model_service import ModelService, RestoreInput, RestoreOutput, Restorer
 
 
-def restore(job: RestoreInput) -> RestoreOutput:
-    pixels = upscale(job.pixels, job.options.scale, job.options.model)
-    return RestoreOutput(pixels, job.options.model, {"scale": job.options.scale})
+def restorer(weights_override: str = "") -> Restorer:
+    def restore(job: RestoreInput) -> RestoreOutput:
+        options = job.options
+        pixels = upscale(
+            job.pixels,
+            options.scale,
+            options.model,
+            options.strength,
+            weights_override=weights_override,
+            on_progress=job.on_progress,
+            should_cancel=job.should_cancel,
+        )
+        details = {"scale": options.scale, "strength": options.strength}
+        return RestoreOutput(
+            pixels,
+            options.model,
+            {**details, "weights_sha256": weights_sha256("superres", options.model)},
+        )
+
+    return restore
 
 
 def build(bus: EventBus, store: BlobStore, device: str = "cpu") -> ModelService:
-    return ModelService("superres", topology.SUPERRES, restore, bus, store, device)
+    settings = load_settings(ModelServiceSettings)
+    return ModelService(
+        "superres", topology.SUPERRES, restorer(settings.esrgan_weights), bus, store, device
+    )

@@ -135,7 +135,12 @@ def test_phone_inpaint_with_touch(
     xs = np.linspace(box["x"] + box["width"] * 0.3, box["x"] + box["width"] * 0.7, 12)
     _touch_stroke(page, [(float(x), y) for x in xs])
     expect(page.locator("#mask-undo")).to_be_enabled()
+    page.on("console", lambda m: print("console:", m.text))
+    page.on("request", lambda r: print("req", r.method, r.url[:90]))
+    page.evaluate("document.addEventListener('submit', () => console.log('SUBMIT'), true); document.addEventListener('click', e => console.log('CLICK', e.target.id || e.target.tagName), true); document.addEventListener('touchend', e => console.log('TOUCHEND', e.target.id || e.target.tagName), true)")
     page.locator("#submit").tap()
+    page.wait_for_timeout(3000)
+    print("HINT", page.locator("#submit-hint").text_content(), page.locator("#form-error").text_content())
     _wait_done(page)
 
     # The mask went up binary, at the photo's own size, with the stroke where it was drawn.
