@@ -11,7 +11,7 @@ set -euo pipefail
 # Debian packages the test suite needs. Add new ones HERE (one per line, with the reason).
 SYSTEM_PACKAGES=(
     rabbitmq-server  # AMQP broker for the integration and end-to-end tests
-    # chromium       # (later) headless browser for the upload page's UI tests
+    chromium         # headless browser for the upload page's tests (tests/browser)
 )
 # ---------------------------------------------------------------------------------------
 

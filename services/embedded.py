@@ -21,7 +21,7 @@ from services.preprocess.service import PreprocessService
 from services.superres import service as superres_service
 from shared.accel import device_name
 from shared.blobstore import BlobStore
-from shared.bootstrap import configure_process, connect, wait_for_shutdown
+from shared.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
 from shared.config import EmbeddedSettings, PreprocessSettings, load_settings
 from shared.eventbus import EventBus
 from shared.inference import inference_lock, set_cpu_threads
@@ -65,7 +65,8 @@ async def main() -> None:
         try:
             await wait_for_shutdown()
         finally:
-            await bus.close()
+            # Ctrl-C on a laptop: finish the job in hand, but never wait long.
+            await shutdown(bus, drain_timeout_s=30)
 
 
 if __name__ == "__main__":

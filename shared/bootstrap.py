@@ -22,6 +22,7 @@ from shared.inference import inference_lock, set_cpu_threads
 from shared.logging import configure_logging, get_logger
 from shared.telemetry import setup_tracing
 from shared.tiling import set_memory_budget
+from shared.topology import CONSUMER_TIMEOUT_MS
 
 log = get_logger(__name__)
 
@@ -50,6 +51,17 @@ def configure_inference(settings: ModelServiceSettings) -> torch.device:
     return torch.device("cuda")
 
 
+# A stopping process finishes the job in hand (never longer than a job may take); the
+# Kubernetes termination grace period and compose's stop_grace_period are set above this.
+DRAIN_TIMEOUT_S = CONSUMER_TIMEOUT_MS / 1000
+
+
+async def shutdown(bus: EventBus, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    """Stop taking messages, let running handlers finish (store, publish, ack), disconnect."""
+    await bus.drain(drain_timeout_s)
+    await bus.close()
+
+
 async def wait_for_shutdown() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,5 +87,5 @@ async def run_model_service(
     try:
         await wait_for_shutdown()
     finally:
-        await bus.close()
+        await shutdown(bus)
         await health.cleanup()

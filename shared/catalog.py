@@ -30,10 +30,13 @@ class ModelEntry:
 
 
 _CLASSIC_DENOISE = ModelEntry("classic", "non-local means (OpenCV)")
+# Deep Image Prior needs no weights (fitted per image) but is slow: listed last, never a default.
+_DIP = ModelEntry("dip", "Deep Image Prior (Ulyanov et al. 2018), fitted per image; slow")
 CATALOG: dict[str, tuple[ModelEntry, ...]] = {
     "denoise": (
         ModelEntry("mwcnn", "MWCNN (Liu et al. 2018)", ("mwcnn-denoise.safetensors",)),
         _CLASSIC_DENOISE,
+        _DIP,
     ),
     "artifacts": (
         ModelEntry("mwcnn", "MWCNN (Liu et al. 2018)", ("mwcnn-artifacts.safetensors",)),
@@ -50,6 +53,7 @@ CATALOG: dict[str, tuple[ModelEntry, ...]] = {
             ("deepfill-contextual-attention.safetensors",),
         ),
         ModelEntry("classic", "Telea fast marching (OpenCV)"),
+        _DIP,
     ),
 }
 

@@ -25,6 +25,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
+    AbstractQueue,
     AbstractRobustConnection,
 )
 
@@ -59,12 +60,40 @@ StatusHandler = Callable[[JobStatus], Awaitable[None]]
 class EventBus(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
+    async def drain(self, timeout: float) -> None: ...
     async def publish(self, queue: QueueSpec, message: Message) -> None: ...
     async def publish_status(self, status: JobStatus) -> None: ...
     async def consume(self, queue: QueueSpec, handler: Handler) -> None: ...
     async def consume_dead_letters(self, queue: QueueSpec, handler: DeadLetterHandler) -> None: ...
     async def subscribe_status(self, handler: StatusHandler) -> None: ...
     async def ping(self) -> bool: ...
+
+
+class _InFlight:
+    """Counts handlers running now, so a shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def track(self):  # type: ignore[no-untyped-def]
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
 
 def _outgoing_headers() -> dict[str, Any]:
@@ -107,6 +136,8 @@ class InProcessBus:
         self._status_subscribers: list[StatusHandler] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._draining = False
+        self._in_flight = _InFlight()
 
     def _queue(self, name: str) -> asyncio.Queue[_Envelope]:
         return self._queues.setdefault(name, asyncio.Queue())
@@ -117,6 +148,11 @@ class InProcessBus:
     async def start(self) -> None:
         for spec in topology.WORK_QUEUES:
             self._queue(spec.name)
+
+    async def drain(self, timeout: float) -> None:
+        """Take no new messages; wait (up to `timeout`) for the handlers running now."""
+        self._draining = True
+        await self._in_flight.wait_idle(timeout)
 
     async def close(self) -> None:
         self._closed = True
@@ -154,10 +190,14 @@ class InProcessBus:
         source = self._queue(queue.name)
         while not self._closed:
             envelope = await source.get()
+            if self._draining:
+                source.put_nowait(envelope)  # shutting down: leave it for the next consumer
+                return
             try:
-                await _run_handler(
-                    queue, envelope.body, envelope.headers, envelope.attempt, handler
-                )
+                with self._in_flight.track():
+                    await _run_handler(
+                        queue, envelope.body, envelope.headers, envelope.attempt, handler
+                    )
             except asyncio.CancelledError:
                 source.put_nowait(envelope)  # unacked at shutdown: stays queued
                 raise
@@ -212,6 +252,8 @@ class RabbitBus:
         self._jobs: AbstractExchange | None = None
         self._status: AbstractExchange | None = None
         self._consumer_channels: list[AbstractChannel] = []
+        self._work_consumers: list[tuple[AbstractQueue, str]] = []
+        self._in_flight = _InFlight()
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(
@@ -219,6 +261,16 @@ class RabbitBus:
         )
         self._publish_channel = await self._connection.channel(publisher_confirms=True)
         self._jobs, self._status = await declare_topology(self._publish_channel)
+
+    async def drain(self, timeout: float) -> None:
+        """Cancel the work consumers (no new deliveries), then wait (up to `timeout`) for the
+        handlers running now to store, publish and ack, so a stopping pod wastes no job."""
+        for queue, tag in self._work_consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        self._work_consumers.clear()
+        if not await self._in_flight.wait_idle(timeout):
+            log.warning("drain_timeout", in_flight=self._in_flight.count)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -261,18 +313,20 @@ class RabbitBus:
             headers = dict(incoming.headers or {})
             # Quorum queues count earlier failed deliveries in x-delivery-count.
             attempt = int(headers.get("x-delivery-count") or 0) + 1
-            try:
-                await _run_handler(queue, incoming.body, headers, attempt, handler)
-            except Reject as exc:
-                log.warning("message_rejected", queue=queue.name, reason=str(exc))
-                await incoming.reject(requeue=False)
-            except Exception:
-                log.exception("handler_failed", queue=queue.name, attempt=attempt)
-                await incoming.nack(requeue=True)
-            else:
-                await incoming.ack()
+            with self._in_flight.track():
+                try:
+                    await _run_handler(queue, incoming.body, headers, attempt, handler)
+                except Reject as exc:
+                    log.warning("message_rejected", queue=queue.name, reason=str(exc))
+                    await incoming.reject(requeue=False)
+                except Exception:
+                    log.exception("handler_failed", queue=queue.name, attempt=attempt)
+                    await incoming.nack(requeue=True)
+                else:
+                    await incoming.ack()
 
-        await amqp_queue.consume(on_message, no_ack=False)
+        tag = await amqp_queue.consume(on_message, no_ack=False)
+        self._work_consumers.append((amqp_queue, tag))
 
     async def consume_dead_letters(self, queue: QueueSpec, handler: DeadLetterHandler) -> None:
         channel = await self._consumer_channel()

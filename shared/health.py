@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from shared import metrics
+
 Check = Callable[[], Awaitable[bool]]
 
 
@@ -21,6 +23,7 @@ def health_app(checks: dict[str, Check]) -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics.prometheus_handler)
     return app
 
 

@@ -8,16 +8,22 @@ serves is folded from these events, and a state can only move forward.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared import messages
+from shared import messages, records
 from shared.blobstore import BlobNotFound, BlobStore
 from shared.eventbus import EventBus
+from shared.logging import get_logger
 from shared.messages import FINAL_STATES, STATE_RANK, JobOptions, JobStatus
+
+logger = get_logger(__name__)
+# A record is written before the job's end is announced: never hold that up for long.
+RECORD_TIMEOUT_S = 10.0
 
 
 def new_job_id() -> str:
@@ -188,7 +194,25 @@ class StatusReporter:
         self.stage = stage
 
     async def report(self, job_id: str, state: str, **fields: Any) -> JobStatus:
+        if fields.get("progress") is None:
+            # Which build of each service handled the job, for its performance record.
+            versions = {"versions": {self.stage: records.service_version()}}
+            fields["details"] = {**fields.get("details", {}), **versions}
         status = JobStatus(job_id=job_id, state=state, stage=self.stage, at=time.time(), **fields)
         await self.log.append(status)
+        if status.state in records.RECORDED_OUTCOMES:
+            # Before the status goes out: whoever sees a job end can read its record.
+            await self._write_record(status)
         await self.bus.publish_status(status)
         return status
+
+    async def _write_record(self, status: JobStatus) -> None:
+        """The finished job's performance record; a failure here never fails the job."""
+        try:
+            view = await self.log.view(status.job_id)
+            if view is not None:
+                deciding = view.stages.get(view.state) == status.at
+                write = records.record_finished_job(self.log.store, view, self.stage, deciding)
+                await asyncio.wait_for(write, RECORD_TIMEOUT_S)
+        except Exception:
+            logger.warning("record_not_written", job_id=status.job_id, exc_info=True)

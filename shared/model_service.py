@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from shared import imaging, telemetry
+from shared import imaging, metrics, telemetry
 from shared.blobstore import BlobNotFound, BlobStore
 from shared.errors import UnprocessableInput
 from shared.eventbus import Delivery, EventBus, Reject
@@ -88,7 +88,7 @@ class ModelService:
         self.reporter = StatusReporter(self.jobs, bus, stage=name)
 
     async def start(self) -> None:
-        await self.bus.consume(self.queue, self.handle)
+        await self.bus.consume(self.queue, metrics.instrument_handler(self.name, self.handle))
 
     async def handle(self, delivery: Delivery) -> None:
         request = delivery.message
@@ -171,6 +171,7 @@ class ModelService:
         ):
             await self.store.put(key, data, content_type)
         timings["store_s"] = time.time() - t0
+        metrics.observe_stages(timings, task=request.task)
         height, width = output.pixels.shape[:2]
         await self.reporter.report(
             request.job_id,

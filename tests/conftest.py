@@ -55,11 +55,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_url() -> Iterator[str]:
-    """amqp:// URL of a RabbitMQ node for this test session."""
-    external = os.environ.get("RESTORA_TEST_BROKER_URL")
-    if external:
-        yield external
+def rabbitmq_server() -> Iterator[RabbitMQServer | None]:
+    """The RabbitMQ node started for this session; None when RESTORA_TEST_BROKER_URL is set."""
+    if os.environ.get("RESTORA_TEST_BROKER_URL"):
+        yield None
         return
     try:
         server = RabbitMQServer()
@@ -67,7 +66,15 @@ def rabbitmq_url() -> Iterator[str]:
         _unavailable(str(exc))
     with server.start():
         _report_startup("rabbitmq", server.startup_s)
-        yield server.url
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq_server: RabbitMQServer | None) -> str:
+    """amqp:// URL of a RabbitMQ node for this test session."""
+    if rabbitmq_server is None:
+        return os.environ["RESTORA_TEST_BROKER_URL"]
+    return rabbitmq_server.url
 
 
 @pytest.fixture(scope="session")

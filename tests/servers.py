@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-# RabbitMQ's consumer_timeout (ms). Must stay equal to the value in docker-compose.yml and
-# k8s/: one hour, above the longest job a model service is allowed to run.
-CONSUMER_TIMEOUT_MS = 3_600_000
+# consumer_timeout comes from the one place compose, k8s and the code agree on.
+from shared.topology import CONSUMER_TIMEOUT_MS
 
 RABBITMQ_START_TIMEOUT_S = 90.0
 S3_START_TIMEOUT_S = 60.0

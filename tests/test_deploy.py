@@ -91,6 +91,15 @@ def env_read_by_code() -> set[str]:
     return {m for path in sources for m in ENV_READ.findall(path.read_text())}
 
 
+def env_set_by_images() -> set[str]:
+    """Variables both Dockerfiles set (ENV): facts about the image, such as its commit."""
+    per_image = [
+        set(re.findall(r"^\s*(?:ENV\s+)?((?:RESTORA|OTEL)_\w+)=", f.read_text(), re.M))
+        for f in (ROOT / "docker").glob("Dockerfile.*")
+    ]
+    return set.intersection(*per_image)
+
+
 def settings_classes() -> list[type]:
     return [
         obj
@@ -131,7 +140,7 @@ def test_every_settings_class_is_deployed_or_known() -> None:
 def test_every_setting_is_in_the_configmap_or_secret() -> None:
     required = {n for cls in settings_classes() for n in config.settings_env_names(cls)}
     required |= env_read_by_code() - {"OTEL_SERVICE_NAME"}  # set per Deployment
-    available = configmap_keys() | secret_keys("restora-app")
+    available = configmap_keys() | secret_keys("restora-app") | env_set_by_images()
     assert not required - available, "add to k8s/base/restora.env or k8s/secret.template.yaml"
 
 
@@ -139,14 +148,14 @@ def test_every_k8s_service_gets_all_its_settings() -> None:
     deployments = k8s_objects("Deployment")
     for service, cls in SETTINGS_OF.items():
         needed = {*config.settings_env_names(cls), *env_read_by_code()}
-        missing = needed - set(k8s_environ(deployments[service]))
+        missing = needed - set(k8s_environ(deployments[service])) - env_set_by_images()
         assert not missing, f"Deployment {service} lacks {sorted(missing)}"
 
 
 def test_every_compose_service_gets_all_its_settings() -> None:
     services = compose()["services"]
     everywhere = set().union(*(s.get("environment", {}) for s in services.values()))
-    assert not env_read_by_code() - everywhere
+    assert not env_read_by_code() - everywhere - env_set_by_images()
     for service, cls in SETTINGS_OF.items():
         missing = set(config.settings_env_names(cls)) - set(services[service]["environment"])
         assert not missing, f"compose service {service} lacks {sorted(missing)}"

@@ -112,3 +112,22 @@ async def test_status_fans_out_to_every_subscriber(bus: EventBus) -> None:
 
 async def test_ping(bus: EventBus) -> None:
     assert await bus.ping()
+
+
+async def test_drain_finishes_the_job_in_hand_and_takes_no_more(bus: EventBus) -> None:
+    started, finished, handled = asyncio.Event(), asyncio.Event(), []
+
+    async def slow(delivery: Delivery) -> None:
+        handled.append(delivery.message.job_id)  # type: ignore[union-attr]
+        started.set()
+        await asyncio.sleep(1.0)
+        finished.set()
+
+    await bus.consume(QUEUE, slow)
+    await bus.publish(QUEUE, job("1" * 32))
+    await asyncio.wait_for(started.wait(), 20)
+    await bus.publish(QUEUE, job("2" * 32))
+    await bus.drain(timeout=30)
+    assert finished.is_set()  # drain waited for the running handler
+    await asyncio.sleep(0.5)
+    assert handled == ["1" * 32]  # and took nothing new

@@ -15,10 +15,19 @@ from shared.models.mwcnn import (
     haar_iwt,
     load_mwcnn,
     read_mwcnn_metadata,
+    run_any_size,
     save_mwcnn,
 )
 
 TINY = MWCNNConfig(widths=(8, 16, 16), block_depth=2, bottom_depth=2)
+
+
+def trained_looking(config: MWCNNConfig = TINY) -> MWCNN:
+    """A tiny MWCNN whose zero-initialised last conv is randomised (else output == input)."""
+    model = MWCNN(config)
+    with torch.no_grad():
+        model.dec1[-1].weight.normal_(0, 0.05)
+    return model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,8 +62,23 @@ def test_rejects_sizes_not_multiple_of_8() -> None:
         MWCNN(TINY)(torch.rand(1, 3, 30, 32), 0.1)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (17, 30), (33, 8)])
+def test_run_any_size_keeps_size(size: tuple[int, int]) -> None:
+    model = trained_looking().eval()
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        out = run_any_size(model, x, 0.1)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_starts_as_identity() -> None:
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(MWCNN(TINY).eval()(x, 0.3), x)
+
+
 def test_level_is_required_and_used() -> None:
-    model = MWCNN(TINY).eval()
+    model = trained_looking().eval()
     x = torch.rand(1, 3, 16, 16)
     with pytest.raises(ValueError):
         model(x)
@@ -63,7 +87,7 @@ def test_level_is_required_and_used() -> None:
 
 
 def test_channels_last_matches() -> None:
-    model = MWCNN(TINY).eval()
+    model = trained_looking().eval()
     x = torch.rand(2, 3, 16, 24)
     with torch.no_grad():
         ref = model(x, 0.2)
@@ -102,7 +126,7 @@ def test_wavelets_have_no_state() -> None:
 
 
 def test_export_load_roundtrip_strict(tmp_path: Path) -> None:
-    model = MWCNN(TINY)
+    model = trained_looking()
     with torch.no_grad():  # non-trivial BN statistics so they must survive the round trip
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

@@ -12,7 +12,8 @@ import pytest
 from minio import Minio
 from pamqp.commands import Basic
 
-from tests.servers import S3Endpoint
+from shared.topology import CONSUMER_TIMEOUT_MS
+from tests.servers import RabbitMQServer, S3Endpoint
 
 pytestmark = pytest.mark.servers
 
@@ -42,6 +43,13 @@ async def test_quorum_queue_round_trip_with_confirms(rabbitmq_url: str) -> None:
         await message.ack()
         assert await queue.get(fail=False) is None
         await queue.delete(if_unused=False, if_empty=False)
+
+
+def test_broker_consumer_timeout_is_the_projects(rabbitmq_server: RabbitMQServer | None) -> None:
+    if rabbitmq_server is None:
+        pytest.skip("RESTORA_TEST_BROKER_URL points at a broker these tests did not configure")
+    answer = rabbitmq_server.ctl("eval", "application:get_env(rabbit, consumer_timeout).")
+    assert answer.strip() == f"{{ok,{CONSUMER_TIMEOUT_MS}}}"
 
 
 def test_s3_bucket_objects_and_presigned_get(s3_server: S3Endpoint) -> None:

@@ -3,7 +3,7 @@
 import asyncio
 
 from services.gateway.app import create_app, running_gateway
-from shared.bootstrap import configure_process, connect, wait_for_shutdown
+from shared.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
 from shared.config import GatewaySettings, load_settings
 
 
@@ -15,7 +15,7 @@ async def main() -> None:
         try:
             await wait_for_shutdown()
         finally:
-            await bus.close()
+            await shutdown(bus)
 
 
 if __name__ == "__main__":

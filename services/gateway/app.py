@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway import maintenance, openapi
+from services.gateway import maintenance, openapi, records_api
 from services.gateway.events import StatusBroadcaster, event_id
 from services.gateway.uploads import UploadForm, read_upload, sniff_image
 from services.gateway.validation import InvalidRequest, parse_options
-from shared import catalog, messages, telemetry, topology
+from shared import catalog, messages, metrics, telemetry, topology
 from shared.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
 from shared.config import GatewaySettings
 from shared.eventbus import EventBus
@@ -58,6 +58,7 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR)
+    records_api.add_routes(app, store, bus)  # /api/v1/records*, /dashboard, /metrics
     app.on_startup.append(_subscribe)
     app.on_startup.append(_start_maintenance)
     app.on_cleanup.append(_stop_maintenance)
@@ -129,6 +130,7 @@ def _error(status: int, message: str) -> web.Response:
 async def submit_job(request: web.Request) -> web.Response:
     settings, store, bus = request.app[SETTINGS], request.app[STORE], request.app[BUS]
     with telemetry.tracer().start_as_current_span("gateway submit") as span:
+        received = time.time()
         try:
             form = await read_upload(request, settings.max_upload_bytes)
         except InvalidRequest as exc:
@@ -159,7 +161,10 @@ async def submit_job(request: web.Request) -> web.Response:
         finally:
             form.close()
         reporter = _reporter(request.app)
-        await reporter.report(job_id, "queued")
+        upload_s = time.time() - received  # receiving and storing the upload
+        metrics.observe_stage("upload", upload_s, task=task)
+        timings = {"timings": {"gateway": {"upload_s": upload_s}}}
+        await reporter.report(job_id, "queued", details=timings)
         submitted = JobSubmitted(job_id, task, options, keys.upload, mask_key, spec.created_at)
         try:
             await bus.publish(topology.PREPROCESS, submitted)

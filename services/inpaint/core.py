@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
+from shared.catalog import DEFAULT_WEIGHTS_DIR
 from shared.errors import UnprocessableInput
 from shared.imaging import composite_masked
 
 # Telea's neighbourhood radius in pixels (OpenCV's documented typical value).
 TELEA_RADIUS = 3
+DEEPFILL_WEIGHTS = "deepfill-contextual-attention.safetensors"
 
 
 def telea_inpaint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -21,13 +25,32 @@ def telea_inpaint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(filled, cv2.COLOR_BGR2RGB)
 
 
-def inpaint(image: np.ndarray, mask: np.ndarray, model: str = "classic") -> np.ndarray:
+def inpaint(
+    image: np.ndarray,
+    mask: np.ndarray,
+    model: str = "classic",
+    on_progress: Callable[[float], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
     if mask.shape != image.shape[:2]:
         raise UnprocessableInput(f"mask {mask.shape} does not match image {image.shape[:2]}")
     if not mask.any():
         raise UnprocessableInput("the mask is empty: paint the region to fill in white")
     if model == "classic":
         filled = telea_inpaint(image, mask)
+    elif model == "deepfill":
+        # Imported here: the classic path must not pay for torch.
+        from services.inpaint import networks
+
+        weights = DEFAULT_WEIGHTS_DIR / DEEPFILL_WEIGHTS
+        if not weights.is_file():
+            raise UnprocessableInput(f"model 'deepfill' is not installed ({weights.name})")
+        filled = networks.inpaint_deepfill(image, mask, weights, on_progress, should_cancel)
+    elif model == "dip":
+        from services.inpaint import networks
+
+        filled = networks.inpaint_dip(image, mask, on_progress=on_progress,
+                                      should_cancel=should_cancel)
     else:
         raise UnprocessableInput(f"inpaint has no model {model!r}")
     return composite_masked(image, filled, mask)

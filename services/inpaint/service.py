@@ -13,7 +13,8 @@ from shared.model_service import ModelService, RestoreInput, RestoreOutput
 def restore(job: RestoreInput) -> RestoreOutput:
     if job.mask is None:
         raise UnprocessableInput("inpaint needs a mask")
-    return RestoreOutput(inpaint(job.pixels, job.mask, job.options.model), job.options.model)
+    filled = inpaint(job.pixels, job.mask, job.options.model, job.on_progress, job.should_cancel)
+    return RestoreOutput(filled, job.options.model)
 
 
 def build(bus: EventBus, store: BlobStore, device: str = "cpu") -> ModelService:

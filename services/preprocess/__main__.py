@@ -3,7 +3,7 @@
 import asyncio
 
 from services.preprocess.service import PreprocessService
-from shared.bootstrap import configure_process, connect, wait_for_shutdown
+from shared.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
 from shared.config import PreprocessSettings, load_settings
 from shared.health import serve_health
 
@@ -17,7 +17,7 @@ async def main() -> None:
     try:
         await wait_for_shutdown()
     finally:
-        await bus.close()
+        await shutdown(bus)
         await health.cleanup()
 
 

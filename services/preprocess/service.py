@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 from services.preprocess.core import InvalidInput, Limits, NormalizedInput, normalize
-from shared import imaging, topology
+from shared import imaging, metrics, topology
 from shared.blobstore import BlobNotFound, BlobStore
 from shared.config import PreprocessSettings
 from shared.eventbus import Delivery, EventBus, Reject
@@ -27,7 +27,9 @@ class PreprocessService:
         self.reporter = StatusReporter(self.jobs, bus, stage="preprocess")
 
     async def start(self) -> None:
-        await self.bus.consume(topology.PREPROCESS, self.handle)
+        await self.bus.consume(
+            topology.PREPROCESS, metrics.instrument_handler("preprocess", self.handle)
+        )
 
     def limits_for(self, task: str) -> Limits:
         return Limits(
@@ -62,6 +64,8 @@ class PreprocessService:
             await self.reporter.report(job.job_id, "failed", error=str(exc))
             return
         request = await self._store_normalized(job, normalized)
+        elapsed = time.time() - started
+        metrics.observe_stage("preprocess", elapsed, task=job.task)
         height, width = normalized.pixels.shape[:2]
         log.info("preprocessed", job_id=job.job_id, width=width, height=height)
         await self.reporter.report(
@@ -69,7 +73,7 @@ class PreprocessService:
             "preprocessing",
             progress=1.0,
             details={
-                "timings": {"preprocess": {"total_s": time.time() - started}},
+                "timings": {"preprocess": {"total_s": elapsed}},
                 "input": {
                     "width": width,
                     "height": height,

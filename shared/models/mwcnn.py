@@ -5,13 +5,13 @@ The network is a U-Net whose pooling is replaced by the 2-D Haar discrete wavele
 (C, H, W) map into a (4C, H/2, W/2) map of the LL/HL/LH/HH sub-bands without losing anything,
 so the receptive field grows like pooling does while the signal stays invertible.
 
-Architecture as in the paper (Fig. 3), widths ``(160, 256, 256)``, 24 conv layers:
+Architecture as in the paper (Fig. 3), widths ``(160, 256, 256)``, 4+4+8+4+4 = 24 conv layers:
 
-    x ─DWT─ [4 conv, w1] ─DWT─ [4 conv, w2] ─DWT─ [8 conv: w3 ... → 4·w2] ─IWT─ (+) ─┐
-                 │                  └──────────────────── sum ─────────────────────┘
-                 │                                                    [4 conv: ... → 4·w1]
-                 └────────────────────────── sum ─────────────────────────── IWT ─ (+)
-                                                                  [4 conv: ... → 4·C] ─IWT─ + x
+    e1 = enc1(DWT(x))                 4 layers, 4·C → w1 (level 1, H/2)
+    e2 = enc2(DWT(e1))                4 layers, 4·w1 → w2 (level 2, H/4)
+    d2 = IWT(bottom(DWT(e2))) + e2    8 layers, 4·w2 → w3 … → 4·w2 (level 3, H/8)
+    d1 = IWT(dec2(d2)) + e1           4 layers, w2 → … → 4·w1
+    y  = x + IWT(dec1(d1))            4 layers, w1 → … → 4·C
 
 Every layer is a 3×3 "Conv+BN+ReLU" except the very last, a plain 3×3 conv whose 4·C outputs
 become the C image channels after the final IWT. Skip connections are element-wise sums of the
@@ -19,9 +19,9 @@ contracting-path block output and the IWT output on the expanding path.
 
 Deviations from the paper (each kept small and documented):
 
-* **Residual output.** The network predicts the residual: ``out = x + net(x)``. The paper's
-  MatConvNet model learns the clean image directly; the residual form trains faster on a small
-  compute budget and is what DnCNN/FFDNet-style denoisers do.
+* **Global residual output.** ``y = x + net(x)`` (DnCNN-style residual learning), with the last
+  conv zero-initialised and every other conv He-initialised, so training starts from the
+  identity: on a small CPU budget this is what makes the 24-layer network train at all.
 * **Degradation-level input (FFDNet-style).** With ``level_channel=True`` (default) one extra
   constant input map holds the degradation level (σ/255 for Gaussian noise, see
   :func:`level_from_sigma`; a quality-derived value for JPEG, see :func:`level_from_quality`).
@@ -237,6 +237,20 @@ class MWCNN(nn.Module):
         d1 = self.iwt(self.dec2(d2)).to(e1.dtype) + e1
         residual = self.iwt(self.dec1(d1))
         return x + residual.to(x.dtype)
+
+
+def run_any_size(model: MWCNN, x: torch.Tensor, level: float | torch.Tensor | None) -> torch.Tensor:
+    """``model(x, level)`` for any H×W: reflect-pads bottom/right to a multiple of 8, then crops.
+
+    A convenience for whole-image calls and tests; large images go through the shared tiler,
+    which pads the same way.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = -h % SIZE_MULTIPLE, -w % SIZE_MULTIPLE
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"  # reflect needs pad < size
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return model(x, level)[..., :h, :w]
 
 
 def count_parameters(model: nn.Module) -> int:

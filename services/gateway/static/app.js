@@ -17,11 +17,18 @@
     superres: "Upscale 4×",
     inpaint: "Fill in a region",
   };
+  const MODEL_LABELS = {
+    mwcnn: "MWCNN network",
+    esrgan: "ESRGAN network",
+    deepfill: "DeepFill network",
+    dip: "Deep image prior (slow)",
+    classic: "Classic",
+  };
   const MODEL_NOTES = {
     mwcnn: "MWCNN network: the sharpest results.",
     esrgan: "ESRGAN network: recovers fine texture.",
     deepfill: "DeepFill network: fills from the surrounding context.",
-    dip: "Deep image prior: learns from this photo alone; slow.",
+    dip: "Deep image prior: a network fitted to this photo alone; takes minutes.",
     classic: "Classic method: fast, no neural network.",
   };
   const STATE_TEXT = {
@@ -37,7 +44,8 @@
   const el = {
     dropzone: $("dropzone"), dropEmpty: $("dropzone-empty"), dropOverlay: $("drop-overlay"),
     fileInput: $("file-input"), cameraInput: $("camera-input"),
-    preview: $("preview"), previewImg: $("preview-img"), fileInfo: $("file-info"),
+    preview: $("preview"), previewImg: $("preview-img"), previewFrame: $("preview-frame"),
+    fileInfo: $("file-info"),
     mask: $("mask-canvas"), maskTools: $("mask-tools"), maskHint: $("mask-hint"),
     brushSize: $("brush-size"), brushSizeOut: $("brush-size-out"),
     undo: $("mask-undo"), clear: $("mask-clear"),
@@ -148,8 +156,8 @@
       el.model.append(new Option("Default", ""));
     }
     models.forEach((name, i) => {
-      const label = name === "classic" ? "Classic" : name.toUpperCase();
-      el.model.append(new Option(i === 0 && models.length > 1 ? `${label} (best)` : label, name));
+      const label = MODEL_LABELS[name] || name;
+      el.model.append(new Option(i === 0 && models.length > 1 ? `${label} (default)` : label, name));
     });
     describeModel();
   }
@@ -188,7 +196,8 @@
     if (ascii(0, 2) === "BM") return "BMP";
     if (ascii(0, 4) === "II*\0" || ascii(0, 4) === "MM\0*") return "TIFF";
     if (ascii(4, 8) === "ftyp") return "HEIF/AVIF";
-    return file.type ? file.type.replace(/^image\//, "").toUpperCase() : "unknown";
+    if (file.type.startsWith("image/")) return file.type.slice(6).toUpperCase();
+    return file.type ? `${file.type} file` : "unknown type";
   }
 
   async function loadFile(file) {
@@ -207,6 +216,8 @@
     } catch {
       el.previewImg.removeAttribute("src");
     }
+    el.previewFrame.hidden = !state.image.decoded;
+    $("no-preview").hidden = state.image.decoded;
     el.dropEmpty.hidden = true;
     el.preview.hidden = false;
     el.dropzone.dataset.empty = "false";
@@ -235,7 +246,7 @@
     parts.push(image.format, formatBytes(file.size));
     el.fileInfo.textContent = parts.join(" · ");
     if (!image.decoded) {
-      el.fileInfo.textContent += " — this browser cannot preview it; the server will check it.";
+      el.fileInfo.textContent += " — this browser cannot show it; the server will check whether it can read it.";
     }
   }
 
@@ -485,8 +496,8 @@
       return;
     }
     if (answer.status !== 202 && answer.status !== 200) {
-      showAlert(el.formError, `The server did not accept this upload (HTTP ${answer.status}).`,
-        answer.body.error || "no reason given");
+      showAlert(el.formError, "Restora did not accept this upload.",
+        answer.body.error || `the server answered HTTP ${answer.status} without a reason`);
       updateSubmit();
       return;
     }
@@ -550,6 +561,7 @@
     if (!job || job.final) return;
     job.state = status.state;
     if (status.at && !(status.state in job.times)) job.times[status.state] = status.at;
+    if (!("queued" in job.times) && !job.askedStages) fillEarlierStages(job);
     renderStages(status.state, job.times);
     const showBar = status.progress != null && !FINAL_STATES.has(status.state);
     el.progress.hidden = !showBar;
@@ -559,6 +571,16 @@
     el.jobStatus.textContent = text;
     updateRecent(job.id, { state: status.state });
     if (FINAL_STATES.has(status.state)) finishJob(job, status);
+  }
+
+  // A stream opened after the job moved on starts at its current state; the job document
+  // has the times of the stages before it.
+  async function fillEarlierStages(job) {
+    job.askedStages = true;
+    const doc = await getJob(job.id).catch(() => null);
+    if (!doc?.stages || job !== state.job) return;
+    job.times = { ...doc.stages, ...job.times };
+    renderStages(job.state, job.times);
   }
 
   function renderStages(current, times) {
@@ -589,6 +611,9 @@
     updateSubmit();
     let doc = null;
     try { doc = await getJob(job.id); } catch { /* shown below from the event alone */ }
+    // A cancelled job's objects are being deleted as it is read: only a document that agrees
+    // with the final event is trusted.
+    if (doc && doc.state !== status.state) doc = null;
     if (doc) {
       renderStages(doc.state, { ...doc.stages, [doc.state]: doc.stages?.[doc.state] ?? doc.updated_at });
       if (doc.updated_at && doc.created_at) el.elapsed.textContent = `${(doc.updated_at - doc.created_at).toFixed(1)} s`;
@@ -620,10 +645,16 @@
     }
     const body = await readBody(response);
     if (response.ok) {
-      if (!job.final) el.jobStatus.textContent = sentence(body.message || "cancelling: the job stops at its next step");
+      if (!job.final) {
+        el.jobStatus.textContent = body.deleted
+          ? "Cancelled; the server deleted the job's files."
+          : "Cancelling: the job stops at its next step.";
+      }
     } else {
-      const reason = body.error || response.statusText;
-      el.jobStatus.textContent = `The server did not cancel the job (HTTP ${response.status}): ${sentence(reason)}`;
+      // aiohttp answers a method it has no route for with a plain-text 405, not JSON.
+      const unsupported = response.status === 405 || response.status === 501;
+      const reason = unsupported ? "this server cannot cancel jobs yet" : body.error || response.statusText;
+      el.jobStatus.textContent = `Not cancelled (HTTP ${response.status}): ${sentence(reason)} The job goes on.`;
       el.cancel.disabled = job.final;
     }
   }
@@ -888,8 +919,8 @@
         if (doc) {
           state.recentDocs.set(entry.id, doc);
           entry.state = doc.state;
-        } else {
-          entry.state = "expired";
+        } else if (entry.state !== "cancelled") {
+          entry.state = "expired"; // deleted by the retention sweep
         }
       } catch { /* keep the last known state */ }
     }));
@@ -916,6 +947,10 @@
       img.src = thumbUrl;
       img.alt = "";
       img.loading = "lazy";
+      img.addEventListener("error", () => {
+        thumb.replaceChildren("No preview");
+        thumb.classList.add("thumb-missing");
+      }, { once: true });
       thumb.append(img);
       thumb.setAttribute("aria-label", `Open ${TASK_LABELS[entry.task] || entry.task} job from ${new Date(entry.created).toLocaleString()}`);
       thumb.addEventListener("click", () => openRecent(entry));

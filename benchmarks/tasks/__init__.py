@@ -1,0 +1,1 @@
+"""Per-task benchmark definitions (data, degradations, rows) for `benchmarks.quality`."""

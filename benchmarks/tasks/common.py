@@ -1,0 +1,95 @@
+"""What every task's benchmark needs: options, image loading, and our models from the catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.harness import Case, Row, RowResult, ScoreFn, View
+from shared.catalog import models_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+# Models too slow to run on a whole set on a CPU: scored on the first few images per column.
+SLOW_MODELS = frozenset({"dip"})
+# Calibration tolerances: the recipes reproduce the published values to these margins.
+CALIBRATION_TOLERANCE = {"psnr": 0.02, "ssim": 0.0005}
+
+
+@dataclass(frozen=True)
+class Options:
+    data: Path
+    limit: int | None  # images per set
+    models: list[str] | None  # None: every available model of the task (and classic)
+    only: frozenset[str] | None  # column names to run; None: all
+    slow_limit: int
+    grid: Path | None = None
+
+
+@dataclass
+class Setup:
+    title: str
+    cases: list[Case]
+    rows: list[Row]
+    score: ScoreFn
+    views: list[View]
+    notes: list[str] = field(default_factory=list)
+    keep: list[tuple[str, str]] = field(default_factory=list)  # outputs to keep (grids)
+    after: Callable[[list[RowResult]], list[str]] | None = None  # e.g. write the picture grid
+
+
+def read_image(path: Path, mode: str | None = None) -> np.ndarray:
+    """uint8 array of an image file, converted to `mode` ("L"/"RGB") when given."""
+    with Image.open(path) as img:
+        if mode is not None and img.mode != mode:
+            img = img.convert(mode)
+        return np.asarray(img).copy()
+
+
+def list_images(folder: Path, limit: int | None, pattern: str = "*.png") -> list[Path]:
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no {pattern} images in {folder}")
+    return files[:limit] if limit else files
+
+
+def wanted(options: Options, column: str) -> bool:
+    return options.only is None or column.lower() in options.only
+
+
+def our_models(task: str, options: Options) -> list[str]:
+    """Our networks for `task` (catalog order, weights present), minus classic."""
+    available = [m for m in models_for(task) if m != "classic"]
+    if options.models is not None:
+        available = [m for m in available if m in options.models]
+    return available
+
+
+def include_classic(options: Options) -> bool:
+    return options.models is None or "classic" in options.models
+
+
+def max_images(model: str, options: Options) -> int | None:
+    return options.slow_limit if model in SLOW_MODELS else None
+
+
+def source_version(*objects: object) -> str:
+    """A short hash of the source code of `objects`: cached rows of a classic method are
+    recomputed when its code (e.g. its tuned parameters) changes."""
+    text = "".join(inspect.getsource(o) for o in objects)  # type: ignore[arg-type]
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def file_version(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def accepts(func: Callable[..., Any], parameter: str) -> bool:
+    return parameter in inspect.signature(func).parameters

@@ -1,0 +1,227 @@
+"""Gaussian denoising: gray BSD68/Set12 at σ 15/25/50, colour CBSD68/Kodak24 at σ 25/50.
+
+Two input conventions, from the same noise draw:
+* ``float`` — the papers': clean + N(0, σ²) in floating point, neither clipped nor rounded, fed
+  to the method as is (our networks get it on the [0, 1] scale, values outside included);
+* ``uint8`` — what users upload: the same noisy image clipped to [0, 255] and rounded.
+Outputs are rounded to uint8 before scoring. PSNR/SSIM on the 0–255 scale, colour over RGB
+(SSIM: mean of the channels). The "noisy input" rows score the noisy image itself (float: not
+rounded).
+
+Noise seeding: every (set, image, σ) has its own generator,
+``np.random.default_rng([20180618, crc32("<set>/<file stem>"), σ])``, so a result does not depend
+on which other images or sets were run (``--limit``, ``--only``).
+
+Calibration: the official DnCNN-S σ=25 weights under KAIR's own protocol (``np.random.seed(0)``
+before each image, ``img/255 (float32) += np.random.normal(0, σ/255, shape)``) must give the
+published BSD68/Set12 numbers (29.22 / 30.44 dB); the check in SOURCES.md gives 29.224 / 30.445.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.dncnn import DnCNN, load_dncnn, run_dncnn
+from benchmarks.harness import Case, Row, Sample, Scores, View
+from benchmarks.metrics import psnr, ssim, to_uint8
+from benchmarks.tasks.common import (
+    Options,
+    Setup,
+    file_version,
+    include_classic,
+    list_images,
+    max_images,
+    our_models,
+    read_image,
+    source_version,
+    wanted,
+)
+from services.denoise import classic as nlm_module
+from services.denoise.core import denoise
+from shared.degradations import add_gaussian_noise
+
+NOISE_SEED = 20180618
+NOISE_VERSION = "1"  # bump when the noise recipe above changes (part of the cache keys)
+GRAY_SETS = {"BSD68": (15, 25, 50), "Set12": (15, 25, 50)}
+COLOUR_SETS = {"CBSD68": (25, 50), "Kodak24": (25, 50)}
+DNCNN_WEIGHTS = Path("weights/dncnn/kair_dncnn_25.pth")
+DNCNN_SIGMA = 25
+
+# MWCNN Table 1 (PSNR / SSIM where printed); BM3D and DnCNN columns of the same table.
+PAPER_MWCNN = {
+    "Set12 σ15": {"psnr": 33.15, "ssim": 0.9088},
+    "Set12 σ25": {"psnr": 30.79, "ssim": 0.8711},
+    "Set12 σ50": {"psnr": 27.74, "ssim": 0.8056},
+    "BSD68 σ15": {"psnr": 31.86, "ssim": 0.8947},
+    "BSD68 σ25": {"psnr": 29.41, "ssim": 0.8360},
+    "BSD68 σ50": {"psnr": 26.53, "ssim": 0.7366},
+}
+PAPER_BM3D = {
+    "Set12 σ15": {"psnr": 32.37}, "Set12 σ25": {"psnr": 29.97}, "Set12 σ50": {"psnr": 26.72},
+    "BSD68 σ15": {"psnr": 31.08}, "BSD68 σ25": {"psnr": 28.57}, "BSD68 σ50": {"psnr": 25.62},
+}  # fmt: skip
+PAPER_DNCNN = {
+    "Set12 σ15": {"psnr": 32.86}, "Set12 σ25": {"psnr": 30.44}, "Set12 σ50": {"psnr": 27.18},
+    "BSD68 σ15": {"psnr": 31.73}, "BSD68 σ25": {"psnr": 29.23}, "BSD68 σ50": {"psnr": 26.23},
+}  # fmt: skip
+# What the official weights give under KAIR's protocol (SOURCES.md check).
+DNCNN_EXPECTED = {"BSD68 σ25": {"psnr": 29.224}, "Set12 σ25": {"psnr": 30.445}}
+
+
+def column_name(set_name: str, sigma: int) -> str:
+    return f"{set_name} σ{sigma}"
+
+
+def noise_rng(set_name: str, stem: str, sigma: int) -> np.random.Generator:
+    return np.random.default_rng([NOISE_SEED, zlib.crc32(f"{set_name}/{stem}".encode()), sigma])
+
+
+def _load(path: Path, set_name: str, sigma: int, gray: bool, variant: str) -> Sample:
+    clean = read_image(path, "L" if gray else "RGB")
+    if variant == "kair":  # KAIR's test protocol, for the DnCNN calibration row only
+        np.random.seed(0)  # their legacy global-state seeding, reproduced on purpose
+        noisy01 = clean.astype(np.float32) / 255.0
+        noisy01 += np.random.normal(0, sigma / 255.0, noisy01.shape)
+        return {"gt": clean, "noisy": noisy01 * 255.0, "noisy01": noisy01, "sigma": sigma}
+    rng = noise_rng(set_name, path.stem, sigma)
+    noisy = add_gaussian_noise(clean, sigma, rng, clip=variant == "uint8")
+    return {"gt": clean, "noisy": noisy, "sigma": sigma}
+
+
+def build_cases(options: Options) -> list[Case]:
+    cases = []
+    for sets, gray in ((GRAY_SETS, True), (COLOUR_SETS, False)):
+        for set_name, sigmas in sets.items():
+            for sigma in sigmas:
+                column = column_name(set_name, sigma)
+                if not wanted(options, column):
+                    continue
+                for path in list_images(options.data / "testsets" / set_name, options.limit):
+                    load = functools.partial(_load, path, set_name, sigma, gray)
+                    cases.append(Case(column, path.stem, load))
+    return cases
+
+
+def score(sample: Sample, out: np.ndarray) -> Scores:
+    return {"psnr": psnr(sample["gt"], out), "ssim": ssim(sample["gt"], out)}
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _noisy_input(sample: Sample) -> np.ndarray:
+    return sample["noisy"]
+
+
+def _bm3d(sample: Sample) -> np.ndarray:
+    import bm3d  # optional dependency (pip install restora[classic])
+
+    noisy01 = sample["noisy"].astype(np.float64) / 255.0
+    sigma01 = sample["sigma"] / 255.0
+    if noisy01.ndim == 2:
+        out = bm3d.bm3d(noisy01, sigma_psd=sigma01)
+    else:  # CBM3D in the opponent colour space, the package's default for RGB
+        out = bm3d.bm3d_rgb(noisy01, sigma_psd=sigma01)
+    return to_uint8(np.asarray(out) * 255.0)
+
+
+def _nlm(sample: Sample) -> np.ndarray:
+    return to_uint8(denoise(to_uint8(sample["noisy"]), float(sample["sigma"]), "classic"))
+
+
+def _ours(model: str, sample: Sample, convention: str) -> np.ndarray:
+    noisy = sample["noisy"]
+    # float convention: the unclipped noisy image on the [0, 1] scale our networks work in
+    image = noisy.astype(np.float32) / 255.0 if convention == "float" else to_uint8(noisy)
+    return to_uint8(denoise(image, float(sample["sigma"]), model))
+
+
+@functools.cache
+def _dncnn(path: Path) -> DnCNN:
+    return load_dncnn(path)
+
+
+def _dncnn_kair(path: Path, sample: Sample) -> np.ndarray:
+    return run_dncnn(_dncnn(path), sample["noisy01"])
+
+
+def _bm3d_version() -> str | None:
+    try:
+        return f"bm3d-{importlib.metadata.version('bm3d')}-noise-v{NOISE_VERSION}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def build_rows(options: Options) -> tuple[list[Row], list[str]]:
+    notes = []
+    rows = [
+        Row("noisy input", "input[float]", _noisy_input, "float", kind="input"),
+        Row("noisy input", "input[uint8]", _noisy_input, "uint8", kind="input"),
+    ]
+    if include_classic(options):
+        bm3d_version = _bm3d_version()
+        if bm3d_version is None:
+            notes.append("BM3D rows skipped: the `bm3d` package is not installed")
+        else:
+            for conv in ("float", "uint8"):
+                rows.append(Row(f"BM3D [{conv}]", f"bm3d[{conv}]", _bm3d, conv, bm3d_version))
+        nlm_version = f"{source_version(nlm_module)}-noise-v{NOISE_VERSION}"
+        # NLM (OpenCV) only takes uint8 images, so it has no float-convention row.
+        rows.append(Row("NLM, classic [uint8]", "nlm[uint8]", _nlm, "uint8", nlm_version))
+    for model in our_models("denoise", options):
+        for conv in ("float", "uint8"):
+            run = functools.partial(_ours, model, convention=conv)
+            rows.append(
+                Row(
+                    f"{model} [{conv}]",
+                    f"{model}[{conv}]",
+                    run,
+                    conv,
+                    max_images=max_images(model, options),
+                    kind="model",
+                )
+            )
+    rows += [
+        Row("MWCNN (paper)", "paper-mwcnn", published=PAPER_MWCNN, kind="paper"),
+        Row("DnCNN-S (paper)", "paper-dncnn", published=PAPER_DNCNN, kind="paper"),
+        Row("BM3D (paper)", "paper-bm3d", published=PAPER_BM3D, kind="paper"),
+    ]
+    weights = options.data / DNCNN_WEIGHTS
+    if weights.is_file():
+        rows.append(
+            Row(
+                "calib: DnCNN-S σ25 official weights, KAIR noise",
+                "calib-dncnn25[kair]",
+                functools.partial(_dncnn_kair, weights),
+                "kair",
+                version=f"{file_version(weights)}-kair-seed0",
+                columns=frozenset(DNCNN_EXPECTED),
+                expected=DNCNN_EXPECTED,
+                kind="calibration",
+            )
+        )
+    else:
+        notes.append(f"DnCNN calibration skipped: {weights} not found")
+    return rows, notes
+
+
+def build(options: Options) -> Setup:
+    rows, notes = build_rows(options)
+    notes += [
+        "[float]: noise added in floating point, unclipped (papers); [uint8]: clipped and "
+        "rounded (uploads). Outputs rounded to uint8. PSNR/SSIM on RGB for colour sets.",
+        "noise: np.random.default_rng([20180618, crc32('<set>/<stem>'), σ]) per image",
+    ]
+    return Setup(
+        title="Gaussian denoising — PSNR (dB) / SSIM",
+        cases=build_cases(options),
+        rows=rows,
+        score=score,
+        views=[View("", ("psnr", "ssim"))],
+        notes=notes,
+    )

@@ -1,0 +1,178 @@
+"""4× super-resolution: Set5 and Set14 from their ``LR_bicubic/X4`` inputs.
+
+Recipe (SOURCES.md; reproduces RCAN's 32.63 dB): PSNR/SSIM on unrounded float Y (MATLAB
+rgb2ycbcr), 4 pixels shaved from every border, HR cropped to 4× the LR size (some Set14 HR sizes
+are not multiples of 4). Gray images (Set14 ``bridge``) are replicated to RGB first, as BasicSR
+reads every test image, so every method gets an RGB input and Y is computed the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness import Case, Row, Sample, Scores, View
+from benchmarks.metrics import to_uint8, y_psnr_ssim
+from benchmarks.tasks.common import (
+    Options,
+    Setup,
+    accepts,
+    include_classic,
+    list_images,
+    max_images,
+    our_models,
+    read_image,
+    source_version,
+    wanted,
+)
+from services.superres import core as superres_core
+from services.superres.core import upscale
+from shared import matlab_resize
+from shared.matlab_resize import imresize
+
+SCALE = 4
+BORDER = 4
+SETS = ("Set5", "Set14")
+RCAN_OUTPUTS = Path("reference_outputs/RCAN_SR_x4")
+
+# ESRGAN README, RRDB_PSNR (DF2K): the paper's PSNR-oriented network.
+PAPER_RRDB = {
+    "Set5 ×4": {"psnr": 32.73, "ssim": 0.9011},
+    "Set14 ×4": {"psnr": 28.99, "ssim": 0.7917},
+}
+PAPER_RCAN = {
+    "Set5 ×4": {"psnr": 32.63, "ssim": 0.9002},
+    "Set14 ×4": {"psnr": 28.87, "ssim": 0.7889},
+}
+# RCAN's official outputs under this recipe (SOURCES.md check; SSIM: RCAN's table).
+RCAN_EXPECTED = {"Set5 ×4": {"psnr": 32.634, "ssim": 0.9002}}
+
+
+def column_name(set_name: str) -> str:
+    return f"{set_name} ×{SCALE}"
+
+
+def _load(hr_path: Path, variant: str) -> Sample:
+    lr_path = hr_path.parent.parent / "LR_bicubic" / f"X{SCALE}" / f"{hr_path.stem}x{SCALE}.png"
+    lr = read_image(lr_path, "RGB")
+    hr = read_image(hr_path, "RGB")[: lr.shape[0] * SCALE, : lr.shape[1] * SCALE]
+    return {"hr": hr, "lr": lr, "stem": hr_path.stem, "set": hr_path.parent.parent.name}
+
+
+def build_cases(options: Options) -> list[Case]:
+    cases = []
+    for set_name in SETS:
+        column = column_name(set_name)
+        if not wanted(options, column):
+            continue
+        for path in list_images(options.data / "testsets" / set_name / "HR", options.limit):
+            cases.append(Case(column, path.stem, functools.partial(_load, path)))
+    return cases
+
+
+def score(sample: Sample, out: np.ndarray) -> Scores:
+    if out.shape != sample["hr"].shape:
+        raise ValueError(f"output {out.shape} is not 4× the input: expected {sample['hr'].shape}")
+    value_psnr, value_ssim = y_psnr_ssim(sample["hr"], out, BORDER)
+    return {"psnr": value_psnr, "ssim": value_ssim}
+
+
+def score_rcan(sample: Sample, out: np.ndarray) -> Scores:
+    """RCAN's outputs may be cropped: crop HR to the SR size, as the recipe says."""
+    hr = sample["hr"][: out.shape[0], : out.shape[1]]
+    value_psnr, value_ssim = y_psnr_ssim(hr, out, BORDER)
+    return {"psnr": value_psnr, "ssim": value_ssim}
+
+
+def _classic(sample: Sample) -> np.ndarray:
+    return to_uint8(upscale(sample["lr"], SCALE, "classic"))
+
+
+def _matlab_bicubic(sample: Sample) -> np.ndarray:
+    return imresize(sample["lr"], SCALE)
+
+
+def _ours(model: str, strength: float | None, sample: Sample) -> np.ndarray:
+    if strength is None:
+        return to_uint8(upscale(sample["lr"], SCALE, model))
+    return to_uint8(upscale(sample["lr"], SCALE, model, strength=strength))
+
+
+def _rcan(folder: Path, sample: Sample) -> np.ndarray:
+    return read_image(folder / sample["set"] / f"{sample['stem']}_RCAN_x{SCALE}.png", "RGB")
+
+
+def model_rows(options: Options) -> list[Row]:
+    rows = []
+    for model in our_models("superres", options):
+        limit = max_images(model, options)
+        if accepts(upscale, "strength"):  # ESRGAN: PSNR weights at 0, GAN weights at 1
+            for strength, tag in ((0.0, "PSNR"), (1.0, "GAN")):
+                rows.append(
+                    Row(
+                        f"{model} strength={strength:g} ({tag})",
+                        f"{model}@{strength:g}",
+                        functools.partial(_ours, model, strength),
+                        max_images=limit,
+                        kind="model",
+                    )
+                )
+        else:
+            rows.append(
+                Row(
+                    model,
+                    model,
+                    functools.partial(_ours, model, None),
+                    max_images=limit,
+                    kind="model",
+                )
+            )
+    return rows
+
+
+def build(options: Options) -> Setup:
+    rows = [
+        Row(
+            "LR input, MATLAB bicubic ×4",
+            "matlab-bicubic",
+            _matlab_bicubic,
+            version=source_version(matlab_resize),
+            kind="input",
+        )
+    ]
+    if include_classic(options):
+        rows.append(
+            Row(
+                "bicubic, classic (Pillow)",
+                "classic",
+                _classic,
+                version=source_version(superres_core.bicubic_upscale),
+            )
+        )
+    rows += model_rows(options)
+    rows += [
+        Row("RRDB-PSNR, ESRGAN (paper)", "paper-rrdb", published=PAPER_RRDB, kind="paper"),
+        Row("RCAN (paper)", "paper-rcan", published=PAPER_RCAN, kind="paper"),
+        Row(
+            "calib: RCAN official outputs",
+            "calib-rcan",
+            functools.partial(_rcan, options.data / RCAN_OUTPUTS),
+            columns=frozenset(RCAN_EXPECTED),
+            expected=RCAN_EXPECTED,
+            score=score_rcan,
+            kind="calibration",
+        ),
+    ]
+    return Setup(
+        title="4× super-resolution (Y, 4-px border shaved) — PSNR (dB) / SSIM",
+        cases=build_cases(options),
+        rows=rows,
+        score=score,
+        views=[View("", ("psnr", "ssim"))],
+        notes=[
+            "inputs: LR_bicubic/X4 (MATLAB bicubic); HR cropped to 4× LR; gray images "
+            "replicated to RGB"
+        ],
+    )

@@ -1,0 +1,153 @@
+"""DeepFill v1: contextual attention on a known case, shapes, losses, and the inference window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.inpaint.networks import context_window, inpaint_deepfill
+from shared.catalog import CATALOG
+from shared.inference import save_safetensors_fp16
+from shared.models.deepfill_contextual_attention import (
+    ContextualAttention,
+    DeepFillConfig,
+    DeepFillV1,
+)
+from shared.models.deepfill_critics import (
+    global_critic,
+    gradient_penalty,
+    local_critic,
+    local_crops,
+    mask_boxes,
+    reconstruction_loss,
+    spatial_discount,
+)
+from shared.tiling import Cancelled
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny convs gain nothing from threads; on a busy 2-core box two threads are ~10× slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _copy_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random features where the hole (and a margin around it) is an exact copy of another area."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 16, 32, 32, generator=gen)
+    features[:, :, 18:30, 18:30] = features[:, :, 2:14, 2:14]
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[:, :, 22:26, 22:26] = 1
+    return features, features * (1 - mask), mask
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_contextual_attention_fills_hole_from_its_exact_copy(fuse: bool) -> None:
+    truth, background, mask = _copy_case()
+    layer = ContextualAttention(fuse=fuse)  # the paper's scale 10, rate 2, 3×3 patches
+    out = layer(truth, background, mask)
+    hole = mask.bool().expand_as(truth)
+    error = (out[hole] - truth[hole]).abs().max()
+    assert error < (1e-5 if fuse else 0.1)  # propagation sharpens the match to exact
+    # The hole at 1/2 scale (12, 12) attends to the copy's position (4, 4) = 4·16 + 4.
+    weights = layer.attention(truth, background, mask)
+    assert int(weights[0, :, 12, 12].argmax()) == 4 * 16 + 4
+
+
+def test_contextual_attention_without_background_is_zero_not_nan() -> None:
+    features = torch.randn(2, 4, 16, 16)
+    out = ContextualAttention()(features, features, torch.ones(2, 1, 16, 16))
+    assert torch.isfinite(out).all() and out.abs().max() == 0
+
+
+def test_generator_shapes_and_range() -> None:
+    torch.manual_seed(0)
+    model = DeepFillV1(width=4)
+    image, mask = torch.rand(2, 3, 64, 48), torch.zeros(2, 1, 64, 48)
+    mask[:, :, 20:40, 10:30] = 1
+    coarse, refined = model(image, mask)
+    assert coarse.shape == refined.shape == image.shape
+    assert float(refined.detach().min()) >= 0 and float(refined.detach().max()) <= 1
+    with pytest.raises(ValueError):
+        model(torch.rand(1, 3, 60, 64), torch.zeros(1, 1, 60, 64))
+    assert DeepFillV1().config == DeepFillConfig(width=32)
+
+
+def test_spatial_discount_from_distance_transform() -> None:
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    weights = spatial_discount(mask, gamma=0.9)
+    assert weights[0, 0] == 0 and weights[~mask].max() == 0
+    assert weights[5, 10] == pytest.approx(0.9)  # edge pixel: distance 1
+    assert weights[9, 9] < weights[6, 9] < weights[5, 9]  # decays into the hole
+
+
+def test_losses_and_critics() -> None:
+    torch.manual_seed(0)
+    target, out = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, 10:20, 30:50] = 1
+    mask[1, :, 40:60, 5:9] = 1
+    discount = torch.from_numpy(np.stack([spatial_discount(m[0].numpy()) for m in mask]))[:, None]
+    assert float(reconstruction_loss((target,), target, mask, discount)) == 0
+    assert float(reconstruction_loss((out, out), target, mask, discount)) > 0
+    boxes = mask_boxes(mask)
+    for (y, x, side), m in zip(boxes, mask, strict=True):
+        assert m[0, y : y + side, x : x + side].sum() == m.sum()
+    g, loc = global_critic(64, width=4), local_critic(32, width=4)
+    assert g(out).shape == (2,) and loc(local_crops(out, boxes, 32)).shape == (2,)
+    penalty = gradient_penalty(g, target, out, mask)
+    assert torch.isfinite(penalty) and penalty >= 0
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = DeepFillV1(width=4)
+    path = tmp_path_factory.mktemp("deepfill") / "tiny.safetensors"
+    save_safetensors_fp16(model, path, {"width": 4})
+    return path
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_inpaint_deepfill_changes_only_masked_pixels(tiny_weights: Path, gray: bool) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (90, 117, 3), dtype=np.uint8)
+    image = image[..., 0].copy() if gray else image
+    mask = np.zeros((90, 117), bool)
+    mask[30:50, 60:75] = True
+    mask[52, 10] = True  # a far-away pixel stretches the window
+    progress: list[float] = []
+    out = inpaint_deepfill(image, mask, tiny_weights, progress.append, max_side=64)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.array_equal(out[~mask], image[~mask])
+    assert not np.array_equal(out[mask], image[mask])
+    assert progress[-1] == 1.0
+
+
+def test_inpaint_deepfill_cancels(tiny_weights: Path) -> None:
+    image = np.zeros((40, 40, 3), np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True
+    with pytest.raises(Cancelled):
+        inpaint_deepfill(image, mask, tiny_weights, should_cancel=lambda: True)
+
+
+def test_context_window_is_clipped_to_the_image() -> None:
+    mask = np.zeros((300, 200), bool)
+    mask[10:30, 150:190] = True
+    window = context_window(mask)
+    assert (window.top, window.left, window.bottom, window.right) == (0, 86, 94, 200)
+
+
+def test_dip_is_offered_last_without_weights() -> None:
+    for task in ("inpaint", "denoise"):
+        entries = CATALOG[task]
+        assert entries[-1].name == "dip" and entries[-1].weights == ()

@@ -1,0 +1,452 @@
+"""Train the DeepFill v1 generator (contextual attention) for inpainting (resumable, CPU or CUDA).
+
+    nice -n 19 python -m training.train_deepfill --run-dir runs/deepfill --width 16 \\
+        --steps 20000 --batch 8 --size 128 --threads 1 [--resume] [--init FILE]
+    python -m training.train_deepfill --run-dir runs/deepfill --export \\
+        weights/deepfill-contextual-attention.safetensors     # best.pt → fp16 + provenance
+
+Stage 1 (default): the reconstruction loss alone, the spatially discounted L1 (γ = 0.99, from a
+distance transform of the free-form mask) on the hole plus L1 on the known pixels, for the coarse
+and the refined output (``shared.models.deepfill_critics.reconstruction_loss``). Stage 2
+(``--adversarial``, usually with ``--init`` from stage 1): adds the paper's global and local
+WGAN-GP critics (generator weight ``--gan-weight`` 0.001 as in the release, λ = 10,
+``--d-steps`` critic updates per generator update).
+
+Data: random crops (``--size`` 128–256, random flips/rotations) of ``train/BSD200`` and
+``train/T91`` (images smaller than the crop are skipped); masks from ``shared.masks`` (free-form
+strokes + rectangles, bands 1–50 %). Validation: the held-out BSD200 images of
+``training.data.VALIDATION`` (centre 256² crops) with seeded masks at 10–20, 20–30 and 30–40 %:
+PSNR and L1 inside the hole, for the network (composited) and for OpenCV Telea on the same
+inputs, logged every ``--val-every`` steps; ``best.pt`` keeps the best hole PSNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from shared.accel import autocast_for, best_device, use_bf16
+from shared.masks import TRAINING_BANDS, free_form_mask, random_mask
+from shared.models.deepfill_contextual_attention import (
+    SIZE_MULTIPLE,
+    DeepFillConfig,
+    DeepFillV1,
+    count_parameters,
+)
+from shared.models.deepfill_critics import (
+    DISCOUNT_GAMMA,
+    GP_LAMBDA,
+    global_critic,
+    gradient_penalty,
+    local_critic,
+    local_crops,
+    mask_boxes,
+    reconstruction_loss,
+    spatial_discount,
+)
+from training.common import (
+    Every,
+    RunLog,
+    configure_threads,
+    cosine_schedule,
+    export_fp16_safetensors,
+    git_commit,
+    load_checkpoint,
+    machine_summary,
+    progress_bar,
+    save_checkpoint,
+    write_provenance,
+)
+from training.data import (
+    COLOUR_SOURCES,
+    VALIDATION,
+    data_root,
+    load_folder,
+    random_crop,
+    random_dihedral,
+    read_image,
+    to_chw3,
+)
+
+VAL_SIZE = 256
+VAL_BANDS = ("10-20", "20-30", "30-40")
+VAL_SEED = 2018
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--width", type=int, default=16, help="the paper's cnum (paper: 32)")
+    p.add_argument("--steps", type=int, default=20000, help="total steps of the cosine schedule")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=128, help="crop side, 128..256, multiple of 8")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam, betas (0.5, 0.9) as the paper")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--min-lr-ratio", type=float, default=0.05)
+    p.add_argument("--gamma", type=float, default=DISCOUNT_GAMMA)
+    p.add_argument("--adversarial", action="store_true", help="stage 2: add WGAN-GP critics")
+    p.add_argument("--gan-weight", type=float, default=0.001)
+    p.add_argument("--critic-width", type=int, default=32, help="critics' c (paper: 64)")
+    p.add_argument("--d-steps", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.add_argument("--init", type=Path, default=None, help="start from .safetensors or .pt")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")
+    p.add_argument("--data-root", type=Path, default=None, help="default: training.data_root()")
+    p.add_argument("--no-val", action="store_true", help="skip validation (timing runs)")
+    p.add_argument("--export", type=Path, default=None,
+                   help="export <run-dir>/best.pt to this fp16 safetensors (+ .json) and exit")
+    args = p.parse_args(argv)
+    if not 64 <= args.size <= 256 or args.size % SIZE_MULTIPLE:
+        p.error("--size must be in 64..256 and a multiple of 8")
+    return args
+
+
+# --------------------------------------------------------------------------- data
+
+
+class InpaintSampler:
+    """Random crops (flipped/rotated) with a free-form mask and its discount weights each."""
+
+    def __init__(self, images: list[np.ndarray], size: int, rng: np.random.Generator,
+                 gamma: float) -> None:
+        self.images, self.size, self.rng, self.gamma = images, size, rng, gamma
+
+    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        crops, masks, weights = [], [], []
+        for _ in range(batch):
+            img = self.images[int(self.rng.integers(len(self.images)))]
+            crops.append(to_chw3(random_dihedral(random_crop(img, self.size, self.rng), self.rng)))
+            mask = random_mask(self.size, self.size, self.rng, TRAINING_BANDS)
+            masks.append(mask[None].astype(np.float32))
+            weights.append(spatial_discount(mask, self.gamma)[None])
+        return np.stack(crops), np.stack(masks), np.stack(weights)
+
+
+def training_images(root: Path, size: int) -> list[np.ndarray]:
+    train = root / "train"
+    return [img for source in COLOUR_SOURCES
+            for img in load_folder(train / source, False, VALIDATION.get(source, ()), size)]
+
+
+@dataclass
+class ValItem:
+    name: str
+    band: str
+    image: np.ndarray  # uint8 (S, S, 3)
+    mask: np.ndarray  # bool (S, S)
+    telea: np.ndarray  # uint8 (S, S, 3), OpenCV Telea on the same input
+
+
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(img[top : top + size, left : left + size])
+
+
+def telea(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    holed = image.copy()
+    holed[mask] = 0  # Telea must not see the hole's content
+    bgr = cv2.inpaint(cv2.cvtColor(holed, cv2.COLOR_RGB2BGR), mask.astype(np.uint8) * 255, 3,
+                      cv2.INPAINT_TELEA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def validation_items(root: Path) -> list[ValItem]:
+    items = []
+    seed = VAL_SEED
+    for name in VALIDATION["BSD200"]:
+        image = centre_crop(read_image(root / "train" / "BSD200" / name, False), VAL_SIZE)
+        for band in VAL_BANDS:
+            mask = free_form_mask(VAL_SIZE, VAL_SIZE, band, seed)
+            seed += 1
+            items.append(ValItem(name, band, image, mask, telea(image, mask)))
+    return items
+
+
+def hole_scores(result: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(PSNR dB, mean |error| on 0–255) over the hole pixels."""
+    diff = result[mask].astype(np.float64) - truth[mask].astype(np.float64)
+    mse = float(np.mean(diff**2))
+    return (math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)), float(np.abs(diff).mean())
+
+
+@torch.no_grad()
+def validate(model: DeepFillV1, items: list[ValItem], device: torch.device) -> dict[str, Any]:
+    """Hole PSNR/L1 of the network and of Telea, per band and overall (means over items)."""
+    was_training = model.training
+    model.eval()
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    for item in items:
+        x = torch.from_numpy(to_chw3(item.image))[None].to(device)
+        m = torch.from_numpy(item.mask.astype(np.float32))[None, None].to(device)
+        with autocast_for(device):
+            _, refined = model(x * (1 - m), m)
+        out = refined[0].float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+        ours = hole_scores(out, item.image, item.mask)
+        base = hole_scores(item.telea, item.image, item.mask)
+        rows.setdefault(item.band, []).append((*ours, *base))
+        rows.setdefault("all", []).append((*ours, *base))
+    model.train(was_training)
+    scores = {}
+    for band, values in rows.items():
+        mean = np.mean(np.asarray(values), axis=0)
+        psnr, l1, telea_psnr, telea_l1 = (round(float(v), 3) for v in mean)
+        scores[band] = {"psnr": psnr, "l1": l1, "telea_psnr": telea_psnr, "telea_l1": telea_l1,
+                        "gain_db": round(psnr - telea_psnr, 3)}
+    return scores
+
+
+# --------------------------------------------------------------------------- model / checkpoints
+
+
+def load_init(model: DeepFillV1, path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from shared.inference import load_safetensors_strict
+
+        load_safetensors_strict(model, path)
+    else:
+        load_checkpoint(path, model=model, restore_rng=False)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.stop = True
+
+
+class Critics:
+    """Stage 2: the global and local WGAN-GP critics and their optimizer."""
+
+    def __init__(self, size: int, width: int, lr: float, device: torch.device) -> None:
+        self.local_size = size // 2
+        self.global_ = global_critic(size, width).to(device)
+        self.local = local_critic(self.local_size, width).to(device)
+        params = [*self.global_.parameters(), *self.local.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
+
+    def scores(self, images: torch.Tensor, boxes: list[tuple[int, int, int]]) -> torch.Tensor:
+        return self.global_(images) + self.local(local_crops(images, boxes, self.local_size))
+
+    def critic_step(self, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> float:
+        boxes = mask_boxes(mask)
+        fake = fake.detach()
+        loss = self.scores(fake, boxes).mean() - self.scores(real, boxes).mean()
+        local_mask = local_crops(mask, boxes, self.local_size)
+        penalty = gradient_penalty(self.global_, real, fake, mask) + gradient_penalty(
+            self.local, local_crops(real, boxes, self.local_size),
+            local_crops(fake, boxes, self.local_size), local_mask)
+        total = loss + GP_LAMBDA * penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def generator_loss(self, fake: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return -self.scores(fake, mask_boxes(mask)).mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"global": self.global_.state_dict(), "local": self.local.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_.load_state_dict(state["global"])
+        self.local.load_state_dict(state["local"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export(run_dir: Path, out: Path) -> int:
+    best = run_dir / "best.pt"
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    extra = state.get("extra", {})
+    config = DeepFillConfig(**extra["config"])
+    metadata = {k: str(v) for k, v in config.to_json().items()}
+    metadata["steps"] = str(state.get("step"))
+    size = export_fp16_safetensors(state["model"], out, metadata)
+    if size > 16e6:
+        out.unlink()
+        print(f"FAIL: {out} is {size / 1e6:.1f} MB > 16 MB", file=sys.stderr)
+        return 1
+    model = DeepFillV1(config)
+    from shared.inference import load_safetensors_strict
+
+    load_safetensors_strict(model, out)  # strict keys: proves the shipped file loads
+    record = {
+        "file": out.name,
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "bytes": size,
+        "network": "DeepFill v1 generator (Yu et al., CVPR 2018), see "
+                   "shared/models/deepfill_contextual_attention.py",
+        "config": config.to_json(),
+        "parameters": count_parameters(model),
+        "input": "RGB in [0, 1] and mask (1 = hole), H and W multiples of 8",
+        "steps": state.get("step"),
+        "validation": extra.get("best_scores"),
+        "training_args": extra.get("args"),
+        "training_history": extra.get("history"),
+        "data": {"description": extra.get("data"),
+                 "root": "../shared/data/train (see shared/data/SOURCES.md)",
+                 "held_out_for_validation": VALIDATION["BSD200"]},
+        "machine": extra.get("machine"),
+        "training_code_commit": extra.get("commit"),
+        "export_code_commit": git_commit(),
+        "checkpoint_saved_at": state.get("saved_at"),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    write_provenance(out.with_suffix(".json"), record)
+    print(f"wrote {out} ({size / 1e6:.2f} MB) and {out.with_suffix('.json')}")
+    return 0
+
+
+# --------------------------------------------------------------------------- training
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(array).to(device).contiguous(memory_format=torch.channels_last)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.export is not None:
+        return export(args.run_dir, args.export)
+    configure_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = best_device()
+    run_dir: Path = args.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(run_dir / "train.log")
+    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
+
+    config = DeepFillConfig(width=args.width)
+    model = DeepFillV1(config).to(device, memory_format=torch.channels_last)
+    if args.init and not (args.resume and last.exists()):
+        load_init(model, args.init)
+        log(f"initialised from {args.init}")
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    scheduler = cosine_schedule(optimizer, args.steps, args.warmup, args.min_lr_ratio)
+    critics = Critics(args.size, args.critic_width, args.lr, device) if args.adversarial else None
+    np_rng = np.random.default_rng(args.seed)
+    step, best, best_scores = 0, -math.inf, None
+    commit = git_commit()
+    history: dict[str, Any] = {"init": str(args.init) if args.init else None, "segments": []}
+    if args.resume and last.exists():
+        state = load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler,
+                                np_rng=np_rng)
+        step = int(state["step"])
+        best = float(state["extra"].get("best", -math.inf))
+        best_scores = state["extra"].get("best_scores")
+        history = state["extra"].get("history", history)
+        if critics is not None and "critics" in state["extra"]:
+            critics.load_state_dict(state["extra"]["critics"])
+        log(f"resumed from {last} at step {step} (best val hole PSNR {best:.3f})")
+
+    root = args.data_root or data_root()
+    machine = machine_summary(device)
+    images = training_images(root, args.size)
+    sampler = InpaintSampler(images, args.size, np_rng, args.gamma)
+    val_items = [] if args.no_val else validation_items(root)
+    data_note = (f"{len(images)} colour crops sources ({'+'.join(COLOUR_SOURCES)}, ≥{args.size}px),"
+                 f" held out {VALIDATION['BSD200']}")
+    segment = {"start_step": step, "commit": commit, "machine": machine["device"],
+               "args": {k: str(v) for k, v in vars(args).items()}}
+    history["segments"].append(segment)
+    log.json("start", config=config.to_json(), params=count_parameters(model), commit=commit,
+             machine=machine, args=vars(args), data=data_note, val_items=len(val_items),
+             bf16=use_bf16(device))
+
+    def extra() -> dict[str, Any]:
+        out = {"config": config.to_json(), "best": best, "best_scores": best_scores,
+               "history": history, "machine": machine, "commit": commit, "data": data_note,
+               "args": {k: str(v) for k, v in vars(args).items()}}
+        if critics is not None:
+            out["critics"] = critics.state_dict()
+        return out
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                        np_rng=np_rng, extra=extra())
+
+    stop = StopFlag()
+    ckpt_timer = Every(args.ckpt_minutes * 60)
+    started = time.monotonic()
+    window_start, window_steps, sums = time.monotonic(), 0, {"rec": 0.0, "adv": 0.0, "d": 0.0}
+    model.train()
+    bar = progress_bar(args.steps, initial=step, desc="deepfill")
+    while step < args.steps and not stop.stop:
+        crops, masks, weights = sampler.sample(args.batch)
+        target, mask = to_device(crops, device), to_device(masks, device)
+        discount = to_device(weights, device)
+        with autocast_for(device):
+            coarse, refined = model(target * (1 - mask), mask)
+        outputs = (coarse.float(), refined.float())
+        loss = reconstruction_loss(outputs, target, mask, discount)
+        sums["rec"] += float(loss.detach())
+        if critics is not None:
+            completed = DeepFillV1.complete(target, outputs[1], mask)
+            for _ in range(args.d_steps):
+                sums["d"] += critics.critic_step(target, completed, mask) / args.d_steps
+            adv = critics.generator_loss(completed, mask)
+            sums["adv"] += float(adv.detach())
+            loss = loss + args.gan_weight * adv
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window_steps += 1
+        bar.update(1)
+        if step % args.log_every == 0:
+            elapsed = time.monotonic() - window_start
+            log.json("train", step=step, lr=scheduler.get_last_lr()[0],
+                     steps_per_hour=round(window_steps / elapsed * 3600),
+                     **{k: v / window_steps for k, v in sums.items() if v})
+            window_start, window_steps = time.monotonic(), 0
+            sums = dict.fromkeys(sums, 0.0)
+        if val_items and (step % args.val_every == 0 or step == args.steps):
+            t0 = time.monotonic()
+            scores = validate(model, val_items, device)
+            if scores["all"]["psnr"] > best:
+                best, best_scores = scores["all"]["psnr"], scores
+                checkpoint(best_path)
+            log.json("val", step=step, scores=scores, best=best,
+                     seconds=round(time.monotonic() - t0, 1))
+            window_start += time.monotonic() - t0  # keep validation out of steps/hour
+        if ckpt_timer():
+            checkpoint(last)
+        if args.max_minutes and time.monotonic() - started > args.max_minutes * 60:
+            log(f"--max-minutes {args.max_minutes} reached at step {step}")
+            break
+    bar.close()
+    segment["end_step"] = step
+    checkpoint(last)
+    log.json("stop", step=step, best=best, reason="signal" if stop.stop else "done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
