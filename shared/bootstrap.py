@@ -28,7 +28,7 @@ log = get_logger(__name__)
 
 
 async def connect(settings: CommonSettings) -> tuple[EventBus, BlobStore]:
-    bus = make_event_bus(settings.broker_url)
+    bus = make_event_bus(settings.broker_url, settings.data_dir / "queues")
     await bus.start()
     store = make_blob_store(settings)
     if isinstance(store, S3BlobStore):

@@ -16,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import aio_pika
@@ -124,12 +128,53 @@ class _Envelope:
     body: bytes
     headers: dict[str, Any]
     attempt: int = 1
+    journal_path: Path | None = None
+
+
+class _Journal:
+    """Work messages on disk until acked, so the embedded mode loses no job to a restart.
+
+    One JSON file per unacked message under `<dir>/<queue>/`; written before publish
+    returns (as RabbitMQ's confirm), deleted on ack or dead-letter, replayed on start.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def record(self, queue: str, envelope: _Envelope) -> None:
+        folder = self.root / queue
+        folder.mkdir(parents=True, exist_ok=True)
+        path = (
+            envelope.journal_path or folder / f"{time.time_ns():020d}-{secrets.token_hex(4)}.json"
+        )
+        payload = {
+            "body": envelope.body.decode(),
+            "headers": envelope.headers,
+            "attempt": envelope.attempt,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(path)
+        envelope.journal_path = path
+
+    def forget(self, envelope: _Envelope) -> None:
+        if envelope.journal_path is not None:
+            envelope.journal_path.unlink(missing_ok=True)
+
+    def replay(self, queue: str) -> list[_Envelope]:
+        folder = self.root / queue
+        envelopes = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            raw = json.loads(path.read_text())
+            envelopes.append(_Envelope(raw["body"].encode(), raw["headers"], raw["attempt"], path))
+        return envelopes
 
 
 class InProcessBus:
     """Queues in memory, same ack/retry/dead-letter/fan-out semantics as RabbitMQ."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal_dir: Path | None = None) -> None:
+        self._journal = _Journal(journal_dir) if journal_dir is not None else None
         self._queues: dict[str, asyncio.Queue[_Envelope]] = {}
         self.dead_letters: dict[str, list[_Envelope]] = {}
         self._dead_queues: dict[str, asyncio.Queue[_Envelope]] = {}
@@ -147,7 +192,9 @@ class InProcessBus:
 
     async def start(self) -> None:
         for spec in topology.WORK_QUEUES:
-            self._queue(spec.name)
+            queue = self._queue(spec.name)
+            for envelope in self._journal.replay(spec.name) if self._journal else []:
+                queue.put_nowait(envelope)
 
     async def drain(self, timeout: float) -> None:
         """Take no new messages; wait (up to `timeout`) for the handlers running now."""
@@ -167,9 +214,10 @@ class InProcessBus:
         with telemetry.tracer().start_as_current_span(
             f"{queue.name} publish", kind=telemetry.trace.SpanKind.PRODUCER
         ):
-            self._queue(queue.name).put_nowait(
-                _Envelope(messages.encode(message), _outgoing_headers())
-            )
+            envelope = _Envelope(messages.encode(message), _outgoing_headers())
+            if self._journal is not None:
+                self._journal.record(queue.name, envelope)
+            self._queue(queue.name).put_nowait(envelope)
 
     async def publish_status(self, status: JobStatus) -> None:
         # Decode a fresh copy per subscriber, as each replica would receive its own.
@@ -205,16 +253,25 @@ class InProcessBus:
                 self._dead_letter(queue, envelope, f"rejected: {exc}")
             except Exception as exc:
                 self._retry_or_dead_letter(queue, envelope, exc)
+            else:
+                self._ack(envelope)
+
+    def _ack(self, envelope: _Envelope) -> None:
+        if self._journal is not None:
+            self._journal.forget(envelope)
 
     def _retry_or_dead_letter(self, queue: QueueSpec, envelope: _Envelope, exc: Exception) -> None:
         if envelope.attempt >= topology.DELIVERY_LIMIT:
             self._dead_letter(queue, envelope, f"delivery limit reached: {exc!r}")
             return
         envelope.attempt += 1
+        if self._journal is not None:
+            self._journal.record(queue.name, envelope)
         self._queue(queue.name).put_nowait(envelope)
 
     def _dead_letter(self, queue: QueueSpec, envelope: _Envelope, reason: str) -> None:
         log.warning("dead_lettered", queue=queue.name, reason=reason)
+        self._ack(envelope)  # off the work queue; the dead-letter consumer fails the job
         headers = {**envelope.headers, "x-delivery-count": envelope.attempt}
         dead = _Envelope(envelope.body, headers, envelope.attempt)
         self.dead_letters.setdefault(queue.dead_letter_queue, []).append(dead)
@@ -395,5 +452,6 @@ async def declare_topology(channel: AbstractChannel) -> tuple[AbstractExchange, 
     return jobs, status
 
 
-def make_event_bus(broker_url: str) -> EventBus:
-    return RabbitBus(broker_url) if broker_url else InProcessBus()
+def make_event_bus(broker_url: str, journal_dir: Path | None = None) -> EventBus:
+    """RabbitMQ when a broker URL is given, else the in-process bus (journaled if asked)."""
+    return RabbitBus(broker_url) if broker_url else InProcessBus(journal_dir)

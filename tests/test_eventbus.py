@@ -131,3 +131,23 @@ async def test_drain_finishes_the_job_in_hand_and_takes_no_more(bus: EventBus) -
     assert finished.is_set()  # drain waited for the running handler
     await asyncio.sleep(0.5)
     assert handled == ["1" * 32]  # and took nothing new
+
+
+async def test_embedded_bus_keeps_unacked_messages_across_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = InProcessBus(journal_dir=tmp_path)
+    await first.start()
+    await first.publish(QUEUE, job("3" * 32))
+    await first.close()  # a crash before any consumer acked it
+
+    second = InProcessBus(journal_dir=tmp_path)
+    await second.start()
+    received: list[Delivery] = []
+
+    async def handler(delivery: Delivery) -> None:
+        received.append(delivery)
+
+    await second.consume(QUEUE, handler)
+    await wait_until(lambda: len(received) == 1)
+    await second.close()
+    assert received[0].message == job("3" * 32)
+    assert not list(tmp_path.rglob("*.json"))  # acked: nothing left to replay
