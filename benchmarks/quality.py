@@ -3,7 +3,8 @@ each of our models, the papers' published values and calibration rows, as one ta
 
     python -m benchmarks.quality --task denoise|artifacts|superres|inpaint
         [--data ../shared/data] [--json PATH] [--models classic,mwcnn,...] [--limit N]
-        [--only "BSD68 σ25,Set12 σ25"] [--no-cache] [--grid PATH] [--threads N]
+        [--only "BSD68 σ25,Set12 σ25"] [--rows KEY,...] [--no-cache] [--grid PATH]
+        [--threads N] [--slow-limit N] [--quiet]
 
 (``make bench-quality TASK=denoise BENCH_ARGS="--json runs/bench/denoise.json"``.)
 
@@ -64,6 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="first N images of each set (quick runs)")
     parser.add_argument("--only", help="comma-separated column names, e.g. 'BSD68 σ25'")
     parser.add_argument(
+        "--rows",
+        help="comma-separated row keys to run, e.g. 'bm3d[float]' "
+        "(keys are in the JSON; for filling the cache piece by piece)",
+    )
+    parser.add_argument(
         "--no-cache",
         action="store_true",
         help="recompute cached classic rows (the cache is refreshed)",
@@ -113,6 +119,9 @@ def set_threads(count: int | None) -> None:
 def run(args: argparse.Namespace) -> tuple[str, dict[str, object], bool]:
     options = options_from(args)
     setup: Setup = TASKS[args.task](options)
+    if args.rows:
+        keys = {k.strip() for k in args.rows.split(",")}
+        setup.rows = [r for r in setup.rows if r.key in keys]
     cache = harness.Cache(CACHE_DIR / f"{args.task}.json", read=not args.no_cache)
     start = time.perf_counter()
     results = harness.evaluate(

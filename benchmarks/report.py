@@ -175,6 +175,16 @@ def write_plots(summary: dict[str, Any], out: Path, percentile: str = "p95") -> 
     def times(rows: list[dict[str, Any]]) -> list[dt.datetime]:
         return [dt.datetime.fromtimestamp(r["t"], dt.UTC) for r in rows]
 
+    # The asked-for range, at least one bucket wide: one point alone would span years.
+    bucket = summary["bucket_s"]
+    start = dt.datetime.fromtimestamp(summary["from"] - bucket / 2, dt.UTC)
+    end = dt.datetime.fromtimestamp(max(summary["to"], summary["from"]) + bucket, dt.UTC)
+
+    def time_axis(ax: Any, fig: Any) -> None:
+        ax.set_xlim(start, end)
+        ax.grid(alpha=0.3)
+        fig.autofmt_xdate()
+
     series = defaultdict(list)
     for row in summary["series"]["stages"]:
         series[row["stage"]].append(row)
@@ -195,6 +205,7 @@ def write_plots(summary: dict[str, Any], out: Path, percentile: str = "p95") -> 
             rows = series[stage]
             ax.plot(times(rows), [r[percentile] for r in rows], marker=".", label=stage)
         ax.set(title=title, ylabel="seconds", xlabel="UTC")
+        time_axis(ax, fig)
         if ax.lines:
             ax.legend(fontsize="small", ncol=3)
         save(fig, name)
@@ -216,12 +227,14 @@ def write_plots(summary: dict[str, Any], out: Path, percentile: str = "p95") -> 
         label="failed",
     )
     ax.set(title="Throughput", ylabel="jobs per minute", xlabel="UTC")
+    time_axis(ax, fig)
     ax.legend(fontsize="small")
     save(fig, "throughput.png")
 
     fig, ax = plt.subplots(figsize=(10, 3.5))
     ax.plot(times(overall), [r["failure_rate"] * 100 for r in overall], marker=".", color="#c8372d")
     ax.set(title="Failure rate", ylabel="% of finished jobs", xlabel="UTC")
+    time_axis(ax, fig)
     save(fig, "failure_rate.png")
 
     models = [m for m in summary["models"] if m["inference_s_per_mpix"] is not None]

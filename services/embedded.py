@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from services.denoise import service as denoise_service
+from services.dip import service as dip_service
 from services.gateway.app import create_app, running_gateway
 from services.inpaint import service as inpaint_service
 from services.preprocess.service import PreprocessService
@@ -43,7 +44,7 @@ async def start_workers(
     """Everything behind the gateway, consuming from `bus`."""
     device = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     services: list[object] = [PreprocessService(bus, store, preprocess_settings)]
-    for module in (denoise_service, superres_service, inpaint_service):
+    for module in (denoise_service, superres_service, inpaint_service, dip_service):
         services.append(module.build(bus, store, device))
     for service in services:
         await service.start()  # type: ignore[attr-defined]

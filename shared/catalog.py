@@ -16,6 +16,7 @@ from shared.hashing import cached_file_sha256
 SCALES: tuple[int, ...] = (4,)
 STRENGTH_RANGE = (0.0, 1.0)
 MAX_SIDE_RANGE = (16, 16384)
+DIP_ITERATIONS_RANGE = (10, 5000)
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -78,6 +79,7 @@ def default_model(task: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> str:
 
 __all__ = [
     "CATALOG",
+    "DIP_ITERATIONS_RANGE",
     "JPEG_QUALITY_RANGE",
     "MAX_SIDE_RANGE",
     "SCALES",

@@ -22,7 +22,7 @@ from shared import imaging, metrics, telemetry
 from shared.blobstore import BlobNotFound, BlobStore
 from shared.errors import UnprocessableInput
 from shared.eventbus import Delivery, EventBus, Reject
-from shared.inference import inference_lock
+from shared.inference import InferenceGate, inference_lock
 from shared.jobs import CONTENT_TYPES, JobKeys, JobLog, StatusReporter
 from shared.logging import get_logger
 from shared.messages import JobOptions, RestoreRequested
@@ -77,8 +77,10 @@ class ModelService:
         bus: EventBus,
         store: BlobStore,
         device: str = "cpu",
+        gate: InferenceGate = inference_lock,
     ) -> None:
         self.name = name
+        self.gate = gate
         self.queue = queue
         self.restorer = restorer
         self.bus = bus
@@ -142,7 +144,9 @@ class ModelService:
                     "restora.device": self.device,
                 },
             ):
-                output = await asyncio.to_thread(_run_exclusive, self.restorer, restore_input)
+                output = await asyncio.to_thread(
+                    _run_exclusive, self.gate, self.restorer, restore_input
+                )
         finally:
             watcher.cancel()
         timings["inference_s"] = time.time() - t0
@@ -235,9 +239,11 @@ def _renditions(encoded: bytes) -> list[tuple[bytes, str]]:
     ]
 
 
-def _run_exclusive(restorer: Restorer, restore_input: RestoreInput) -> RestoreOutput:
-    """One inference at a time per process slot: on 2 cores, two at once only slow both."""
-    with inference_lock:
+def _run_exclusive(
+    gate: InferenceGate, restorer: Restorer, restore_input: RestoreInput
+) -> RestoreOutput:
+    """One inference at a time per slot: on 2 cores, two at once only slow both."""
+    with gate:
         if restore_input.should_cancel():
             raise Cancelled()
         return restorer(restore_input)

@@ -42,7 +42,10 @@ PREPROCESS = QueueSpec("preprocess")
 DENOISE = QueueSpec("denoise")
 SUPERRES = QueueSpec("superres")
 INPAINT = QueueSpec("inpaint")
-WORK_QUEUES: tuple[QueueSpec, ...] = (PREPROCESS, DENOISE, SUPERRES, INPAINT)
+# Deep Image Prior optimises a network per image for minutes: its own queue and workers, so a
+# DIP job never waits in front of (or holds up) the fast networks.
+DIP = QueueSpec("dip")
+WORK_QUEUES: tuple[QueueSpec, ...] = (PREPROCESS, DENOISE, SUPERRES, INPAINT, DIP)
 
 _SERVICE_FOR_TASK = {
     "denoise": DENOISE,
@@ -52,6 +55,6 @@ _SERVICE_FOR_TASK = {
 }
 
 
-def queue_for_task(task: str) -> QueueSpec:
-    """The model service's queue that serves `task`."""
-    return _SERVICE_FOR_TASK[task]
+def queue_for_task(task: str, model: str = "") -> QueueSpec:
+    """The model service's queue that serves `task` with `model`."""
+    return DIP if model == "dip" else _SERVICE_FOR_TASK[task]

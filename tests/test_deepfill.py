@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from services.inpaint.networks import context_window, inpaint_deepfill
+from services.inpaint.networks import inpaint_deepfill
 from shared.catalog import CATALOG
 from shared.inference import save_safetensors_fp16
+from shared.inpaint_window import context_window
 from shared.models.deepfill_contextual_attention import (
     ContextualAttention,
     DeepFillConfig,

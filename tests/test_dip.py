@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.inpaint.networks import inpaint_dip
+from services.dip.core import inpaint_dip
 from shared.models.deep_image_prior import DIPConfig, EarlyStop, SkipNet, denoise_dip, fit_dip
 from shared.tiling import Cancelled
 

@@ -179,3 +179,22 @@ async def test_readyz_and_openapi(stack: Stack, session: aiohttp.ClientSession) 
         spec = await response.json()
     form = spec["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert form["schema"]["properties"]["sigma"]["x-range"] == [0.0, 75.0]
+
+
+async def test_dip_jobs_run_on_their_own_queue(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    image = data.astronaut()[100:164, 100:164].copy()
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[20:36, 20:40] = 255
+    doc, result = await run_job(
+        session,
+        stack,
+        png_bytes(image),
+        "inpaint",
+        mask=png_bytes(mask),
+        model="dip",
+        iterations=10,
+    )
+    assert doc["model"] == "dip"
+    assert np.array_equal(result[mask == 0], image[mask == 0])

@@ -160,8 +160,8 @@ def _bm3d_version() -> str | None:
 def build_rows(options: Options) -> tuple[list[Row], list[str]]:
     notes = []
     rows = [
-        Row("noisy input", "input[float]", _noisy_input, "float", kind="input"),
-        Row("noisy input", "input[uint8]", _noisy_input, "uint8", kind="input"),
+        Row("noisy input [float]", "input[float]", _noisy_input, "float", kind="input"),
+        Row("noisy input [uint8]", "input[uint8]", _noisy_input, "uint8", kind="input"),
     ]
     if include_classic(options):
         bm3d_version = _bm3d_version()

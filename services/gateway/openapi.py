@@ -45,7 +45,18 @@ def openapi_document() -> dict[str, Any]:
                 "description": "shrink so the long side is at most this many pixels first",
             },
             "format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": "png"},
-            "strength": {"type": "number", "minimum": 0, "maximum": 1},
+            "strength": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "superres: 0 = PSNR-oriented weights, 1 = GAN weights",
+            },
+            "iterations": {
+                "type": "integer",
+                "minimum": catalog.DIP_ITERATIONS_RANGE[0],
+                "maximum": catalog.DIP_ITERATIONS_RANGE[1],
+                "description": "model=dip only: optimisation steps (early stop may end sooner)",
+            },
         },
     }
     error = {"type": "object", "properties": {"error": {"type": "string"}}}

@@ -38,6 +38,7 @@ def parse_options(
         max_side=_optional_int(fields, "max_side", catalog.MAX_SIDE_RANGE),
         format=_format(fields),
         strength=_number(fields, "strength", float, catalog.STRENGTH_RANGE, default=1.0),
+        iterations=_optional_int(fields, "iterations", catalog.DIP_ITERATIONS_RANGE),
     )
 
 

@@ -46,11 +46,6 @@ def inpaint(
         if not weights.is_file():
             raise UnprocessableInput(f"model 'deepfill' is not installed ({weights.name})")
         filled = networks.inpaint_deepfill(image, mask, weights, on_progress, should_cancel)
-    elif model == "dip":
-        from services.inpaint import networks
-
-        filled = networks.inpaint_dip(image, mask, on_progress=on_progress,
-                                      should_cancel=should_cancel)
     else:
         raise UnprocessableInput(f"inpaint has no model {model!r}")
     return composite_masked(image, filled, mask)

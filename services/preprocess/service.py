@@ -84,7 +84,7 @@ class PreprocessService:
             },
         )
         # Published last: once a model service may see the job, preprocess is done with it.
-        await self.bus.publish(topology.queue_for_task(job.task), request)
+        await self.bus.publish(topology.queue_for_task(job.task, job.options.model), request)
 
     async def _store_normalized(
         self, job: JobSubmitted, normalized: NormalizedInput

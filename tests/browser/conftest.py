@@ -143,7 +143,11 @@ def chromium() -> Iterator[Any]:
 
 
 def _page(browser: Any, restora: Restora, options: dict[str, Any]) -> Iterator[Any]:
-    context = browser.new_context(base_url=restora.url, accept_downloads=True, **options)
+    # Reduced motion: the page then scrolls without animation, so boxes measured for a drag
+    # do not move while the pointer is down.
+    context = browser.new_context(
+        base_url=restora.url, accept_downloads=True, reduced_motion="reduce", **options
+    )
     context.set_default_timeout(30_000)
     page = context.new_page()
     errors: list[str] = []

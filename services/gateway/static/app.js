@@ -95,6 +95,10 @@
     return /[.!?]$/.test(s) ? s : `${s}.`;
   }
 
+  function scrollBehavior() {
+    return matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth";
+  }
+
   function selectedTask() { return el.form.elements.task.value; }
 
   async function readBody(response) {
@@ -519,7 +523,7 @@
     el.jobStatus.textContent = STATE_TEXT.queued;
     state.tickTimer = setInterval(tick, 100);
     updateSubmit();
-    el.jobCard.scrollIntoView({ behavior: "smooth", block: "nearest" });
+    el.jobCard.scrollIntoView({ behavior: scrollBehavior(), block: "nearest" });
     subscribe(id);
   }
 
@@ -680,7 +684,7 @@
     else el.after.addEventListener("load", () => setStageSize(el.after.naturalWidth, el.after.naturalHeight), { once: true });
     el.compare.value = "50";
     updateCompareText();
-    el.resultCard.scrollIntoView({ behavior: "smooth", block: "start" });
+    el.resultCard.scrollIntoView({ behavior: scrollBehavior(), block: "start" });
   }
 
   function describeResult(doc, inp, out) {
@@ -1023,7 +1027,7 @@
     el.again.addEventListener("click", () => {
       el.resultCard.hidden = true;
       el.jobCard.hidden = true;
-      document.getElementById("upload-card").scrollIntoView({ behavior: "smooth" });
+      document.getElementById("upload-card").scrollIntoView({ behavior: scrollBehavior() });
       el.fileInput.focus();
     });
     el.recentClear.addEventListener("click", () => { saveRecent([]); renderRecent(); });
