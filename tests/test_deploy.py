@@ -27,7 +27,7 @@ from tests.servers import in_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
-MODEL_SERVICES = ("denoise", "superres", "inpaint")
+MODEL_SERVICES = ("denoise", "superres", "inpaint", "dip")
 # Which settings class each deployed service loads (services/<name>/__main__.py).
 SETTINGS_OF = {
     "gateway": config.GatewaySettings,

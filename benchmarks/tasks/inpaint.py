@@ -1,15 +1,20 @@
-"""Inpainting: free-form holes over Kodak24 and CBSD68, plus the ground-truth example cases.
+"""Inpainting: free-form holes over Kodak24 and CBSD68; the published examples, visually.
 
-Cases:
+Scored cases:
 * **Free-form bands** 10–20 %, 20–30 %, 30–40 %: masks from ``nvidia_irregular_masks_subset``
   (512×512, white = hole; band from ``INDEX.tsv``'s ``nominal_ratio_bin``, border-touching masks
   included). Image *i* of the list "Kodak24 then CBSD68" (sorted by name) gets mask *i mod n* of
   the band's sorted list. Kodak24 (768×512, some portrait) is centre-cropped to 512×512; for
   CBSD68 (481×321 / 321×481) the mask is resized to the image with nearest neighbour, which
   keeps its hole ratio to within a percent or so.
-* **EdgeConnect examples** (``images``/``masks``, white = hole) and **DeepFill v2 Places2
-  examples** (``caseN_raw.png`` ground truth, ``caseN_mask.png`` thresholded at 127.5 on its
-  first channel, as the authors' test script does).
+
+Shown in the picture grid only, not scored: the **EdgeConnect examples** and the **DeepFill v2
+Places2 examples**. Neither has a ground truth for the hole: EdgeConnect's ``images`` are the
+masked inputs (every hole pixel is 255), and every DeepFill case is an *object removal* (the
+masked region of ``caseN_raw.png`` is the person or watermark to remove), so a PSNR against
+them would reward reproducing what should disappear. Their masks: white = hole (EdgeConnect);
+``caseN_mask.png``'s first channel > 127.5 (the authors' test script). The DeepFill grid row
+also shows the official DeepFill v2 result (``caseN_output.png``).
 
 Every method sees the image with the hole's pixels set to 0 (no ground truth leaks in). Scores:
 PSNR, SSIM and L1 (% of the 0–255 range) over the whole image and inside the hole (SSIM: mean of
@@ -113,32 +118,22 @@ def freeform_cases(options: Options) -> list[Case]:
 
 
 def example_cases(options: Options) -> list[Case]:
-    cases = []
-    if wanted(options, "EdgeConnect examples"):
-        root = options.data / EDGECONNECT
-        pairs = [
-            (p, p.parent.parent / "masks" / p.name) for p in sorted(root.glob("*/images/*.png"))
-        ]
-        for image_path, mask_path in pairs[: options.limit or None]:
-            cases.append(
-                Case(
-                    "EdgeConnect examples",
-                    image_path.stem,
-                    functools.partial(_load_pair, image_path, mask_path),
-                )
-            )
-    if wanted(options, "DeepFill v2 examples"):
-        root = options.data / DEEPFILL
-        for raw in list_images(root, options.limit, "case*_raw.png"):
-            name = raw.stem.removesuffix("_raw")
-            cases.append(
-                Case(
-                    "DeepFill v2 examples",
-                    name,
-                    functools.partial(_load_pair, raw, root / f"{name}_mask.png"),
-                )
-            )
-    return cases
+    """The first EdgeConnect and DeepFill v2 examples, for the picture grid."""
+    edge = options.data / EDGECONNECT
+    image = sorted(edge.glob("*/images/*.png"))[0]
+    deepfill = options.data / DEEPFILL
+    return [
+        Case(
+            "EdgeConnect example",
+            image.stem,
+            functools.partial(_load_pair, image, image.parent.parent / "masks" / image.name),
+        ),
+        Case(
+            "DeepFill v2 example",
+            "case1",
+            functools.partial(_load_pair, deepfill / "case1_raw.png", deepfill / "case1_mask.png"),
+        ),
+    ]
 
 
 def score(sample: Sample, out: np.ndarray) -> Scores:
@@ -211,25 +206,36 @@ def _tile(image: np.ndarray, label: str) -> Image.Image:
     return canvas
 
 
-def write_grid(path: Path, cases: list[Case], results: list[RowResult]) -> str:
-    """Rows: one case per column of the table; columns: input, mask, Telea, ours (or NS)."""
+def _output(result: RowResult, case: Case, sample: Sample) -> np.ndarray | None:
+    out = result.outputs.get((case.column, case.image))
+    if out is None and result.row.run is not None and not result.error:
+        out = result.row.run(sample)  # a cached row or a grid-only case: run it now
+    return out
+
+
+def _grid_row(case: Case, shown: list[RowResult], data: Path) -> list[Image.Image]:
+    sample = case.load("")
+    shown_input = sample["input"].copy()
+    shown_input[sample["mask"]] = 255  # the hole in white, as the user paints it
+    # Pillow's built-in bitmap font is ASCII only
+    label = f"{case.column}: {case.image}".replace("–", "-").encode("ascii", "replace").decode()
+    tiles = [_tile(shown_input, label), _tile(sample["mask"].astype(np.uint8) * 255, "mask")]
+    for result in shown:
+        out = _output(result, case, sample)
+        if out is not None:
+            tiles.append(_tile(out, result.row.label))
+    official = data / DEEPFILL / f"{case.image}_output.png"
+    if case.column.startswith("DeepFill") and official.is_file():
+        tiles.append(_tile(read_image(official, "RGB"), "DeepFill v2 (official)"))
+    return tiles
+
+
+def write_grid(path: Path, cases: list[Case], results: list[RowResult], data: Path) -> str:
+    """Rows: a few cases; columns: input, mask, Telea, ours (NS when no model of ours ran)."""
     by_key = {r.row.key: r for r in results}
     ours = next((r for r in results if r.row.kind == "model" and r.outputs), by_key.get("ns"))
     shown = [r for r in (by_key.get("telea"), ours) if r is not None]
-    lines = []
-    for case in cases:
-        sample = case.load("")
-        shown_input = sample["input"].copy()
-        shown_input[sample["mask"]] = 255  # the hole in white, as the user paints it
-        tiles = [
-            _tile(shown_input, f"{case.column}: {case.image}"),
-            _tile(sample["mask"].astype(np.uint8) * 255, "mask"),
-        ]
-        for result in shown:
-            out = result.outputs.get((case.column, case.image))
-            if out is not None:
-                tiles.append(_tile(out, result.row.label))
-        lines.append(tiles)
+    lines = [_grid_row(case, shown, data) for case in cases]
     width = max(sum(t.width for t in tiles) for tiles in lines)
     grid = Image.new("RGB", (width, sum(t[0].height for t in lines)), "white")
     y = 0
@@ -241,17 +247,29 @@ def write_grid(path: Path, cases: list[Case], results: list[RowResult]) -> str:
         y += tiles[0].height
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
-    return f"picture grid (CC BY-NC inputs: do not commit): {path}"
+    return f"picture grid (CC BY-NC inputs: never commit it): {path}"
+
+
+def grid_cases(cases: list[Case]) -> list[Case]:
+    """One case per band, spread over the image list (Kodak24 first, then CBSD68)."""
+    picked = []
+    for j, column in enumerate(BANDS.values()):
+        in_band = [c for c in cases if c.column == column]
+        if in_band:
+            picked.append(in_band[j * len(in_band) // len(BANDS)])
+    return picked
 
 
 def build(options: Options) -> Setup:
-    cases = freeform_cases(options) + example_cases(options)
-    first = list({c.column: c for c in reversed(cases)}.values())[::-1]
-    first = [c for c in cases if c in first]  # the first case of each column, in table order
+    cases = freeform_cases(options)
+    shown = grid_cases(cases)
     grid_path = options.grid
 
     def after(results: list[RowResult]) -> list[str]:
-        return [write_grid(grid_path, first, results)] if grid_path and first else []
+        if grid_path is None:
+            return []
+        visual = shown + example_cases(options)
+        return [write_grid(grid_path, visual, results, options.data)]
 
     return Setup(
         title="Inpainting (RGB) — PSNR (dB) / SSIM / L1 (% of 255), in the hole and whole image",
@@ -263,9 +281,11 @@ def build(options: Options) -> Setup:
             View("whole", ("psnr", "ssim", "l1")),
         ],
         notes=[
-            "Kodak24 centre-cropped to 512², masks resized (nearest) to CBSD68's size; "
-            "hole pixels zeroed before any method sees them"
+            "masks: NVIDIA irregular masks by hole-ratio band; images: Kodak24 (centre 512²) "
+            "and CBSD68 (mask resized, nearest); hole pixels zeroed before any method sees them",
+            "EdgeConnect / DeepFill v2 examples are in the grid only: they have no ground truth "
+            "inside the hole (masked inputs; object removals)",
         ],
-        keep=[(c.column, c.image) for c in first],
+        keep=[(c.column, c.image) for c in shown],
         after=after,
     )

@@ -261,3 +261,20 @@ def test_superres_shows_4x_size_and_compares(
     page.keyboard.press("0")
     page.locator("#download").focus()
     page.screenshot(path=artifact("superres-compare"), full_page=True)
+
+
+def test_failed_job_shows_the_reason(desktop_page: Any, tmp_path: Path, artifact: Any) -> None:
+    page = desktop_page
+    # Over the super-resolution input cap (4 MP): the upload is accepted, preprocess fails it.
+    big = tmp_path / "big.png"
+    Image.new("RGB", (2100, 2100), (120, 130, 140)).save(big)
+    _open(page, big, "superres")
+    page.click("#submit")
+    error = page.locator("#job-error")
+    expect(error).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(error).to_contain_text("the limit for superres is 4.0 MP")
+    expect(page.locator("#stages li[data-stage=done]")).to_contain_text("Failed")
+    expect(page.locator("#result-card")).to_be_hidden()
+    expect(page.locator("#cancel")).to_be_hidden()
+    expect(page.locator("#recent-list li").first).to_contain_text("failed")
+    page.screenshot(path=artifact("failed-job"), full_page=True)
