@@ -131,6 +131,11 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, object], bool]:
     lines = [harness.render_table(setup.title, columns, results, setup.views)]
     if any(r.cached and not r.computed for r in results):
         lines.append("* every image of this row from benchmarks/cache (--no-cache recomputes)")
+    setup.notes += [
+        f"{r.label}: only the first {r.max_images} images of {', '.join(sorted(r.columns or []))}"
+        for r in setup.rows
+        if r.max_images is not None
+    ]
     lines += [f"note: {n}" for n in setup.notes]
     if args.limit:
         lines.append(f"note: --limit {args.limit}: first {args.limit} images of each set only")

@@ -215,7 +215,7 @@ def build_record(view: JobView, recorded_by: str, trace_id: str | None) -> dict[
     finished_at = view.stages[view.state]
     final_event = next(e for e in events if e.state == view.state and e.at == finished_at)
     try:
-        task_service: str | None = topology.queue_for_task(spec.task).service
+        task_service: str | None = topology.queue_for_task(spec.task, spec.options.model).service
     except KeyError:
         task_service = None
     stages = _stage_times(events, details, task_service)

@@ -69,6 +69,8 @@ def our_models(task: str, options: Options) -> list[str]:
     available = [m for m in models_for(task) if m != "classic"]
     if options.models is not None:
         available = [m for m in available if m in options.models]
+    if options.slow_limit <= 0:
+        available = [m for m in available if m not in SLOW_MODELS]
     return available
 
 
@@ -76,8 +78,12 @@ def include_classic(options: Options) -> bool:
     return options.models is None or "classic" in options.models
 
 
-def max_images(model: str, options: Options) -> int | None:
-    return options.slow_limit if model in SLOW_MODELS else None
+def model_limits(model: str, options: Options, slow_columns: frozenset[str]) -> dict[str, Any]:
+    """Row arguments for one of our models: a very slow one (DIP) runs only on the task's
+    `slow_columns` and on ``--slow-limit`` images of each (0 leaves it out)."""
+    if model not in SLOW_MODELS:
+        return {}
+    return {"max_images": options.slow_limit, "columns": slow_columns}
 
 
 def source_version(*objects: object) -> str:

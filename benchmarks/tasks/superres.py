@@ -21,7 +21,7 @@ from benchmarks.tasks.common import (
     accepts,
     include_classic,
     list_images,
-    max_images,
+    model_limits,
     our_models,
     read_image,
     source_version,
@@ -107,7 +107,7 @@ def _rcan(folder: Path, sample: Sample) -> np.ndarray:
 def model_rows(options: Options) -> list[Row]:
     rows = []
     for model in our_models("superres", options):
-        limit = max_images(model, options)
+        limit = model_limits(model, options, frozenset({column_name(SETS[0])}))
         if accepts(upscale, "strength"):  # ESRGAN: PSNR weights at 0, GAN weights at 1
             for strength, tag in ((0.0, "PSNR"), (1.0, "GAN")):
                 rows.append(
@@ -115,7 +115,7 @@ def model_rows(options: Options) -> list[Row]:
                         f"{model} strength={strength:g} ({tag})",
                         f"{model}@{strength:g}",
                         functools.partial(_ours, model, strength),
-                        max_images=limit,
+                        **limit,
                         kind="model",
                     )
                 )
@@ -125,7 +125,7 @@ def model_rows(options: Options) -> list[Row]:
                     model,
                     model,
                     functools.partial(_ours, model, None),
-                    max_images=limit,
+                    **limit,
                     kind="model",
                 )
             )

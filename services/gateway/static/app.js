@@ -88,6 +88,9 @@
 
   function dims(w, h) { return `${w} × ${h}`; }
 
+  // Sub-second steps are common with the classic models: they get two decimals, not "0.0 s".
+  function seconds(s) { return `${s.toFixed(s < 1 ? 2 : 1)} s`; }
+
   function sentence(text) {
     const t = String(text || "").trim();
     if (!t) return "";
@@ -536,7 +539,7 @@
 
   function tick() {
     if (!state.job) return;
-    el.elapsed.textContent = `${((performance.now() - state.job.t0) / 1000).toFixed(1)} s`;
+    el.elapsed.textContent = seconds((performance.now() - state.job.t0) / 1000);
   }
 
   function subscribe(id) {
@@ -603,7 +606,7 @@
       if (i === STAGES.length - 1) label.textContent = failed ? (current === "failed" ? "Failed" : "Cancelled") : "Done";
       const at = times[name] ?? (failed && i === STAGES.length - 1 ? times[current] : undefined);
       li.querySelector(".stage-time").textContent =
-        at != null && origin != null ? `+${Math.max(0, at - origin).toFixed(1)} s` : "";
+        at != null && origin != null ? `+${seconds(Math.max(0, at - origin))}` : "";
       li.setAttribute("aria-current", name === current ? "step" : "false");
     });
   }
@@ -620,7 +623,7 @@
     if (doc && doc.state !== status.state) doc = null;
     if (doc) {
       renderStages(doc.state, { ...doc.stages, [doc.state]: doc.stages?.[doc.state] ?? doc.updated_at });
-      if (doc.updated_at && doc.created_at) el.elapsed.textContent = `${(doc.updated_at - doc.created_at).toFixed(1)} s`;
+      if (doc.updated_at && doc.created_at) el.elapsed.textContent = seconds(doc.updated_at - doc.created_at);
       state.recentDocs.set(job.id, doc);
       updateRecent(job.id, { state: doc.state });
     }
@@ -1001,7 +1004,7 @@
     el.progress.hidden = true;
     el.jobError.hidden = doc.state !== "failed";
     renderStages(doc.state, { ...doc.stages, [doc.state]: doc.stages?.[doc.state] ?? doc.updated_at });
-    el.elapsed.textContent = doc.updated_at ? `${(doc.updated_at - doc.created_at).toFixed(1)} s` : "";
+    el.elapsed.textContent = doc.updated_at ? seconds(doc.updated_at - doc.created_at) : "";
     el.jobStatus.textContent = STATE_TEXT[doc.state] || doc.state;
     if (doc.state === "failed") showAlert(el.jobError, "Restora could not finish this job.", doc.error);
     if (doc.state === "done") showResult(doc, null);
