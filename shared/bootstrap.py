@@ -20,6 +20,7 @@ from shared.eventbus import EventBus, make_event_bus
 from shared.health import serve_health
 from shared.inference import inference_lock, set_cpu_threads
 from shared.logging import configure_logging, get_logger
+from shared.metrics import setup_metrics
 from shared.telemetry import setup_tracing
 from shared.tiling import set_memory_budget
 from shared.topology import CONSUMER_TIMEOUT_MS
@@ -39,6 +40,7 @@ async def connect(settings: CommonSettings) -> tuple[EventBus, BlobStore]:
 def configure_process(service: str, settings: CommonSettings) -> None:
     configure_logging(settings.log_level, service=service)
     setup_tracing(service)
+    setup_metrics(service)
 
 
 def configure_inference(settings: ModelServiceSettings) -> torch.device:

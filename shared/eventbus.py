@@ -71,6 +71,7 @@ class EventBus(Protocol):
     async def consume_dead_letters(self, queue: QueueSpec, handler: DeadLetterHandler) -> None: ...
     async def subscribe_status(self, handler: StatusHandler) -> None: ...
     async def ping(self) -> bool: ...
+    async def queue_depths(self) -> dict[str, int]: ...
 
 
 class _InFlight:
@@ -292,6 +293,10 @@ class InProcessBus:
     async def ping(self) -> bool:
         return not self._closed
 
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in each work queue, for the gateway's queue-depth gauge."""
+        return {spec.name: self._queue(spec.name).qsize() for spec in topology.WORK_QUEUES}
+
 
 # --------------------------------------------------------------------------------------
 # RabbitMQ bus
@@ -311,6 +316,7 @@ class RabbitBus:
         self._consumer_channels: list[AbstractChannel] = []
         self._work_consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight = _InFlight()
+        self._depth_channel: AbstractChannel | None = None
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(
@@ -420,6 +426,20 @@ class RabbitBus:
 
     async def ping(self) -> bool:
         return self._connection is not None and not self._connection.is_closed
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages ready in each work queue, for the gateway's queue-depth gauge."""
+        assert self._connection is not None, "bus not started"
+        # A channel of its own: a failed passive declare closes the channel it ran on.
+        if self._depth_channel is None or self._depth_channel.is_closed:
+            self._depth_channel = await self._connection.channel()
+        # aiormq's declare-ok: aio-pika's passive declare_queue reported 0 on quorum queues.
+        raw = await self._depth_channel.get_underlay_channel()
+        depths = {}
+        for spec in topology.WORK_QUEUES:
+            ok = await raw.queue_declare(spec.name, passive=True)
+            depths[spec.name] = ok.message_count or 0
+        return depths
 
 
 async def declare_topology(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:

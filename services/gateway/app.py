@@ -340,13 +340,25 @@ async def _send(response: web.StreamResponse, status: JobStatus) -> int:
 
 # ---------------------------------------------------------------------------- misc
 async def list_models(request: web.Request) -> web.Response:
+    tasks = {}
+    for task in messages.TASKS:
+        offered = catalog.models_for(task)
+        tasks[task] = {
+            "default": offered[0],
+            "models": [
+                {"name": m.name, "description": m.description}
+                for m in catalog.CATALOG[task]
+                if m.name in offered
+            ],
+        }
     return web.json_response(
         {
-            "tasks": {task: catalog.models_for(task) for task in messages.TASKS},
+            "tasks": tasks,
             "sigma_range": list(catalog.SIGMA_RANGE),
             "quality_range": list(catalog.JPEG_QUALITY_RANGE),
             "scales": list(catalog.SCALES),
             "formats": list(messages.OUTPUT_FORMATS),
+            "dip_iterations_range": list(catalog.DIP_ITERATIONS_RANGE),
         }
     )
 

@@ -71,12 +71,11 @@ async def sweep(
 
 
 async def delete_job_objects(store: BlobStore, job_id: str) -> None:
-    """Everything but the spec first, then the spec, so a half-done delete is an orphan."""
+    """The spec first: the job is gone for every reader at once (404, never a half-deleted
+    view), and whatever a half-done delete leaves is an orphan the sweeper removes."""
     keys = JobKeys(job_id)
-    for key in await store.list(keys.prefix):
-        if key != keys.spec:
-            await store.delete_prefix(key)
     await store.delete_prefix(keys.spec)
+    await store.delete_prefix(keys.prefix)
 
 
 async def run_periodically(

@@ -157,20 +157,25 @@
   }
 
   function fillModels(task) {
-    const models = state.catalog?.tasks?.[task] || [];
+    const entry = state.catalog?.tasks?.[task];
+    const models = entry?.models || [];
     el.model.replaceChildren();
     if (!models.length) {
       el.model.append(new Option("Default", ""));
     }
-    models.forEach((name, i) => {
+    for (const { name } of models) {
       const label = MODEL_LABELS[name] || name;
-      el.model.append(new Option(i === 0 && models.length > 1 ? `${label} (default)` : label, name));
-    });
+      const isDefault = name === entry.default && models.length > 1;
+      el.model.append(new Option(isDefault ? `${label} (default)` : label, name));
+    }
+    if (entry?.default) el.model.value = entry.default;
     describeModel();
   }
 
   function describeModel() {
-    el.modelDesc.textContent = MODEL_NOTES[el.model.value] || "";
+    const task = selectedTask();
+    const fromApi = state.catalog?.tasks?.[task]?.models?.find((m) => m.name === el.model.value);
+    el.modelDesc.textContent = MODEL_NOTES[el.model.value] || fromApi?.description || "";
   }
 
   // ------------------------------------------------------------------ task picker and options
