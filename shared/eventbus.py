@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aio_pika
+import structlog
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -116,9 +117,14 @@ async def _run_handler(
             message = messages.decode(body)
         except messages.MessageError as exc:
             raise Reject(str(exc)) from exc
-        span.set_attribute("restora.job_id", getattr(message, "job_id", ""))
+        job_id = getattr(message, "job_id", "")
+        span.set_attribute("restora.job_id", job_id)
+        span.set_attribute("restora.task", getattr(message, "task", ""))
         span.set_attribute("messaging.delivery_attempt", attempt)
-        await handler(Delivery(message=message, attempt=attempt, headers=headers))
+        # Every log line written while handling carries the job id (and, via the logging
+        # processor, the trace and span ids).
+        with structlog.contextvars.bound_contextvars(job_id=job_id, queue=queue.name):
+            await handler(Delivery(message=message, attempt=attempt, headers=headers))
 
 
 # --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 from services.preprocess.core import InvalidInput, Limits, NormalizedInput, normalize
-from shared import imaging, metrics, topology
+from shared import imaging, metrics, telemetry, topology
 from shared.blobstore import BlobNotFound, BlobStore
 from shared.config import PreprocessSettings
 from shared.eventbus import Delivery, EventBus, Reject
@@ -49,14 +49,23 @@ class PreprocessService:
         try:
             image = await self.store.get(job.upload_key)
             mask = await self.store.get(job.mask_key) if job.mask_key else None
-            normalized = await asyncio.to_thread(
-                normalize,
-                image,
-                task=job.task,  # type: ignore[arg-type]
-                mask_bytes=mask,
-                max_side=job.options.max_side,
-                limits=self.limits_for(job.task),
-            )
+            with telemetry.tracer().start_as_current_span(
+                "preprocess normalize",
+                attributes={
+                    "restora.job_id": job.job_id,
+                    "restora.task": job.task,
+                    "restora.model": job.options.model,
+                    "restora.upload_bytes": len(image),
+                },
+            ):
+                normalized = await asyncio.to_thread(
+                    normalize,
+                    image,
+                    task=job.task,  # type: ignore[arg-type]
+                    mask_bytes=mask,
+                    max_side=job.options.max_side,
+                    limits=self.limits_for(job.task),
+                )
         except BlobNotFound:
             await self.reporter.report(job.job_id, "failed", error="the upload is gone (deleted?)")
             return
