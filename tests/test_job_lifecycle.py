@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
@@ -26,18 +25,13 @@ from shared.jobs import JobKeys, JobLog, JobSpec, StatusReporter
 from shared.messages import JobOptions, JobStatus, RestoreRequested
 from shared.model_service import ModelService, RestoreInput, RestoreOutput
 from shared.tiling import Cancelled
+from tests.pipeline_helpers import png_bytes
 from tests.stack import Stack, follow_events, free_port, running_stack, submit, wait_for_state
 
 pytestmark = pytest.mark.servers
 
 
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-IMAGE = png(data.camera()[:64, :96])
+IMAGE = png_bytes(data.camera()[:64, :96])
 
 
 @pytest.fixture

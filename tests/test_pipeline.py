@@ -18,17 +18,8 @@ from PIL import Image
 from skimage import data
 
 from shared.telemetry import setup_tracing
+from tests.pipeline_helpers import decode_image, png_bytes
 from tests.stack import Stack, download, follow_events, running_stack, submit, wait_for_state
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def decode(data_bytes: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data_bytes)))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +62,7 @@ async def run_job(
         doc = await response.json()
     assert doc["state"] == "done" and doc["error"] is None
     assert {"queued", "preprocessing", "running", "done"} <= set(doc["stages"])
-    result = decode(await download(session, stack.url, doc["result_url"]))
+    result = decode_image(await download(session, stack.url, doc["result_url"]))
     return doc, result
 
 
