@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -93,6 +94,7 @@ class Cache:
         self.entries: dict[str, dict[str, Scores]] = {}
         if path.is_file():
             self.entries = json.loads(path.read_text())["entries"]
+        self.new: dict[str, dict[str, Scores]] = {}  # what this run computed
         self.dirty = False
 
     @staticmethod
@@ -105,22 +107,45 @@ class Cache:
         return self.entries.get(self.key(column, row), {}).get(image)
 
     def put(self, column: str, row: Row, image: str, scores: Scores) -> None:
-        self.entries.setdefault(self.key(column, row), {})[image] = scores
+        key = self.key(column, row)
+        self.entries.setdefault(key, {})[image] = scores
+        self.new.setdefault(key, {})[image] = scores
         self.dirty = True
 
     def save(self) -> None:
+        """Merge this run's new scores into the file as it is now, so that two runs filling
+        different rows of the same task (e.g. in two processes) do not drop each other's."""
         if not self.dirty:
             return
-        data = {
-            "about": "per-image scores of the cached benchmark rows; key = "
-            "column|row|row version|metrics version (see benchmarks/harness.py)",
-            "entries": {k: dict(sorted(v.items())) for k, v in sorted(self.entries.items())},
-        }
+        on_disk = json.loads(self.path.read_text())["entries"] if self.path.is_file() else {}
+        for key, images in self.new.items():
+            # a new version of a row replaces the old one's scores
+            stem = key.split("|")[:2]
+            for old in [k for k in on_disk if k.split("|")[:2] == stem and k != key]:
+                del on_disk[old]
+            on_disk.setdefault(key, {}).update(images)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(_cache_text(on_disk))
         tmp.replace(self.path)
         self.dirty = False
+
+
+def _cache_text(entries: dict[str, dict[str, Scores]]) -> str:
+    """Sorted JSON with one image per line: small, and diffs show which images changed."""
+    blocks = []
+    for key, images in sorted(entries.items()):
+        lines = [f"   {json.dumps(i)}: {json.dumps(s)}" for i, s in sorted(images.items())]
+        blocks.append(
+            f"  {json.dumps(key, ensure_ascii=False)}: {{\n" + ",\n".join(lines) + "\n  }"
+        )
+    about = (
+        "per-image scores of the cached benchmark rows; key = "
+        "column|row|row version|metrics version (see benchmarks/harness.py)"
+    )
+    return (
+        f'{{\n "about": {json.dumps(about)},\n "entries": {{\n' + ",\n".join(blocks) + "\n }\n}\n"
+    )
 
 
 def _rounded(scores: Scores) -> Scores:
@@ -150,6 +175,7 @@ def evaluate(
     cache: Cache | None,
     keep: Iterable[tuple[str, str]] = (),
     progress: bool = True,
+    cache_only: bool = False,
 ) -> list[RowResult]:
     """Run every applicable row on every case; a row that raises is reported, not fatal."""
     results = [RowResult(row) for row in rows]
@@ -171,6 +197,8 @@ def evaluate(
             if cached is not None:
                 result.cached += 1
                 scores = cached
+            elif cache_only and row.version is not None:
+                continue  # --cache-only: report what the cache has, compute nothing slow
             else:
                 try:
                     if row.variant not in samples:
@@ -222,9 +250,24 @@ def _label(result: RowResult, view: View, notes: list[str]) -> str:
     return label
 
 
+def _cell(result: RowResult, column: str, view: View, totals: dict[str, int]) -> str:
+    scores, n = result.mean(column)
+    text = format_cell(scores, view.metrics)
+    total = totals.get(column, 0)
+    if result.row.run is not None and 0 < n < total:
+        text += f" ({n}/{total})"
+    return text
+
+
 def render_table(
-    title: str, columns: list[str], results: list[RowResult], views: list[View]
+    title: str,
+    columns: list[str],
+    results: list[RowResult],
+    views: list[View],
+    totals: dict[str, int] | None = None,
 ) -> str:
+    """The fixed-width table; a cell averaged over fewer images than its column has (a partly
+    filled cache, a slow model's subset) shows "(n/total)"."""
     notes: list[str] = []
     header = ["method", *columns]
     body: list[list[str]] = []
@@ -233,7 +276,7 @@ def render_table(
         for result in results:
             if result.row.kind == "calibration" and view is not views[0]:
                 continue
-            cells = [format_cell(result.mean(c)[0], view.metrics) for c in columns]
+            cells = [_cell(result, c, view, totals or {}) for c in columns]
             # footnotes (errors) are numbered once, in the first section
             label = _label(result, view, notes if view is views[0] else [])
             body.append([label, *cells])
@@ -246,12 +289,15 @@ def render_table(
 
 
 def calibration_lines(
-    results: list[RowResult], tolerance: Scores, subset: bool = False
+    results: list[RowResult],
+    tolerance: Scores,
+    subset: bool = False,
+    totals: dict[str, int] | None = None,
 ) -> tuple[list[str], bool]:
     """Compare the rows that carry expected values with them (columns that were run only).
 
-    ok is False when a value is off by more than `tolerance`; on a `subset` of the images
-    (``--limit``) the comparison is shown but cannot fail.
+    ok is False when a value is off by more than `tolerance`; on a subset of the images
+    (``--limit``, or fewer than `totals` says the column has) it is shown but cannot fail.
     """
     lines, ok = [], True
     for result in results:
@@ -259,12 +305,13 @@ def calibration_lines(
             got, n = result.mean(column)
             if not got:
                 continue
+            partial = subset or n < (totals or {}).get(column, 0)
             parts = []
             for metric, target in expected.items():
                 value = got[metric]
                 good = abs(value - target) <= tolerance.get(metric, 0.0)
-                ok &= good or subset
-                verdict = "ok" if good else ("subset" if subset else "OFF")
+                ok &= good or partial
+                verdict = "ok" if good else ("subset" if partial else "OFF")
                 parts.append(
                     f"{metric} {value:.4f} vs {target:.4f} ({value - target:+.4f} {verdict})"
                 )

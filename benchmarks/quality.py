@@ -3,8 +3,8 @@ each of our models, the papers' published values and calibration rows, as one ta
 
     python -m benchmarks.quality --task denoise|artifacts|superres|inpaint
         [--data ../shared/data] [--json PATH] [--models classic,mwcnn,...] [--limit N]
-        [--only "BSD68 σ25,Set12 σ25"] [--rows KEY,...] [--no-cache] [--grid PATH]
-        [--threads N] [--slow-limit N] [--quiet]
+        [--only "BSD68 σ25,Set12 σ25"] [--rows KEY,...] [--no-cache | --cache-only]
+        [--cache-dir DIR] [--grid PATH] [--threads N] [--slow-limit N] [--quiet]
 
 (``make bench-quality TASK=denoise BENCH_ARGS="--json runs/bench/denoise.json"``.)
 
@@ -23,6 +23,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from benchmarks import harness
@@ -75,6 +76,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="recompute cached classic rows (the cache is refreshed)",
     )
     parser.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="cached rows: show what the cache holds, compute nothing (cells say n/total)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=CACHE_DIR,
+        help="where the cached rows are kept (default: %(default)s)",
+    )
+    parser.add_argument(
         "--grid",
         type=Path,
         default=DEFAULT_GRID,
@@ -84,7 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--slow-limit",
         type=int,
         default=3,
-        help="images per column for very slow models such as DIP",
+        help="images per column for very slow models such as DIP (0: leave them out)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads for torch and OpenCV")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -122,13 +134,20 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, object], bool]:
     if args.rows:
         keys = {k.strip() for k in args.rows.split(",")}
         setup.rows = [r for r in setup.rows if r.key in keys]
-    cache = harness.Cache(CACHE_DIR / f"{args.task}.json", read=not args.no_cache)
+    cache = harness.Cache(args.cache_dir / f"{args.task}.json", read=not args.no_cache)
     start = time.perf_counter()
     results = harness.evaluate(
-        setup.cases, setup.rows, setup.score, cache, setup.keep, progress=not args.quiet
+        setup.cases,
+        setup.rows,
+        setup.score,
+        cache,
+        setup.keep,
+        progress=not args.quiet,
+        cache_only=args.cache_only,
     )
     columns = harness.columns_of(setup.cases, setup.rows)
-    lines = [harness.render_table(setup.title, columns, results, setup.views)]
+    totals = Counter(case.column for case in setup.cases)
+    lines = [harness.render_table(setup.title, columns, results, setup.views, totals)]
     if any(r.cached and not r.computed for r in results):
         lines.append("* every image of this row from benchmarks/cache (--no-cache recomputes)")
     setup.notes += [
@@ -140,7 +159,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, object], bool]:
     if args.limit:
         lines.append(f"note: --limit {args.limit}: first {args.limit} images of each set only")
     calibration, calibrated = harness.calibration_lines(
-        results, CALIBRATION_TOLERANCE, subset=bool(args.limit)
+        results, CALIBRATION_TOLERANCE, subset=bool(args.limit), totals=totals
     )
     if calibration:
         status = "all within tolerance" if calibrated else "OFF: check the metric code"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -192,3 +193,68 @@ def test_calibration_lines_flag_values_off_target() -> None:
     assert not ok and "OFF" in lines[0]
     _, ok_subset = harness.calibration_lines(results, {"psnr": 0.02}, subset=True)
     assert ok_subset
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _save(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def test_quality_command_on_a_synthetic_data_folder(tmp_path: Path) -> None:
+    """Set5-like SR data made from a scikit-image sample: the command prints one table, writes
+    the JSON, caches the classic row in --cache-dir, and reports the missing calibration
+    outputs as a failed row instead of crashing."""
+    from benchmarks import quality
+    from shared.matlab_resize import imresize
+
+    hr = skdata.astronaut()[:96, :128]
+    _save(tmp_path / "data/testsets/Set5/HR/astro.png", hr)
+    _save(tmp_path / "data/testsets/Set5/LR_bicubic/X4/astrox4.png", imresize(hr, 0.25))
+    args = ["--task", "superres", "--data", str(tmp_path / "data"), "--models", "classic",
+            "--only", "Set5 ×4", "--cache-dir", str(tmp_path / "cache"), "--quiet",
+            "--json", str(tmp_path / "out.json")]  # fmt: skip
+    assert quality.main(args) == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    rows = {r["key"]: r for r in result["rows"]}
+    assert rows["classic"]["mean"]["Set5 ×4"]["n"] == 1
+    assert 20 < rows["classic"]["mean"]["Set5 ×4"]["psnr"] < 40
+    assert rows["calib-rcan"]["error"] is not None  # no reference outputs in this folder
+    assert rows["paper-rrdb"]["mean"]["Set5 ×4"]["psnr"] == 32.73
+    assert (tmp_path / "cache" / "superres.json").is_file()
+
+
+def test_cache_merges_concurrent_writers_and_drops_old_versions(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    a, b = harness.Cache(path), harness.Cache(path)
+    row_a, row_b = harness.Row("a", "a", version="1"), harness.Row("b", "b", version="1")
+    a.put("X", row_a, "img", {"psnr": 1.0})
+    b.put("X", row_b, "img", {"psnr": 2.0})
+    a.save()
+    b.save()  # b never saw a's entry: it must still be kept
+    merged = harness.Cache(path)
+    assert merged.get("X", row_a, "img") == {"psnr": 1.0}
+    assert merged.get("X", row_b, "img") == {"psnr": 2.0}
+    newer = harness.Row("a", "a", version="2")
+    merged.put("X", newer, "img", {"psnr": 3.0})
+    merged.save()
+    again = harness.Cache(path)
+    assert again.get("X", row_a, "img") is None and again.get("X", newer, "img") == {"psnr": 3.0}
+
+
+def test_cache_only_computes_nothing_and_marks_partial_cells(tmp_path: Path) -> None:
+    def method(sample: harness.Sample) -> np.ndarray:
+        return sample["out"]
+
+    row = harness.Row("slow", "slow", method, version="1")
+    cases = _cases()
+    harness.evaluate(cases[:1], [row], _score, harness.Cache(tmp_path / "c.json"), progress=False)
+    results = harness.evaluate(cases, [row], _score, harness.Cache(tmp_path / "c.json"),
+                               progress=False, cache_only=True)  # fmt: skip
+    assert results[0].computed == 0 and results[0].mean("A")[1] == 1
+    view = harness.View("", ("psnr", "ssim"))
+    assert "(1/3)" in harness.render_table("t", ["A"], results, [view], {"A": 3})

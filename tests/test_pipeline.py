@@ -124,6 +124,9 @@ async def test_bad_options_are_400_with_a_reason(
     assert status == 400 and "unknown task" in body["error"]
     status, body = await submit(session, stack.url, image, "inpaint")
     assert status == 400 and "mask" in body["error"]
+    wrong_mask = png_bytes(np.zeros((16, 20), np.uint8))
+    status, body = await submit(session, stack.url, image, "inpaint", wrong_mask)
+    assert status == 400 and "the mask is 20x16 but the image is 16x16" in body["error"]
 
 
 async def test_corrupt_image_fails_with_a_reason_and_workers_live_on(

@@ -135,7 +135,7 @@ def model_rows(options: Options) -> list[Row]:
 def build(options: Options) -> Setup:
     rows = [
         Row(
-            "LR input, MATLAB bicubic ×4",
+            "bicubic, MATLAB imresize (input)",
             "matlab-bicubic",
             _matlab_bicubic,
             version=source_version(matlab_resize),

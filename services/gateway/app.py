@@ -13,7 +13,7 @@ from aiohttp import web
 
 from services.gateway import maintenance, openapi, records_api
 from services.gateway.events import StatusBroadcaster, event_id
-from services.gateway.uploads import UploadForm, read_upload, sniff_image
+from services.gateway.uploads import UploadForm, check_mask_matches, read_upload, sniff_image
 from services.gateway.validation import InvalidRequest, parse_options
 from shared import catalog, messages, metrics, telemetry, topology
 from shared.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
@@ -193,6 +193,7 @@ def _validate(form: UploadForm) -> tuple[messages.JobOptions, str]:
                 "inpaint needs a 'mask' file: same size as the image, white = fill"
             )
         sniff_image(form.files["mask"], "mask")
+        check_mask_matches(form.files["image"], form.files["mask"])
     return options, task
 
 

@@ -10,10 +10,12 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from PIL import Image, UnidentifiedImageError
 
 from services.gateway.validation import InvalidRequest
+from shared.imaging import oriented_size
 
 FILE_FIELDS = ("image", "mask")
 TEXT_FIELD_LIMIT = 1024
 _CHUNK = 1 << 16
+_EXIF_ORIENTATION = 0x0112
 _IN_MEMORY = 8 << 20  # uploads above this spill to disk while being read
 
 
@@ -23,6 +25,8 @@ class UploadedFile:
     size: int
     content_type: str
     format: str = ""
+    # (width, height) as displayed, i.e. after EXIF orientation; None when unknown.
+    dimensions: tuple[int, int] | None = None
 
 
 @dataclass
@@ -80,6 +84,22 @@ async def _text(part: BodyPartReader) -> str:
     return raw.decode("utf-8", errors="replace").strip()
 
 
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except (ValueError, TypeError, OSError):
+        return 1
+
+
+def check_mask_matches(image: UploadedFile, mask: UploadedFile) -> None:
+    """A 400 when the mask's displayed size is not the image's (both EXIF-oriented)."""
+    if image.dimensions and mask.dimensions and image.dimensions != mask.dimensions:
+        (iw, ih), (mw, mh) = image.dimensions, mask.dimensions
+        raise InvalidRequest(
+            f"the mask is {mw}x{mh} but the image is {iw}x{ih}: paint the mask at the image's size"
+        )
+
+
 def _too_large(max_bytes: int) -> str:
     return f"the upload is larger than the limit of {max_bytes / (1 << 20):.0f} MiB"
 
@@ -95,6 +115,8 @@ def sniff_image(upload: UploadedFile, what: str) -> str:
     try:
         with Image.open(upload.data) as img:
             fmt = img.format or ""
+            orientation = _orientation(img)
+            upload.dimensions = oriented_size(img.size, orientation)
     except Image.DecompressionBombError:
         fmt = "oversized"  # preprocess rejects it with the pixel limit it exceeds
     except (UnidentifiedImageError, OSError, ValueError):
