@@ -265,9 +265,10 @@ def render_table(
     results: list[RowResult],
     views: list[View],
     totals: dict[str, int] | None = None,
+    markdown: bool = False,
 ) -> str:
-    """The fixed-width table; a cell averaged over fewer images than its column has (a partly
-    filled cache, a slow model's subset) shows "(n/total)"."""
+    """The fixed-width (or Markdown) table; a cell averaged over fewer images than its column
+    has (a partly filled cache, a slow model's subset) shows "(n/total)"."""
     notes: list[str] = []
     header = ["method", *columns]
     body: list[list[str]] = []
@@ -280,6 +281,12 @@ def render_table(
             # footnotes (errors) are numbered once, in the first section
             label = _label(result, view, notes if view is views[0] else [])
             body.append([label, *cells])
+    if markdown:
+        lines = [f"**{title}**", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "---|" * len(header))
+        lines += ["| " + " | ".join(c.replace("*", "\\*") for c in r) + " |" for r in body]
+        lines += ["", *(f"†{i} {n}  " for i, n in enumerate(notes, 1))]
+        return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

@@ -5,6 +5,7 @@ each of our models, the papers' published values and calibration rows, as one ta
         [--data ../shared/data] [--json PATH] [--models classic,mwcnn,...] [--limit N]
         [--only "BSD68 σ25,Set12 σ25"] [--rows KEY,...] [--no-cache | --cache-only]
         [--cache-dir DIR] [--grid PATH] [--threads N] [--slow-limit N] [--quiet]
+        [--markdown]
 
 (``make bench-quality TASK=denoise BENCH_ARGS="--json runs/bench/denoise.json"``.)
 
@@ -100,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, help="CPU threads for torch and OpenCV")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     return parser.parse_args(argv)
 
 
@@ -147,7 +149,10 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, object], bool]:
     )
     columns = harness.columns_of(setup.cases, setup.rows)
     totals = Counter(case.column for case in setup.cases)
-    lines = [harness.render_table(setup.title, columns, results, setup.views, totals)]
+    table = harness.render_table(
+        setup.title, columns, results, setup.views, totals, markdown=args.markdown
+    )
+    lines = [table]
     if any(r.cached and not r.computed for r in results):
         lines.append("* every image of this row from benchmarks/cache (--no-cache recomputes)")
     setup.notes += [
