@@ -29,7 +29,9 @@ from benchmarks.tasks.common import (
 )
 from services.superres import core as superres_core
 from services.superres.core import upscale
+from services.superres.networks import GAN_WEIGHTS
 from shared import matlab_resize
+from shared.catalog import DEFAULT_WEIGHTS_DIR
 from shared.matlab_resize import imresize
 
 SCALE = 4
@@ -109,7 +111,10 @@ def model_rows(options: Options) -> list[Row]:
     for model in our_models("superres", options):
         limit = model_limits(model, options, frozenset({column_name(SETS[0])}))
         if accepts(upscale, "strength"):  # ESRGAN: PSNR weights at 0, GAN weights at 1
-            for strength, tag in ((0.0, "PSNR"), (1.0, "GAN")):
+            # Without shipped GAN weights strength is ignored: one row, not two equal ones.
+            gan_shipped = (DEFAULT_WEIGHTS_DIR / GAN_WEIGHTS).is_file()
+            strengths = ((0.0, "PSNR"), (1.0, "GAN")) if gan_shipped else ((0.0, "PSNR"),)
+            for strength, tag in strengths:
                 rows.append(
                     Row(
                         f"{model} strength={strength:g} ({tag})",
