@@ -96,3 +96,18 @@ def s3_server() -> Iterator[S3Endpoint]:
     with server.start():
         _report_startup("seaweedfs s3", server.startup_s)
         yield server.endpoint
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny convs gain nothing from threads; on a busy 2-core box two threads are ~10× slower.
+
+    Modules of tiny-network tests opt in with `pytestmark = pytest.mark.usefixtures(...)`;
+    the previous setting comes back for the other modules.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

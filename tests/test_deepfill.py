@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,7 @@ from shared.models.deepfill_critics import (
 )
 from shared.tiling import Cancelled
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny convs gain nothing from threads; on a busy 2-core box two threads are ~10× slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _copy_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

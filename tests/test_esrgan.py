@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,14 +21,7 @@ from shared.models.esrgan import (
     to_layout,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny convs are dominated by thread hand-offs; on a busy 2-core box 2 threads are 10× slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = RRDBNetConfig(in_channels=3, out_channels=3, features=8, blocks=2, growth=4, scale=4)
@@ -55,22 +47,41 @@ def test_paper_defaults() -> None:
 
 def test_own_keys_are_basicsr_naming() -> None:
     keys = set(tiny().state_dict())
-    assert {"conv_first.weight", "body.1.rdb3.conv5.bias", "conv_body.weight", "conv_up1.weight",
-            "conv_up2.weight", "conv_hr.weight", "conv_last.bias"} <= keys
+    assert {
+        "conv_first.weight",
+        "body.1.rdb3.conv5.bias",
+        "conv_body.weight",
+        "conv_up1.weight",
+        "conv_up2.weight",
+        "conv_hr.weight",
+        "conv_last.bias",
+    } <= keys
     assert not any("bn" in k or "running" in k for k in keys)  # no batch norm
 
 
 def test_sequential_2018_indices() -> None:
     old = to_layout(tiny().state_dict(), "sequential2018")
-    assert {"model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight", "model.1.sub.2.weight",
-            "model.3.weight", "model.6.weight", "model.8.weight", "model.10.bias"} <= set(old)
+    assert {
+        "model.0.weight",
+        "model.1.sub.0.RDB1.conv1.0.weight",
+        "model.1.sub.2.weight",
+        "model.3.weight",
+        "model.6.weight",
+        "model.8.weight",
+        "model.10.bias",
+    } <= set(old)
 
 
 @torch.no_grad()
 @pytest.mark.parametrize(
     ("layout", "wrap"),
-    [("sequential2018", None), ("esrgan", None), ("basicsr", "params_ema"), ("basicsr", "params"),
-     ("basicsr", None)],
+    [
+        ("sequential2018", None),
+        ("esrgan", None),
+        ("basicsr", "params_ema"),
+        ("basicsr", "params"),
+        ("basicsr", None),
+    ],
 )
 def test_layouts_load_back_identically(layout: str, wrap: str | None) -> None:
     model = tiny(features=12, blocks=3, growth=6)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,7 @@ def trained_looking(config: MWCNNConfig = TINY) -> MWCNN:
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny convs gain nothing from threads, and on a busy 2-core box spinning workers cost
-    # seconds; restore the previous setting for the other test modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_paper_defaults() -> None:
@@ -92,7 +84,8 @@ def test_channels_last_matches() -> None:
     with torch.no_grad():
         ref = model(x, 0.2)
         out = model.to(memory_format=torch.channels_last)(
-            x.contiguous(memory_format=torch.channels_last), 0.2)
+            x.contiguous(memory_format=torch.channels_last), 0.2
+        )
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
