@@ -8,6 +8,9 @@ Nothing here knows about a particular network. The pieces:
   model, optimizer, scheduler, step, RNG states (torch, numpy Generator, python) and any extras.
 * :func:`cosine_schedule`: Adam-friendly linear warm-up then cosine decay, as a LambdaLR.
 * :class:`Every`: "has N seconds passed?" for time-based checkpointing.
+* :func:`run_steps`: the step loop every script shares (progress bar, steps/hour and loss
+  windows, validation points kept out of the rate, periodic and final checkpoints, a clean stop
+  on SIGTERM/SIGINT or after ``--max-minutes``); the script supplies one optimisation step.
 * :func:`machine_summary`: CPU model, flags, threads, bf16 decision (from ``shared.accel``).
 * :func:`export_fp16_safetensors` / :func:`write_provenance` / :func:`git_commit`: shipping.
 * :func:`psnr`: the plain PSNR used for validation logging.
@@ -21,10 +24,12 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +104,81 @@ class Every:
             self.last = now
             return True
         return False
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        self.stop = True
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """When the loop logs, validates, checkpoints and gives up; from each script's CLI."""
+
+    total_steps: int
+    log_every: int
+    val_every: int
+    ckpt_minutes: float
+    max_minutes: float | None = None
+
+
+def run_steps(
+    settings: LoopSettings,
+    *,
+    start_step: int,
+    desc: str,
+    log: RunLog,
+    train_step: Callable[[], Mapping[str, float]],
+    current_lr: Callable[[], float],
+    save_last: Callable[[int], None],
+    validate: Callable[[int], None] | None = None,
+) -> tuple[int, bool]:
+    """Run ``train_step`` until ``total_steps``; return (the step reached, stopped by a signal).
+
+    ``train_step`` does one optimisation step and returns its losses, averaged per log window;
+    ``validate(step)`` runs every ``val_every`` steps and at the end of the schedule (it keeps
+    its own best checkpoint); ``save_last(step)`` writes the resumable checkpoint every
+    ``ckpt_minutes`` and once more when the loop ends, whatever ended it.
+    """
+    stop = StopFlag()
+    ckpt_timer = Every(settings.ckpt_minutes * 60)
+    started = time.monotonic()
+    window_start, window_steps = time.monotonic(), 0
+    sums: dict[str, float] = {}
+    step = start_step
+    bar = progress_bar(settings.total_steps, initial=step, desc=desc)
+    while step < settings.total_steps and not stop.stop:
+        for name, value in train_step().items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        step += 1
+        window_steps += 1
+        bar.update(1)
+        if step % settings.log_every == 0:
+            elapsed = time.monotonic() - window_start
+            log.json("train", step=step, lr=current_lr(),
+                     steps_per_hour=round(window_steps / elapsed * 3600),
+                     **{name: total / window_steps for name, total in sums.items()})
+            window_start, window_steps, sums = time.monotonic(), 0, {}
+        if validate is not None and (step % settings.val_every == 0
+                                     or step == settings.total_steps):
+            t0 = time.monotonic()
+            validate(step)
+            window_start += time.monotonic() - t0  # keep validation out of steps/hour
+        if ckpt_timer():
+            save_last(step)
+        if settings.max_minutes and time.monotonic() - started > settings.max_minutes * 60:
+            log(f"--max-minutes {settings.max_minutes} reached at step {step}")
+            break
+    bar.close()
+    save_last(step)
+    return step, stop.stop
 
 
 # --------------------------------------------------------------------------- schedule

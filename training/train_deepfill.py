@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import hashlib
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from shared.models.deepfill_critics import (
     spatial_discount,
 )
 from training.common import (
-    Every,
+    LoopSettings,
     RunLog,
     configure_threads,
     cosine_schedule,
@@ -65,7 +64,7 @@ from training.common import (
     git_commit,
     load_checkpoint,
     machine_summary,
-    progress_bar,
+    run_steps,
     save_checkpoint,
     write_provenance,
 )
@@ -225,18 +224,6 @@ def load_init(model: DeepFillV1, path: Path) -> None:
         load_checkpoint(path, model=model, restore_rng=False)
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.stop = True
-
-
 class Critics:
     """Stage 2: the global and local WGAN-GP critics and their optimizer."""
 
@@ -387,17 +374,12 @@ def main(argv: list[str] | None = None) -> int:
             out["critics"] = critics.state_dict()
         return out
 
-    def checkpoint(path: Path) -> None:
-        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                        np_rng=np_rng, extra=extra())
+    def checkpoint(path: Path, at_step: int) -> None:
+        segment["end_step"] = at_step
+        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler,
+                        step=at_step, np_rng=np_rng, extra=extra())
 
-    stop = StopFlag()
-    ckpt_timer = Every(args.ckpt_minutes * 60)
-    started = time.monotonic()
-    window_start, window_steps, sums = time.monotonic(), 0, {"rec": 0.0, "adv": 0.0, "d": 0.0}
-    model.train()
-    bar = progress_bar(args.steps, initial=step, desc="deepfill")
-    while step < args.steps and not stop.stop:
+    def train_step() -> dict[str, float]:
         crops, masks, weights = sampler.sample(args.batch)
         target, mask = to_device(crops, device), to_device(masks, device)
         discount = to_device(weights, device)
@@ -405,46 +387,39 @@ def main(argv: list[str] | None = None) -> int:
             coarse, refined = model(target * (1 - mask), mask)
         outputs = (coarse.float(), refined.float())
         loss = reconstruction_loss(outputs, target, mask, discount)
-        sums["rec"] += float(loss.detach())
+        losses = {"rec": float(loss.detach())}
         if critics is not None:
             completed = DeepFillV1.complete(target, outputs[1], mask)
-            for _ in range(args.d_steps):
-                sums["d"] += critics.critic_step(target, completed, mask) / args.d_steps
+            losses["d"] = sum(critics.critic_step(target, completed, mask)
+                              for _ in range(args.d_steps)) / args.d_steps
             adv = critics.generator_loss(completed, mask)
-            sums["adv"] += float(adv.detach())
+            losses["adv"] = float(adv.detach())
             loss = loss + args.gan_weight * adv
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        step += 1
-        window_steps += 1
-        bar.update(1)
-        if step % args.log_every == 0:
-            elapsed = time.monotonic() - window_start
-            log.json("train", step=step, lr=scheduler.get_last_lr()[0],
-                     steps_per_hour=round(window_steps / elapsed * 3600),
-                     **{k: v / window_steps for k, v in sums.items() if v})
-            window_start, window_steps = time.monotonic(), 0
-            sums = dict.fromkeys(sums, 0.0)
-        if val_items and (step % args.val_every == 0 or step == args.steps):
-            t0 = time.monotonic()
-            scores = validate(model, val_items, device)
-            if scores["all"]["psnr"] > best:
-                best, best_scores = scores["all"]["psnr"], scores
-                checkpoint(best_path)
-            log.json("val", step=step, scores=scores, best=best,
-                     seconds=round(time.monotonic() - t0, 1))
-            window_start += time.monotonic() - t0  # keep validation out of steps/hour
-        if ckpt_timer():
-            checkpoint(last)
-        if args.max_minutes and time.monotonic() - started > args.max_minutes * 60:
-            log(f"--max-minutes {args.max_minutes} reached at step {step}")
-            break
-    bar.close()
-    segment["end_step"] = step
-    checkpoint(last)
-    log.json("stop", step=step, best=best, reason="signal" if stop.stop else "done")
+        return losses
+
+    def validate_at(at_step: int) -> None:
+        nonlocal best, best_scores
+        t0 = time.monotonic()
+        scores = validate(model, val_items, device)
+        if scores["all"]["psnr"] > best:
+            best, best_scores = scores["all"]["psnr"], scores
+            checkpoint(best_path, at_step)
+        log.json("val", step=at_step, scores=scores, best=best,
+                 seconds=round(time.monotonic() - t0, 1))
+
+    model.train()
+    step, stopped = run_steps(
+        LoopSettings(args.steps, args.log_every, args.val_every, args.ckpt_minutes,
+                     args.max_minutes),
+        start_step=step, desc="deepfill", log=log, train_step=train_step,
+        current_lr=lambda: scheduler.get_last_lr()[0],
+        save_last=lambda at_step: checkpoint(last, at_step),
+        validate=validate_at if val_items else None)
+    log.json("stop", step=step, best=best, reason="signal" if stopped else "done")
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -28,15 +27,15 @@ from torch import nn
 from shared.accel import autocast_for, best_device, use_bf16
 from shared.models.mwcnn import MWCNN, MWCNNConfig, count_parameters, load_mwcnn
 from training.common import (
-    Every,
+    LoopSettings,
     RunLog,
     configure_threads,
     cosine_schedule,
     git_commit,
     load_checkpoint,
     machine_summary,
-    progress_bar,
     psnr,
+    run_steps,
     save_checkpoint,
 )
 from training.data import TASKS, PatchSampler, TrainingImages, ValItem, validation_set
@@ -142,18 +141,6 @@ def loss_fn(kind: str) -> nn.Module:
     return nn.L1Loss() if kind == "l1" else nn.MSELoss()
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.stop = True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_threads(args.threads)
@@ -200,18 +187,14 @@ def main(argv: list[str] | None = None) -> int:
                 "history": history, "machine": machine, "commit": commit,
                 "args": {k: str(v) for k, v in vars(args).items()}, "data": images.describe()}
 
-    def checkpoint(path: Path) -> None:
-        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                        np_rng=np_rng, extra=extra())
+    def checkpoint(path: Path, at_step: int) -> None:
+        segment["end_step"] = at_step
+        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler,
+                        step=at_step, np_rng=np_rng, extra=extra())
 
     criterion = loss_fn(args.loss)
-    stop = StopFlag()
-    ckpt_timer = Every(args.ckpt_minutes * 60)
-    started = time.monotonic()
-    window_start, window_steps, loss_sum = time.monotonic(), 0, 0.0
-    model.train()
-    bar = progress_bar(args.steps, initial=step, desc=f"mwcnn-{args.task}")
-    while step < args.steps and not stop.stop:
+
+    def train_step() -> dict[str, float]:
         batch = sampler.sample(args.batch)
         inp, target = to_tensor(batch.inputs, device), to_tensor(batch.targets, device)
         levels = torch.from_numpy(batch.levels).to(device)
@@ -222,34 +205,26 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        step += 1
-        window_steps += 1
-        loss_sum += float(loss.detach())
-        bar.update(1)
-        if step % args.log_every == 0:
-            elapsed = time.monotonic() - window_start
-            log.json("train", step=step, loss=loss_sum / window_steps,
-                     lr=scheduler.get_last_lr()[0],
-                     steps_per_hour=round(window_steps / elapsed * 3600))
-            window_start, window_steps, loss_sum = time.monotonic(), 0, 0.0
-        if step % args.val_every == 0 or step == args.steps:
-            t0 = time.monotonic()
-            scores = validate(model, val_items, device)
-            if scores["all"] > best_psnr:
-                best_psnr = scores["all"]
-                checkpoint(best_path)
-            log.json("val", step=step, psnr=scores, best=best_psnr,
-                     seconds=round(time.monotonic() - t0, 1))
-            window_start += time.monotonic() - t0  # keep validation out of steps/hour
-        if ckpt_timer():
-            checkpoint(last)
-        if args.max_minutes and time.monotonic() - started > args.max_minutes * 60:
-            log(f"--max-minutes {args.max_minutes} reached at step {step}")
-            break
-    bar.close()
-    segment["end_step"] = step
-    checkpoint(last)
-    log.json("stop", step=step, best=best_psnr, reason="signal" if stop.stop else "done")
+        return {"loss": float(loss.detach())}
+
+    def validate_at(at_step: int) -> None:
+        nonlocal best_psnr
+        t0 = time.monotonic()
+        scores = validate(model, val_items, device)
+        if scores["all"] > best_psnr:
+            best_psnr = scores["all"]
+            checkpoint(best_path, at_step)
+        log.json("val", step=at_step, psnr=scores, best=best_psnr,
+                 seconds=round(time.monotonic() - t0, 1))
+
+    model.train()
+    step, stopped = run_steps(
+        LoopSettings(args.steps, args.log_every, args.val_every, args.ckpt_minutes,
+                     args.max_minutes),
+        start_step=step, desc=f"mwcnn-{args.task}", log=log, train_step=train_step,
+        current_lr=lambda: scheduler.get_last_lr()[0],
+        save_last=lambda at_step: checkpoint(last, at_step), validate=validate_at)
+    log.json("stop", step=step, best=best_psnr, reason="signal" if stopped else "done")
     return 0
 
 
