@@ -53,6 +53,15 @@ def test_fit_pads_odd_sizes_and_handles_gray() -> None:
     assert result.image.shape == gray.shape
 
 
+def test_an_image_no_larger_than_the_network_stride_still_fits() -> None:
+    # depth 3 halves three times: an 8×8 image would leave 1×1 at the bottom, where
+    # training-mode BatchNorm has a single value per channel and raises.
+    config = DIPConfig(width=4, depth=3, skip=1, input_channels=4)
+    for size in (8, 5):
+        result = fit_dip(_image(size), None, 2, config=config)
+        assert result.image.shape == (size, size, 3)
+
+
 def test_cancellation_raises() -> None:
     calls = iter(range(100))
     with pytest.raises(Cancelled):

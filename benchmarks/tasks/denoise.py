@@ -46,6 +46,7 @@ from benchmarks.tasks.common import (
 )
 from services.denoise import classic as nlm_module
 from services.denoise.core import denoise
+from services.dip.core import dip_restore
 from shared.degradations import add_gaussian_noise
 
 NOISE_SEED = 20180618
@@ -152,6 +153,8 @@ def _ours(model: str, sample: Sample, convention: str) -> np.ndarray:
     noisy = sample["noisy"]
     # float convention: the unclipped noisy image on the [0, 1] scale our networks work in
     image = noisy.astype(np.float32) / 255.0 if convention == "float" else to_uint8(noisy)
+    if model == "dip":  # served by its own service (queue), not by the denoise core
+        return to_uint8(dip_restore("denoise", image, None, sigma=float(sample["sigma"])))
     return to_uint8(denoise(image, float(sample["sigma"]), model))
 
 
@@ -188,7 +191,8 @@ def build_rows(options: Options) -> tuple[list[Row], list[str]]:
         # NLM (OpenCV) only takes uint8 images, so it has no float-convention row.
         rows.append(Row("NLM, classic [uint8]", "nlm[uint8]", _nlm, "uint8", nlm_version))
     for model in our_models("denoise", options):
-        for conv in ("float", "uint8"):
+        # DIP fits the uploaded 8-bit image itself: it has no float-convention row.
+        for conv in ("uint8",) if model == "dip" else ("float", "uint8"):
             run = functools.partial(_ours, model, convention=conv)
             rows.append(
                 Row(

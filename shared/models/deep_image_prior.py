@@ -168,9 +168,13 @@ class DIPResult:
 
 def _pad_to_multiple(x: torch.Tensor, known: torch.Tensor, multiple: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reflect-pad bottom/right; padded pixels are marked unknown so they never enter the loss."""
+    """Reflect-pad bottom/right to multiples of ``multiple``, at least two of them, so the
+    deepest level keeps 2×2 pixels (training-mode BatchNorm needs more than one value per
+    channel: a 32² image would leave 1×1). Padded pixels are marked unknown, so they never
+    enter the loss."""
     height, width = x.shape[-2:]
-    ph, pw = -height % multiple, -width % multiple
+    ph = max(-height % multiple, 2 * multiple - height)
+    pw = max(-width % multiple, 2 * multiple - width)
     if not ph and not pw:
         return x, known
     mode = "reflect" if ph < height and pw < width else "replicate"
