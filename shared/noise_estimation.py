@@ -25,6 +25,8 @@ import functools
 import numpy as np
 from scipy.stats import gamma
 
+from shared.errors import UnprocessableInput
+
 _PATCH = 7
 _MAX_PATCHES = 200_000
 _WEAK_TEXTURE_QUANTILE = 0.99
@@ -81,7 +83,11 @@ def _pca_of(patches: np.ndarray) -> float:
 
 def _channel_sigma(channel: np.ndarray) -> float:
     if min(channel.shape) < 2 * _PATCH:
-        raise ValueError(f"image too small for noise estimation: {channel.shape}")
+        height, width = channel.shape
+        raise UnprocessableInput(
+            f"the image is {width}x{height}: too small to estimate the noise level (at least "
+            f"{2 * _PATCH}x{2 * _PATCH}); give sigma explicitly"
+        )
     x = _patch_matrix(channel.astype(np.float64), _PATCH, _MAX_PATCHES)
     p = x.reshape(-1, _PATCH, _PATCH)
     energy = (np.diff(p, axis=2) ** 2).sum(axis=(1, 2)) + (np.diff(p, axis=1) ** 2).sum(axis=(1, 2))

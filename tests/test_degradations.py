@@ -15,6 +15,7 @@ from shared.degradations import (
     jpeg_quality_from_qtables,
     rgb_to_y,
 )
+from shared.errors import UnprocessableInput
 from shared.noise_estimation import estimate_noise_sigma
 
 
@@ -72,3 +73,8 @@ def test_noise_estimation_colour_and_clean() -> None:
     noisy = add_gaussian_noise(clean, 15.0, np.random.default_rng(4), clip=False)
     assert estimate_noise_sigma(noisy) == pytest.approx(15.0, abs=1.0)
     assert estimate_noise_sigma(clean) < 2.0
+
+
+def test_noise_estimation_of_a_tiny_image_is_a_user_error() -> None:
+    with pytest.raises(UnprocessableInput, match=r"3x5: too small .* give sigma explicitly"):
+        estimate_noise_sigma(np.zeros((5, 3), np.float32))

@@ -146,6 +146,18 @@ async def test_corrupt_image_fails_with_a_reason_and_workers_live_on(
     assert doc["state"] == "done"
 
 
+async def test_an_image_too_small_for_auto_sigma_fails_at_once_with_the_reason(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    status, body = await submit(session, stack.url, png_bytes(np.zeros((4, 4), np.uint8)),
+                                "denoise", sigma="auto")
+    assert status == 202
+    doc = await wait_for_state(session, stack.url, body["id"], {"done", "failed"})
+    assert doc["state"] == "failed"
+    assert "too small to estimate the noise level" in doc["error"]
+    assert "attempt" not in doc["error"]  # a user error is not retried
+
+
 async def test_one_job_is_one_trace(
     stack: Stack, session: aiohttp.ClientSession, spans: InMemorySpanExporter
 ) -> None:
