@@ -9,6 +9,7 @@ back: every pixel outside the mask is returned bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -19,6 +20,10 @@ from shared.imaging import composite_masked
 #: Feather width (pixels at the network's scale) of the blend into Telea at the hole's edge.
 FEATHER_PX = 2.0
 TELEA_RADIUS = 3
+
+#: Paints the hole of a window: (window image, bool hole mask) at the working size → the
+#: window with the hole filled, same shape (only the hole's pixels are used).
+WindowFill = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,33 @@ def check_image_and_mask(image: np.ndarray, mask: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 H×W or H×W×C image, got {image.dtype} {image.shape}")
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
+
+
+def fill_through_window(
+    image: np.ndarray,
+    mask: np.ndarray,
+    fill: WindowFill,
+    *,
+    max_side: int | None,
+    min_context: int = 64,
+    feather: float = FEATHER_PX,
+) -> np.ndarray:
+    """Fill the True pixels of ``mask`` with ``fill`` run on a window around them.
+
+    The window (:func:`context_window`) is shrunk to ``max_side`` when larger, ``fill`` paints
+    its hole, the result comes back to full size (bicubic) and is feathered in at the hole's
+    edge; every pixel outside the mask is returned bit for bit.
+    """
+    check_image_and_mask(image, mask)
+    mask = np.asarray(mask, bool)
+    window = context_window(mask, min_context)
+    crop, crop_mask = image[window.slices], mask[window.slices]
+    size = scaled_size(*crop_mask.shape, max_side)
+    small = resize_hw(crop, size, cv2.INTER_AREA) if size != crop_mask.shape else crop
+    filled = fill(small, downscale_mask(crop_mask, size))
+    if size != crop_mask.shape:
+        filled = resize_hw(filled, crop_mask.shape, cv2.INTER_CUBIC)
+    filled = filled.reshape(crop.shape)
+    scale = crop_mask.shape[0] / size[0]  # the feather is given in pixels at the working size
+    feathered = feathered_fill(crop, crop_mask, filled, feather * scale)
+    return paste_window(image, mask, window, feathered)

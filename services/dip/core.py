@@ -8,22 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 import torch
 
 from shared import accel
 from shared.errors import UnprocessableInput
-from shared.inpaint_window import (
-    FEATHER_PX,
-    check_image_and_mask,
-    context_window,
-    downscale_mask,
-    feathered_fill,
-    paste_window,
-    resize_hw,
-    scaled_size,
-)
+from shared.inpaint_window import FEATHER_PX, fill_through_window
 from shared.models.deep_image_prior import DIPConfig, denoise_dip, fit_dip
 
 ProgressFn = Callable[[float], None]
@@ -58,8 +48,6 @@ def inpaint_dip(
     :data:`DIP_CPU_CONFIG`; on a GPU (or with ``max_side``/``config`` given) as asked — the
     paper's width-128 network at full size by default. Pixels outside the mask are unchanged.
     """
-    check_image_and_mask(image, mask)
-    mask = np.asarray(mask, bool)
     device = device or accel.best_device()
     cpu = device.type == "cpu"
     if max_side is None and cpu:
@@ -70,27 +58,14 @@ def inpaint_dip(
     config = DIPConfig(
         config.width, config.depth, config.skip, config.input_channels, channels, config.upsample
     )
-    window = context_window(mask, min_context=32)
-    crop, crop_mask = image[window.slices], mask[window.slices]
-    size = scaled_size(*crop_mask.shape, max_side)
-    small = resize_hw(crop, size, cv2.INTER_AREA) if size != crop_mask.shape else crop
-    small_mask = downscale_mask(crop_mask, size)
-    result = fit_dip(
-        small,
-        small_mask,
-        iterations,
-        config=config,
-        seed=seed,
-        on_progress=on_progress,
-        should_cancel=should_cancel,
-        device=device,
-    )
-    fill = result.image
-    if size != crop_mask.shape:
-        fill = resize_hw(fill, crop_mask.shape, cv2.INTER_CUBIC)
-    fill = fill.reshape(crop.shape)
-    scale = crop_mask.shape[0] / size[0]
-    return paste_window(image, mask, window, feathered_fill(crop, crop_mask, fill, feather * scale))
+
+    def fill(window: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        result = fit_dip(window, hole, iterations, config=config, seed=seed,
+                         on_progress=on_progress, should_cancel=should_cancel, device=device)
+        return result.image
+
+    return fill_through_window(image, mask, fill, max_side=max_side, min_context=32,
+                               feather=feather)
 
 
 def dip_restore(

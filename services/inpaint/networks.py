@@ -10,23 +10,13 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from safetensors import safe_open
 
 from shared import accel
 from shared.inference import load_safetensors_strict, numpy_to_tensor, prepare_for_inference
-from shared.inpaint_window import (
-    FEATHER_PX,
-    check_image_and_mask,
-    context_window,
-    downscale_mask,
-    feathered_fill,
-    paste_window,
-    resize_hw,
-    scaled_size,
-)
+from shared.inpaint_window import FEATHER_PX, fill_through_window
 from shared.models.deepfill_contextual_attention import (
     SIZE_MULTIPLE,
     DeepFillV1,
@@ -100,27 +90,20 @@ def inpaint_deepfill(image: np.ndarray, mask: np.ndarray, weights_path: str | Pa
 
     Pixels outside the mask are returned unchanged, bit for bit.
     """
-    check_image_and_mask(image, mask)
     on_progress, should_cancel = on_progress or _noop_progress, should_cancel or _never
-    mask = np.asarray(mask, bool)
     model = load_deepfill(weights_path, device)
     on_progress(0.1)
-    window = context_window(mask)
-    crop, crop_mask = image[window.slices], mask[window.slices]
-    rgb = np.repeat(crop[..., None], 3, axis=2) if crop.ndim == 2 else crop
-    size = scaled_size(*crop_mask.shape, max_side)
-    small = resize_hw(rgb, size, cv2.INTER_AREA) if size != crop_mask.shape else rgb
-    small_mask = downscale_mask(crop_mask, size)
-    if should_cancel():
-        raise Cancelled()
-    fill = run_deepfill(model, small, small_mask)
-    on_progress(0.9)
-    if size != crop_mask.shape:
-        fill = resize_hw(fill, crop_mask.shape, cv2.INTER_CUBIC)
-    if crop.ndim == 2:
-        fill = np.rint(fill.astype(np.float32).mean(axis=2)).astype(np.uint8)
-    scale = crop_mask.shape[0] / size[0]
-    filled = feathered_fill(crop, crop_mask, fill, feather * scale)
-    result = paste_window(image, mask, window, filled)
+
+    def fill(window: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        if should_cancel():
+            raise Cancelled()
+        rgb = np.repeat(window[..., None], 3, axis=2) if window.ndim == 2 else window
+        filled = run_deepfill(model, rgb, hole)
+        on_progress(0.9)
+        if window.ndim == 2:  # a gray image was filled as colour: back to one channel
+            return np.rint(filled.astype(np.float32).mean(axis=2)).astype(np.uint8)
+        return filled
+
+    result = fill_through_window(image, mask, fill, max_side=max_side, feather=feather)
     on_progress(1.0)
     return result
