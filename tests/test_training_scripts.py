@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from training import train_deepfill, train_mwcnn
+from shared.models.esrgan import load_rrdbnet
+from training import train_deepfill, train_esrgan, train_mwcnn
 from training.data import VALIDATION
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,3 +85,25 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     # A time limit ends the run at once with a resumable checkpoint.
     assert train_deepfill.main([*args[:-1], "10", "--resume", "--max-minutes", "0.0001"]) == 0
     assert _checkpoint(run / "last.pt")["step"] == 3
+
+
+def test_esrgan_psnr_stage_exports_weights_a_gan_stage_starts_from(
+    data_root: Path, tmp_path: Path
+) -> None:
+    psnr_run, gan_run = tmp_path / "psnr", tmp_path / "gan"
+    tiny = ["--data", str(data_root), "--features", "4", "--blocks", "1", "--growth", "4",
+            "--batch", "2", "--lr-patch", "8", "--val-every", "2", "--threads", "1"]
+    exported = tmp_path / "esrgan-psnr.safetensors"
+    assert train_esrgan.main(["--stage", "psnr", "--run-dir", str(psnr_run), "--steps", "4",
+                              "--export", str(exported), *tiny]) == 0
+    vals = _log_events(psnr_run, "val")
+    assert [v["step"] for v in vals] == [2, 4]
+    assert all(v["bicubic"] > 0 and v["val_psnr"] > 0 for v in vals)
+    assert load_rrdbnet(exported).config.features == 4
+    provenance = json.loads(exported.with_suffix(".json").read_text())
+    assert provenance["steps"] == 4 and provenance["dtype"] == "float16"
+
+    assert train_esrgan.main(["--stage", "gan", "--run-dir", str(gan_run), "--steps", "2",
+                              "--init", str(exported), "--d-features", "4", *tiny]) == 0
+    (val,) = _log_events(gan_run, "val")
+    assert {"l1", "lap1", "g_gan", "d"} <= set(val)

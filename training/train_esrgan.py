@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -68,6 +67,7 @@ from shared.models.esrgan import (
 from training.common import (
     REPO_ROOT,
     RunLog,
+    StopFlag,
     configure_threads,
     cosine_factor,
     export_fp16_safetensors,
@@ -371,7 +371,6 @@ class Trainer:
             self.disc = self.disc.to(self.device).to(memory_format=torch.channels_last)
             self.opt_d = torch.optim.Adam(self.disc.parameters(), args.lr, betas=betas)
             self.lap1 = LaplacianPyramidL1().to(self.device)
-        self.stop_requested = False
 
     # ---- checkpoints
 
@@ -464,13 +463,9 @@ class Trainer:
                       train_images=len(pairs.hr), val_images=len(val.hr),
                       bicubic_val_psnr=round(val.bicubic_psnr, 3), bf16=use_bf16(self.device),
                       machine=machine_summary(self.device)["device"], args=vars(args))
-        signal.signal(signal.SIGTERM, self._request_stop)
-        self._loop(pairs, val)
+        self._loop(pairs, val, StopFlag())
 
-    def _request_stop(self, signum: int, frame: object) -> None:
-        self.stop_requested = True
-
-    def _loop(self, pairs: BicubicPairs, val: ValSet) -> None:
+    def _loop(self, pairs: BicubicPairs, val: ValSet, stop: StopFlag) -> None:
         args, st = self.args, self.state
         optimizers = [o for o in (self.opt_g, self.opt_d) if o is not None]
         step_fn = self.psnr_step if args.stage == "psnr" else self.gan_step
@@ -479,7 +474,7 @@ class Trainer:
         window_start, window_steps = time.monotonic(), 0
         # Wall-clock including data and validation: that is what a deadline is about.
         session_start, elapsed_before = time.monotonic(), st.elapsed
-        while progress(st, args) < 1.0 and not self.stop_requested:
+        while progress(st, args) < 1.0 and not stop.stop:
             lr = set_lr(optimizers, args.lr, progress(st, args), args)
             losses = step_fn(*next(data))
             st.step += 1
@@ -492,11 +487,11 @@ class Trainer:
                 self._validate_and_save(val, losses, lr, rate)
                 window_start, window_steps = time.monotonic(), 0
         bar.close()
-        if st.step % args.val_every != 0 or self.stop_requested:
+        if st.step % args.val_every != 0 or stop.stop:
             self._validate_and_save(val, {}, float("nan"), float("nan"))
         self.log.json("done", step=st.step, best_psnr=st.best_psnr, best_step=st.best_step,
-                      stopped=self.stop_requested, elapsed_h=round(st.elapsed / 3600, 3))
-        if args.export is not None and not self.stop_requested:
+                      stopped=stop.stop, elapsed_h=round(st.elapsed / 3600, 3))
+        if args.export is not None and not stop.stop:
             export(args)
 
     def _validate_and_save(self, val: ValSet, losses: dict[str, float], lr: float,
