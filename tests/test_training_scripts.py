@@ -18,6 +18,7 @@ from skimage import data
 
 from shared.models.esrgan import load_rrdbnet
 from training import train_deepfill, train_esrgan, train_mwcnn
+from training.common import Schedule
 from training.data import VALIDATION
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,3 +108,29 @@ def test_esrgan_psnr_stage_exports_weights_a_gan_stage_starts_from(
                               "--init", str(exported), "--d-features", "4", *tiny]) == 0
     (val,) = _log_events(gan_run, "val")
     assert {"l1", "lap1", "g_gan", "d"} <= set(val)
+
+
+def test_schedule_follows_steps_or_the_clock_whichever_runs_out_first() -> None:
+    schedule = Schedule(total_steps=100, hours=1.0)
+    assert schedule.fraction(25) == pytest.approx(0.25, abs=1e-3)
+    schedule.elapsed_before = 1800.0  # half an hour trained before a resume
+    assert schedule.fraction(10) == pytest.approx(0.5, abs=1e-3)
+    assert schedule.fraction(80) == pytest.approx(0.8)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = schedule.lr_scheduler(optimizer, warmup_steps=0, min_ratio=0.0)
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.5, abs=0.01)  # cos at the halfway
+    schedule.elapsed_before = 3600.0
+    assert schedule.done(0) and not Schedule(100).done(99) and Schedule(100).done(100)
+
+
+def test_a_wall_clock_budget_ends_training_with_a_last_validation(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    assert train_mwcnn.main(["--task", "artifacts", "--run-dir", str(run), "--widths", "4", "8",
+                             "8", "--block-depth", "2", "--bottom-depth", "2", "--batch", "2",
+                             "--patch", "32", "--steps", "100000", "--hours", "0.0005",
+                             "--val-every", "100000", "--warmup", "1"]) == 0
+    last = _checkpoint(run / "last.pt")
+    assert 0 < last["step"] < 100000 and last["extra"]["elapsed_s"] > 0
+    assert [v["step"] for v in _log_events(run, "val")] == [last["step"]]

@@ -6,7 +6,8 @@ Nothing here knows about a particular network. The pieces:
   tqdm so they do not break the progress bar).
 * :func:`save_checkpoint` / :func:`load_checkpoint`: atomic, resumable checkpoints holding the
   model, optimizer, scheduler, step, RNG states (torch, numpy Generator, python) and any extras.
-* :func:`cosine_schedule`: Adam-friendly linear warm-up then cosine decay, as a LambdaLR.
+* :class:`Schedule`: linear warm-up then cosine decay (a LambdaLR), over steps or a
+  wall-clock budget, whichever runs out first.
 * :class:`Every`: "has N seconds passed?" for time-based checkpointing.
 * :func:`run_steps`: the step loop every script shares (progress bar, steps/hour and loss
   windows, validation points kept out of the rate, periodic and final checkpoints, a clean stop
@@ -118,11 +119,49 @@ class StopFlag:
         self.stop = True
 
 
+class Schedule:
+    """How far a run is through its schedule: by steps, or by wall-clock when ``hours`` runs
+    out first, so a run on a slower or busier machine still decays its learning rate fully
+    before its deadline. The time already trained (``elapsed_before``, kept in checkpoints)
+    counts, so a resumed run keeps its deadline.
+    """
+
+    def __init__(self, total_steps: int, hours: float = 0.0) -> None:
+        self.total_steps, self.hours = total_steps, hours
+        self.elapsed_before = 0.0
+        self._since = time.monotonic()
+
+    def elapsed_s(self) -> float:
+        return self.elapsed_before + time.monotonic() - self._since
+
+    def fraction(self, step: int) -> float:
+        by_steps = step / self.total_steps
+        by_time = self.elapsed_s() / (self.hours * 3600) if self.hours > 0 else 0.0
+        return min(1.0, max(by_steps, by_time))
+
+    def done(self, step: int) -> bool:
+        return self.fraction(step) >= 1.0
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0,
+                     min_ratio: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
+        """:func:`cosine_factor` at the schedule's position; step it once per optimizer step."""
+        total = self.total_steps
+
+        def factor(step: int) -> float:
+            return cosine_factor(round(self.fraction(step) * total), total, warmup_steps,
+                                 min_ratio)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 @dataclass(frozen=True)
 class LoopSettings:
-    """When the loop logs, validates, checkpoints and gives up; from each script's CLI."""
+    """When the loop logs, validates, checkpoints and gives up; from each script's CLI.
 
-    total_steps: int
+    ``max_minutes`` ends this segment early (with a checkpoint; a speed probe, say) without
+    touching the schedule, unlike the schedule's ``hours``.
+    """
+
     log_every: int
     val_every: int
     ckpt_minutes: float
@@ -131,6 +170,7 @@ class LoopSettings:
 
 def run_steps(
     settings: LoopSettings,
+    schedule: Schedule,
     *,
     start_step: int,
     desc: str,
@@ -140,7 +180,8 @@ def run_steps(
     save_last: Callable[[int], None],
     validate: Callable[[int], None] | None = None,
 ) -> tuple[int, bool]:
-    """Run ``train_step`` until ``total_steps``; return (the step reached, stopped by a signal).
+    """Run ``train_step`` until the schedule is done; return (the step reached, stopped by a
+    signal).
 
     ``train_step`` does one optimisation step and returns its losses, averaged per log window;
     ``validate(step)`` runs every ``val_every`` steps and at the end of the schedule (it keeps
@@ -153,8 +194,8 @@ def run_steps(
     window_start, window_steps = time.monotonic(), 0
     sums: dict[str, float] = {}
     step = start_step
-    bar = progress_bar(settings.total_steps, initial=step, desc=desc)
-    while step < settings.total_steps and not stop.stop:
+    bar = progress_bar(schedule.total_steps, initial=step, desc=desc)
+    while not schedule.done(step) and not stop.stop:
         for name, value in train_step().items():
             sums[name] = sums.get(name, 0.0) + float(value)
         step += 1
@@ -166,8 +207,7 @@ def run_steps(
                      steps_per_hour=round(window_steps / elapsed * 3600),
                      **{name: total / window_steps for name, total in sums.items()})
             window_start, window_steps, sums = time.monotonic(), 0, {}
-        if validate is not None and (step % settings.val_every == 0
-                                     or step == settings.total_steps):
+        if validate is not None and (step % settings.val_every == 0 or schedule.done(step)):
             t0 = time.monotonic()
             validate(step)
             window_start += time.monotonic() - t0  # keep validation out of steps/hour
@@ -192,14 +232,6 @@ def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0,
     span = max(1, total_steps - warmup_steps)
     t = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                    min_ratio: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR applying :func:`cosine_factor`; step it once per optimizer step."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_factor(s, total_steps, warmup_steps, min_ratio)
-    )
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -58,8 +58,8 @@ from shared.models.deepfill_critics import (
 from training.common import (
     LoopSettings,
     RunLog,
+    Schedule,
     configure_threads,
-    cosine_schedule,
     export_fp16_safetensors,
     git_commit,
     load_checkpoint,
@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--width", type=int, default=16, help="the paper's cnum (paper: 32)")
     p.add_argument("--steps", type=int, default=20000, help="total steps of the cosine schedule")
+    p.add_argument("--hours", type=float, default=0.0,
+                   help="wall-clock budget of the schedule, resumes included (0: none): the LR "
+                        "follows max(step/steps, elapsed/hours)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=128, help="crop side, 128..256, multiple of 8")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam, betas (0.5, 0.9) as the paper")
@@ -335,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         load_init(model, args.init)
         log(f"initialised from {args.init}")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
-    scheduler = cosine_schedule(optimizer, args.steps, args.warmup, args.min_lr_ratio)
+    schedule = Schedule(args.steps, args.hours)
+    scheduler = schedule.lr_scheduler(optimizer, args.warmup, args.min_lr_ratio)
     critics = Critics(args.size, args.critic_width, args.lr, device) if args.adversarial else None
     np_rng = np.random.default_rng(args.seed)
     step, best, best_scores = 0, -math.inf, None
@@ -348,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         best = float(state["extra"].get("best", -math.inf))
         best_scores = state["extra"].get("best_scores")
         history = state["extra"].get("history", history)
+        schedule.elapsed_before = float(state["extra"].get("elapsed_s", 0.0))
         if critics is not None and "critics" in state["extra"]:
             critics.load_state_dict(state["extra"]["critics"])
         log(f"resumed from {last} at step {step} (best val hole PSNR {best:.3f})")
@@ -368,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def extra() -> dict[str, Any]:
         out = {"config": config.to_json(), "best": best, "best_scores": best_scores,
+               "elapsed_s": schedule.elapsed_s(),
                "history": history, "machine": machine, "commit": commit, "data": data_note,
                "args": {k: str(v) for k, v in vars(args).items()}}
         if critics is not None:
@@ -413,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model.train()
     step, stopped = run_steps(
-        LoopSettings(args.steps, args.log_every, args.val_every, args.ckpt_minutes,
-                     args.max_minutes),
+        LoopSettings(args.log_every, args.val_every, args.ckpt_minutes, args.max_minutes),
+        schedule,
         start_step=step, desc="deepfill", log=log, train_step=train_step,
         current_lr=lambda: scheduler.get_last_lr()[0],
         save_last=lambda at_step: checkpoint(last, at_step),

@@ -67,6 +67,7 @@ from shared.models.esrgan import (
 from training.common import (
     REPO_ROOT,
     RunLog,
+    Schedule,
     StopFlag,
     configure_threads,
     cosine_factor,
@@ -334,13 +335,6 @@ def build_generator(args: argparse.Namespace, device: torch.device) -> RRDBNet:
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def progress(state: State, args: argparse.Namespace) -> float:
-    """Fraction of the schedule done: by steps, or by wall-clock when that runs out first."""
-    by_steps = state.step / args.steps
-    by_time = state.elapsed / (args.hours * 3600) if args.hours > 0 else 0.0
-    return min(1.0, max(by_steps, by_time))
-
-
 def set_lr(optimizers: list[torch.optim.Optimizer], base_lr: float, frac: float,
            args: argparse.Namespace) -> float:
     lr = base_lr * cosine_factor(int(frac * args.steps), args.steps, args.warmup)
@@ -473,12 +467,13 @@ class Trainer:
         bar = progress_bar(args.steps, st.step, desc=f"esrgan-{args.stage}")
         window_start, window_steps = time.monotonic(), 0
         # Wall-clock including data and validation: that is what a deadline is about.
-        session_start, elapsed_before = time.monotonic(), st.elapsed
-        while progress(st, args) < 1.0 and not stop.stop:
-            lr = set_lr(optimizers, args.lr, progress(st, args), args)
+        schedule = Schedule(args.steps, args.hours)
+        schedule.elapsed_before = st.elapsed
+        while not schedule.done(st.step) and not stop.stop:
+            lr = set_lr(optimizers, args.lr, schedule.fraction(st.step), args)
             losses = step_fn(*next(data))
             st.step += 1
-            st.elapsed = elapsed_before + time.monotonic() - session_start
+            st.elapsed = schedule.elapsed_s()
             window_steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{next(iter(losses.values())):.4f}", lr=f"{lr:.2e}")

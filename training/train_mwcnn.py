@@ -29,8 +29,8 @@ from shared.models.mwcnn import MWCNN, MWCNNConfig, count_parameters, load_mwcnn
 from training.common import (
     LoopSettings,
     RunLog,
+    Schedule,
     configure_threads,
-    cosine_schedule,
     git_commit,
     load_checkpoint,
     machine_summary,
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bottom-depth", type=int, default=8)
     p.add_argument("--no-bn", action="store_true", help="drop BatchNorm (a deviation)")
     p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
+    p.add_argument("--hours", type=float, default=0.0,
+                   help="wall-clock budget of the schedule, resumes included (0: none): the LR "
+                        "follows max(step/steps, elapsed/hours)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args, device, log)
     config = model.config
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = cosine_schedule(optimizer, args.steps, args.warmup, args.min_lr_ratio)
+    schedule = Schedule(args.steps, args.hours)
+    scheduler = schedule.lr_scheduler(optimizer, args.warmup, args.min_lr_ratio)
     np_rng = np.random.default_rng(args.seed)
     step, best_psnr = 0, -math.inf
     commit = git_commit()
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         step = int(state["step"])
         best_psnr = float(state["extra"].get("best_psnr", -math.inf))
         history = state["extra"].get("history", history)
+        schedule.elapsed_before = float(state["extra"].get("elapsed_s", 0.0))
         log(f"resumed from {last} at step {step} (best val PSNR {best_psnr:.3f})")
     elif args.resume:
         log(f"--resume: no {last} yet, starting fresh")
@@ -184,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def extra() -> dict[str, Any]:
         return {"config": config.to_json(), "task": args.task, "best_psnr": best_psnr,
+                "elapsed_s": schedule.elapsed_s(),
                 "history": history, "machine": machine, "commit": commit,
                 "args": {k: str(v) for k, v in vars(args).items()}, "data": images.describe()}
 
@@ -219,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model.train()
     step, stopped = run_steps(
-        LoopSettings(args.steps, args.log_every, args.val_every, args.ckpt_minutes,
-                     args.max_minutes),
+        LoopSettings(args.log_every, args.val_every, args.ckpt_minutes, args.max_minutes),
+        schedule,
         start_step=step, desc=f"mwcnn-{args.task}", log=log, train_step=train_step,
         current_lr=lambda: scheduler.get_last_lr()[0],
         save_last=lambda at_step: checkpoint(last, at_step), validate=validate_at)
