@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from PIL import Image
 from skimage import data
 
+from shared.catalog import models_for
 from shared.telemetry import setup_tracing
 from tests.pipeline_helpers import decode_image, png_bytes
 from tests.stack import Stack, download, follow_events, running_stack, submit, wait_for_state
@@ -95,13 +96,20 @@ async def test_superres_is_four_times_larger(stack: Stack, session: aiohttp.Clie
     assert result.shape == (160, 192, 3)
 
 
+# Every inpainting model with shipped weights (DIP is slow: its own tests cover it).
+INPAINT_MODELS = [m for m in models_for("inpaint") if m != "dip"]
+
+
+@pytest.mark.parametrize("model", INPAINT_MODELS)
 async def test_inpaint_leaves_pixels_outside_the_mask(
-    stack: Stack, session: aiohttp.ClientSession
+    stack: Stack, session: aiohttp.ClientSession, model: str
 ) -> None:
     image = data.astronaut()[100:196, 100:228].copy()
     mask = np.zeros(image.shape[:2], np.uint8)
     mask[30:50, 40:80] = 255
-    _, result = await run_job(session, stack, png_bytes(image), "inpaint", mask=png_bytes(mask))
+    doc, result = await run_job(session, stack, png_bytes(image), "inpaint",
+                                mask=png_bytes(mask), model=model)
+    assert doc["model"] == model
     outside = mask == 0
     assert np.array_equal(result[outside], image[outside])
     assert not np.array_equal(result[~outside], image[~outside])
