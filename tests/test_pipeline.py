@@ -115,6 +115,24 @@ async def test_inpaint_leaves_pixels_outside_the_mask(
     assert not np.array_equal(result[~outside], image[~outside])
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", b"no boundary in the content type"),
+        ("multipart/form-data; boundary=xx", b"--xx\r\nContent-Disposition: form-data; na\x00me"
+                                              b"\r\n\r\n"),
+        ("multipart/form-data; boundary=xx", b"--xx\r\nno-colon-header\r\n\r\ndata\r\n--xx--"),
+    ],
+)
+async def test_a_malformed_multipart_body_is_a_400_with_a_reason(
+    stack: Stack, session: aiohttp.ClientSession, content_type: str, body: bytes
+) -> None:
+    headers = {"Content-Type": content_type}
+    async with session.post(stack.url + "/api/v1/jobs", data=body, headers=headers) as response:
+        assert response.status == 400
+        assert "malformed" in (await response.json())["error"]
+
+
 async def test_non_image_upload_is_a_415_with_a_reason(
     stack: Stack, session: aiohttp.ClientSession
 ) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, UnidentifiedImageError
 
 from services.gateway.validation import InvalidRequest
@@ -56,8 +57,13 @@ async def read_upload(request: web.Request, max_bytes: int) -> UploadForm:
                 form.files[part.name] = await _spool(part, max_bytes)
             else:
                 form.fields[part.name] = await _text(part)
-    except Exception:
+    except BaseException as exc:
         form.close()
+        if isinstance(exc, HttpProcessingError | ValueError) and not isinstance(
+            exc, InvalidRequest
+        ):  # aiohttp's parser: no boundary, a bad part header, a truncated body, ...
+            reason = getattr(exc, "message", "") or str(exc)
+            raise InvalidRequest(f"the multipart/form-data body is malformed: {reason}") from exc
         raise
     return form
 
