@@ -230,6 +230,9 @@ async def test_readyz_and_openapi(stack: Stack, session: aiohttp.ClientSession) 
         spec = await response.json()
     form = spec["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert form["schema"]["properties"]["sigma"]["x-range"] == [0.0, 75.0]
+    job_id = spec["paths"]["/api/v1/jobs/{id}"]["parameters"][0]
+    assert job_id["name"] == "id" and job_id["in"] == "path" and job_id["required"]
+    assert {"/api/v1/records", "/api/v1/records/summary", "/metrics"} <= set(spec["paths"])
 
 
 async def test_dip_jobs_run_on_their_own_queue(

@@ -275,6 +275,8 @@ async def test_the_records_api_takes_iso_times_and_answers_csv(
         {"task": "paint"},
         {"outcome": "cancelled"},
         {"from": "yesterday"},
+        {"from": "NaN"},
+        {"to": "inf"},
         {"limit": "0"},
         {"format": "xml"},
     ],

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.gateway.records_api import MAX_BUCKETS, MAX_LIMIT
 from shared import catalog
 from shared.messages import OUTPUT_FORMATS, TASKS
+from shared.records import RECORDED_OUTCOMES
 
 
 def openapi_document() -> dict[str, Any]:
     models = sorted({m.name for entries in catalog.CATALOG.values() for m in entries})
-    auto_or = {"oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "number"}]}
+    def auto_or(low: float, high: float) -> dict[str, Any]:
+        number = {"type": "number", "minimum": low, "maximum": high}
+        return {"oneOf": [{"type": "string", "enum": ["auto"]}, number]}
+
     job_form = {
         "type": "object",
         "required": ["image", "task"],
@@ -28,12 +33,12 @@ def openapi_document() -> dict[str, Any]:
                 "description": "default: the task's best available model",
             },
             "sigma": {
-                **auto_or,
+                **auto_or(*catalog.SIGMA_RANGE),
                 "description": "noise level (0–255 scale) or auto",
                 "x-range": list(catalog.SIGMA_RANGE),
             },
             "quality": {
-                **auto_or,
+                **auto_or(*catalog.JPEG_QUALITY_RANGE),
                 "description": "JPEG quality the image was saved at, or auto",
                 "x-range": list(catalog.JPEG_QUALITY_RANGE),
             },
@@ -60,6 +65,15 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     error = {"type": "object", "properties": {"error": {"type": "string"}}}
+    job_id = {"name": "id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+    no_such_job = {"404": {"description": "no such job", "content": _json(error)}}
+    ok = {"200": {"description": "OK"}}
+    ok_or_bad_filter = {**ok, "400": {"description": "bad filter", "content": _json(error)}}
+    iso_time = {"type": "string", "description": "ISO 8601 date or date-time (UTC)"}
+    record_filters = [_query("from", iso_time), _query("to", iso_time),
+                      _query("task", {"enum": list(TASKS)}), _query("model", {"type": "string"}),
+                      _query("outcome", {"enum": sorted(RECORDED_OUTCOMES)})]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Restora", "version": "1"},
@@ -78,13 +92,38 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/api/v1/jobs/{id}": {
-                "get": {"summary": "The job document, with fresh presigned links"},
-                "delete": {"summary": "Cancel the job and delete its objects"},
+                "parameters": [job_id],
+                "get": {"summary": "The job document, with fresh presigned links",
+                        "responses": {"200": {"description": "the job"}, **no_such_job}},
+                "delete": {"summary": "Cancel the job and delete its objects",
+                           "responses": {"200": {"description": "cancelled"}, **no_such_job}},
             },
-            "/api/v1/jobs/{id}/events": {"get": {"summary": "Server-sent events of the job"}},
-            "/api/v1/models": {"get": {"summary": "Models and option ranges per task"}},
-            "/healthz": {"get": {"summary": "Liveness"}},
-            "/readyz": {"get": {"summary": "Broker and store reachable"}},
+            "/api/v1/jobs/{id}/events": {
+                "parameters": [job_id],
+                "get": {"summary": "Server-sent events of the job (Last-Event-ID honoured)",
+                        "responses": {"200": {"description": "text/event-stream"},
+                                      **no_such_job}},
+            },
+            "/api/v1/models": {"get": {"summary": "Models and option ranges per task",
+                                       "responses": ok}},
+            "/api/v1/records": {
+                "get": {"summary": "Performance records of finished jobs (JSON or CSV)",
+                        "parameters": [*record_filters, _query("limit", count(MAX_LIMIT)),
+                                       _query("format", {"enum": ["json", "csv"]})],
+                        "responses": ok_or_bad_filter},
+            },
+            "/api/v1/records/summary": {
+                "get": {"summary": "Latency percentiles, failure rate and throughput",
+                        "parameters": [*record_filters, _query("buckets", count(MAX_BUCKETS))],
+                        "responses": ok_or_bad_filter},
+            },
+            "/dashboard": {"get": {"summary": "Charts of the performance records (HTML)",
+                                   "responses": ok}},
+            "/metrics": {"get": {"summary": "Prometheus text (OpenTelemetry metrics)",
+                                 "responses": ok}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": ok}},
+            "/readyz": {"get": {"summary": "Broker and store reachable",
+                                "responses": {**ok, "503": {"description": "not ready"}}}},
         },
         "x-models": {task: catalog.models_for(task) for task in TASKS},
     }
@@ -92,3 +131,11 @@ def openapi_document() -> dict[str, Any]:
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def count(high: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 1, "maximum": high}

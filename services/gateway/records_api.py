@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ RECORDS: web.AppKey[RecordStore] = web.AppKey("records", RecordStore)
 DEPTH_SAMPLER: web.AppKey[asyncio.Task[None]] = web.AppKey("depth_sampler", asyncio.Task)
 DEPTH_SOURCE: web.AppKey[metrics.DepthSource] = web.AppKey("depth_source")
 MAX_LIMIT = 10_000
+MAX_BUCKETS = 500
 QUEUE_DEPTH_EVERY_S = 15.0
 
 
@@ -54,9 +56,13 @@ def _time(raw: str | None, name: str) -> float | None:
     if not raw:
         return None
     try:
-        return float(raw)
+        seconds = float(raw)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # float() takes "nan" and "inf"
+            raise BadQuery(f"'{name}' must be a finite time, not {raw!r}")
+        return seconds
     try:
         parsed = dt.datetime.fromisoformat(raw)
     except ValueError as exc:
@@ -119,7 +125,7 @@ async def list_records(request: web.Request) -> web.Response:
 async def records_summary(request: web.Request) -> web.Response:
     try:
         filters = parse_filters(request.query)
-        buckets = _int(request.query.get("buckets"), "buckets", 60, 500)
+        buckets = _int(request.query.get("buckets"), "buckets", 60, MAX_BUCKETS)
     except BadQuery as exc:
         return _bad(exc)
     summary = await request.app[RECORDS].summary(filters, buckets)
