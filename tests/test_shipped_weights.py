@@ -20,6 +20,8 @@ from services.denoise.networks import (
     mwcnn_deblock,
     mwcnn_denoise,
 )
+from services.inpaint.core import DEEPFILL_WEIGHTS, telea_inpaint
+from services.inpaint.networks import inpaint_deepfill, load_deepfill
 from services.superres.core import bicubic_upscale
 from services.superres.networks import PSNR_WEIGHTS, esrgan_upscale
 from shared.catalog import DEFAULT_WEIGHTS_DIR
@@ -52,11 +54,15 @@ def shipped(name: str):  # type: ignore[no-untyped-def]
     return path
 
 
-@pytest.mark.parametrize("name", [DENOISE_WEIGHTS, ARTIFACTS_WEIGHTS, PSNR_WEIGHTS])
+LOADERS = {DENOISE_WEIGHTS: load_mwcnn, ARTIFACTS_WEIGHTS: load_mwcnn,
+           PSNR_WEIGHTS: load_rrdbnet, DEEPFILL_WEIGHTS: load_deepfill}
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
 def test_weights_are_small_strict_and_documented(name: str) -> None:
     path = shipped(name)
     assert path.stat().st_size <= MAX_WEIGHTS_BYTES
-    model = load_rrdbnet(path) if name == PSNR_WEIGHTS else load_mwcnn(path)
+    model = LOADERS[name](path)
     assert sum(p.numel() for p in model.parameters()) > 0
     provenance = json.loads(path.with_suffix(".json").read_text())
     assert {"steps", "data", "machine"} <= set(provenance)
@@ -87,3 +93,17 @@ def test_shipped_esrgan_beats_bicubic() -> None:
     ours, _ = esrgan_upscale(lr)
     assert ours.shape == hr.shape
     assert psnr(ours, hr, shave=4) > psnr(bicubic_upscale(lr, 4), hr, shave=4) + SR_MARGIN_DB
+
+
+def test_shipped_deepfill_fills_only_the_hole_with_something_close_to_its_surroundings() -> None:
+    # Not yet "beats Telea": the weights are in training and score below it (README table);
+    # the catalog keeps Telea the default until they do.
+    path = shipped(DEEPFILL_WEIGHTS)
+    image = data.astronaut()[:256, 128:384].copy()
+    mask = np.zeros(image.shape[:2], bool)
+    mask[100:140, 90:150] = True
+    ours = inpaint_deepfill(image, mask, path)
+    assert np.array_equal(ours[~mask], image[~mask])
+    hole_error = np.abs(ours[mask].astype(float) - image[mask]).mean()
+    telea_error = np.abs(telea_inpaint(image, mask)[mask].astype(float) - image[mask]).mean()
+    assert hole_error < 3 * telea_error  # a fill, not noise or a flat colour
