@@ -82,7 +82,10 @@ from training.common import (
 from training.sr_degradations import DegradationConfig, degrade
 
 SCALE = 4
-VAL_EVERY_NTH_BSD200 = 20  # 10 of the 200 BSD200 images are held out for validation
+# 10 of the 200 BSD200 images held out for validation: every 20th of the sorted names, listed
+# so that a subset of the folder (a GPU machine's carried copy) holds out the same ones.
+VALIDATION_BSD200 = ("100075.png", "12074.png", "151087.png", "176035.png", "198023.png",
+                     "232038.png", "268002.png", "317080.png", "376020.png", "65010.png")
 SHAVE = 4
 MAX_WEIGHTS_BYTES = 16 * 1024 * 1024
 MAX_FP16_DROP_DB = 0.01
@@ -102,13 +105,13 @@ def crop_to_multiple(img: Image8, m: int = SCALE) -> Image8:
 
 
 def load_sets(data: Path) -> tuple[list[Path], list[Path]]:
-    """(train paths, validation paths): T91 + BSD200 minus every 20th BSD200 image."""
+    """(train paths, validation paths): T91 + BSD200 minus the held-out BSD200 images."""
     t91 = sorted((data / "train" / "T91").glob("*.png"))
     bsd = sorted((data / "train" / "BSD200").glob("*.png"))
     if not t91 or not bsd:
         raise FileNotFoundError(f"T91/BSD200 not found under {data / 'train'}")
-    val = bsd[::VAL_EVERY_NTH_BSD200]
-    train = t91 + [p for p in bsd if p not in set(val)]
+    val = [p for p in bsd if p.name in VALIDATION_BSD200]
+    train = t91 + [p for p in bsd if p.name not in VALIDATION_BSD200]
     return train, val
 
 

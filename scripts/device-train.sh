@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Train networks on a lent GPU for a few minutes, all at once on the one GPU, and bring their
+# fp16 weights back under $OUT, with their provenance JSONs and logs in one tarball (the device
+# tool returns at most 8 files). Prepared on the CPU machine with
+#
+#   bash scripts/stage-device-data.sh
+#
+# then one device call (the device tool's `run`), well inside its 10-minute limit:
+#
+#   bash scripts/device-train.sh 7 mwcnn-denoise mwcnn-artifacts esrgan-psnr deepfill
+#   carry: [".device-data"]
+#
+# Copy what comes back into weights/ after checking its numbers (`make bench-quality`); set
+# INIT_DIR=weights to start from the shipped weights instead of from scratch (the widths must
+# then match theirs). Needs only torch, numpy, Pillow, SciPy, OpenCV and tqdm: the device image
+# holds them (its python3), so nothing is installed there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=$1
+shift
+out=${OUT:-runs/device-out}
+work=runs/device-work
+mkdir -p "$out" "$work"
+export RESTORA_DATA=$PWD/.device-data PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+hours=$("$python" -c "print($minutes / 60)")
+init() { [ -n "${INIT_DIR:-}" ] && [ -f "$INIT_DIR/$1.safetensors" ] && echo "--init $INIT_DIR/$1.safetensors"; true; }
+
+# Widths sized for a GPU and the 16 MB fp16 budget per network (MWCNN 64/128/128 ≈ 7.6 MB,
+# RRDBNet 64 × 8 blocks ≈ 12 MB, DeepFill at the paper's cnum 32 ≈ 6 MB).
+train() {
+    local name=$1 run=runs/device-$1
+    case $name in
+        mwcnn-denoise | mwcnn-artifacts)
+            "$python" -m training.train_mwcnn --task "${name#mwcnn-}" --run-dir "$run" --width 64 \
+                --steps 100000 --hours "$hours" --batch 32 --patch 96 --lr 1e-3 --warmup 500 \
+                --val-every 2000 --log-every 200 --threads 2 $(init "$name")
+            "$python" -m training.export --checkpoint "$run/best.pt" --out "$work/$name.safetensors" ;;
+        esrgan-psnr)
+            "$python" -m training.train_esrgan --stage psnr --run-dir "$run" --data "$RESTORA_DATA" \
+                --features 64 --blocks 8 --batch 16 --lr-patch 48 --lr 4e-4 --steps 100000 \
+                --hours "$hours" --val-every 1000 --threads 2 --export "$work/$name.safetensors" \
+                $(init "$name") ;;
+        deepfill)
+            "$python" -m training.train_deepfill --run-dir "$run" --width 32 --batch 16 --size 256 \
+                --lr 2e-4 --steps 100000 --hours "$hours" --val-every 1000 --log-every 100 \
+                --threads 2 $(init deepfill-contextual-attention)
+            "$python" -m training.train_deepfill --run-dir "$run" \
+                --export "$work/deepfill-contextual-attention.safetensors" ;;
+        *) echo "unknown network $name" >&2; return 2 ;;
+    esac
+    cp "$run/train.log" "$work/$name.log"
+}
+
+pids=()
+for name in "$@"; do
+    train "$name" > "$work/$name.out" 2>&1 &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+tail -n 3 "$work"/*.out
+cp "$work"/*.safetensors "$out/" 2>/dev/null || true
+tar -czf "$out/provenance-and-logs.tar.gz" -C "$work" $(cd "$work" && ls *.json *.log *.out 2>/dev/null)
+exit $status
