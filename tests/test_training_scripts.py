@@ -18,7 +18,7 @@ from skimage import data
 
 from shared.models.esrgan import load_rrdbnet
 from training import train_deepfill, train_esrgan, train_mwcnn
-from training.common import Schedule
+from training.common import Schedule, training_lineage
 from training.data import VALIDATION
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -134,3 +134,15 @@ def test_a_wall_clock_budget_ends_training_with_a_last_validation(
     last = _checkpoint(run / "last.pt")
     assert 0 < last["step"] < 100000 and last["extra"]["elapsed_s"] > 0
     assert [v["step"] for v in _log_events(run, "val")] == [last["step"]]
+
+
+def test_a_resumed_run_records_what_it_started_from_and_the_steps_behind_it(
+    tmp_path: Path,
+) -> None:
+    shipped = tmp_path / "net.safetensors"
+    shipped.write_bytes(b"weights")
+    shipped.with_suffix(".json").write_text(json.dumps({"steps": 300, "sha256": "ab12"}))
+    lineage = training_lineage(shipped, 200)
+    assert lineage["steps_total"] == 500
+    assert lineage["resumed_from"]["sha256"] == "ab12"
+    assert training_lineage(None, 200) == {"steps_total": 200}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -368,6 +369,27 @@ def export_fp16_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=dict(metadata or {}))
     return path.stat().st_size
+
+
+def training_lineage(init: str | Path | None, steps: int) -> dict[str, Any]:
+    """Provenance fields for a run that started from shipped weights (``--init``).
+
+    Reads the provenance JSON beside those weights (export before replacing them) so the new
+    file says what it was resumed from and how many steps are behind it in all.
+    """
+    if init is None or str(init) in ("", "None"):
+        return {"steps_total": steps}
+    path = Path(init)
+    meta = path.with_suffix(".json")
+    prior = json.loads(meta.read_text()) if meta.is_file() else {}
+    prior_steps = int(prior.get("steps_total", prior.get("steps", 0)) or 0)
+    sha = prior.get("sha256") or (hashlib.sha256(path.read_bytes()).hexdigest()
+                                  if path.is_file() else None)
+    return {
+        "resumed_from": {"file": path.name, "sha256": sha, "steps_total": prior_steps,
+                         "exported_at": prior.get("exported_at")},
+        "steps_total": prior_steps + steps,
+    }
 
 
 def write_provenance(path: str | Path, record: Mapping[str, Any]) -> None:

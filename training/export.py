@@ -27,7 +27,13 @@ from shared.models.mwcnn import (
     load_mwcnn,
     save_mwcnn,
 )
-from training.common import configure_threads, git_commit, load_checkpoint, write_provenance
+from training.common import (
+    configure_threads,
+    git_commit,
+    load_checkpoint,
+    training_lineage,
+    write_provenance,
+)
 from training.data import VALIDATION, validation_set
 from training.train_mwcnn import validate
 
@@ -78,6 +84,7 @@ def provenance(state: dict[str, Any], model: MWCNN, out: Path, checks: dict[str,
         "gray_handling": "colour network; gray images replicated to 3 channels, output averaged",
         "input_range": "RGB float in [0, 1], H and W multiples of 8",
         "steps": state.get("step"),
+        **training_lineage((extra.get("history") or {}).get("init"), int(state.get("step") or 0)),
         "training_args": extra.get("args"),
         "training_history": extra.get("history"),
         "data": {

@@ -66,6 +66,7 @@ from training.common import (
     machine_summary,
     run_steps,
     save_checkpoint,
+    training_lineage,
     write_provenance,
 )
 from training.data import (
@@ -296,6 +297,7 @@ def export(run_dir: Path, out: Path) -> int:
         "parameters": count_parameters(model),
         "input": "RGB in [0, 1] and mask (1 = hole), H and W multiples of 8",
         "steps": state.get("step"),
+        **training_lineage((extra.get("history") or {}).get("init"), int(state.get("step") or 0)),
         "validation": extra.get("best_scores"),
         "training_args": extra.get("args"),
         "training_history": extra.get("history"),

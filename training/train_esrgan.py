@@ -77,6 +77,7 @@ from training.common import (
     machine_summary,
     progress_bar,
     save_checkpoint,
+    training_lineage,
     write_provenance,
 )
 from training.sr_degradations import DegradationConfig, degrade
@@ -542,6 +543,7 @@ def export(args: argparse.Namespace, path: Path | None = None) -> Path:
                     "; realistic degradations (training/sr_degradations.py)"
                     if args.stage == "gan" else ""),
         "steps": state["step"], "best_step": state["best_step"],
+        **training_lineage(run_args.get("init"), int(state["step"])),
         "train_hours": round(state["elapsed"] / 3600, 3),
         "schedule": {k: run_args.get(k) for k in
                      ("lr", "warmup", "steps", "hours", "batch", "lr_patch", "stage", "init",
