@@ -144,3 +144,13 @@ def test_dip_is_offered_last_without_weights() -> None:
     for task in ("inpaint", "denoise"):
         entries = CATALOG[task]
         assert entries[-1].name == "dip" and entries[-1].weights == ()
+
+
+def test_a_black_and_white_photo_stored_as_rgb_gets_a_gray_fill(tiny_weights: Path) -> None:
+    gray = np.random.default_rng(1).integers(0, 256, (64, 80), dtype=np.uint8)
+    image = np.repeat(gray[..., None], 3, axis=2)
+    mask = np.zeros((64, 80), bool)
+    mask[20:40, 30:50] = True
+    out = inpaint_deepfill(image, mask, tiny_weights)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert not np.array_equal(out[mask], image[mask])

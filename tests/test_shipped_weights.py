@@ -33,11 +33,12 @@ from shared.models.mwcnn import load_mwcnn
 MAX_WEIGHTS_BYTES = 16 * 1024 * 1024
 # Measured with the weights shipped on 2026-11-25 (camera/astronaut crops below): denoise
 # +7.4 dB over the noisy input and +0.5 dB over NLM; deblocking +1.1 dB over JPEG Q10;
-# SR +0.97 dB over bicubic. The margins leave room for run-to-run BLAS differences.
+# SR +0.97 dB over bicubic (+1.43 dB with the ESRGAN weights of 2026-12-01). The margins
+# leave room for run-to-run BLAS differences.
 NOISY_MARGIN_DB = 5.0
 CLASSIC_MARGIN_DB = 0.25
 JPEG_MARGIN_DB = 0.7
-SR_MARGIN_DB = 0.5
+SR_MARGIN_DB = 1.0
 
 
 def psnr(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
@@ -106,4 +107,6 @@ def test_shipped_deepfill_fills_only_the_hole_with_something_close_to_its_surrou
     assert np.array_equal(ours[~mask], image[~mask])
     hole_error = np.abs(ours[mask].astype(float) - image[mask]).mean()
     telea_error = np.abs(telea_inpaint(image, mask)[mask].astype(float) - image[mask]).mean()
-    assert hole_error < 3 * telea_error  # a fill, not noise or a flat colour
+    # Measured with the weights shipped on 2026-12-01: 35.6 vs Telea's 31.8 (mean |error| in the
+    # hole); a broken network (noise, a flat colour) is several times worse.
+    assert hole_error < 1.5 * telea_error
