@@ -179,15 +179,16 @@ def run_steps(
     train_step: Callable[[], Mapping[str, float]],
     current_lr: Callable[[], float],
     save_last: Callable[[int], None],
-    validate: Callable[[int], None] | None = None,
+    validate: Callable[[int], Mapping[str, Any]] | None = None,
 ) -> tuple[int, bool]:
     """Run ``train_step`` until the schedule is done; return (the step reached, stopped by a
     signal).
 
     ``train_step`` does one optimisation step and returns its losses, averaged per log window;
     ``validate(step)`` runs every ``val_every`` steps and at the end of the schedule (it keeps
-    its own best checkpoint); ``save_last(step)`` writes the resumable checkpoint every
-    ``ckpt_minutes`` and once more when the loop ends, whatever ended it.
+    its own best checkpoint and returns the fields of the ``val`` log line, which the loop times
+    and writes); ``save_last(step)`` writes the resumable checkpoint every ``ckpt_minutes`` and
+    once more when the loop ends, whatever ended it.
     """
     stop = StopFlag()
     ckpt_timer = Every(settings.ckpt_minutes * 60)
@@ -210,8 +211,10 @@ def run_steps(
             window_start, window_steps, sums = time.monotonic(), 0, {}
         if validate is not None and (step % settings.val_every == 0 or schedule.done(step)):
             t0 = time.monotonic()
-            validate(step)
-            window_start += time.monotonic() - t0  # keep validation out of steps/hour
+            fields = validate(step)
+            seconds = time.monotonic() - t0
+            log.json("val", step=step, **fields, seconds=round(seconds, 1))
+            window_start += seconds  # keep validation out of steps/hour
         if ckpt_timer():
             save_last(step)
         if settings.max_minutes and time.monotonic() - started > settings.max_minutes * 60:

@@ -27,7 +27,6 @@ import datetime as dt
 import hashlib
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -409,15 +408,13 @@ def main(argv: list[str] | None = None) -> int:
         scheduler.step()
         return losses
 
-    def validate_at(at_step: int) -> None:
+    def validate_at(at_step: int) -> dict[str, Any]:
         nonlocal best, best_scores
-        t0 = time.monotonic()
         scores = validate(model, val_items, device)
         if scores["all"]["psnr"] > best:
             best, best_scores = scores["all"]["psnr"], scores
             checkpoint(best_path, at_step)
-        log.json("val", step=at_step, scores=scores, best=best,
-                 seconds=round(time.monotonic() - t0, 1))
+        return {"scores": scores, "best": best}
 
     model.train()
     step, stopped = run_steps(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -213,15 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         scheduler.step()
         return {"loss": float(loss.detach())}
 
-    def validate_at(at_step: int) -> None:
+    def validate_at(at_step: int) -> dict[str, Any]:
         nonlocal best_psnr
-        t0 = time.monotonic()
         scores = validate(model, val_items, device)
         if scores["all"] > best_psnr:
             best_psnr = scores["all"]
             checkpoint(best_path, at_step)
-        log.json("val", step=at_step, psnr=scores, best=best_psnr,
-                 seconds=round(time.monotonic() - t0, 1))
+        return {"psnr": scores, "best": best_psnr}
 
     model.train()
     step, stopped = run_steps(
