@@ -77,6 +77,19 @@ def downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return area > 0
 
 
+def telea_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """OpenCV Telea inpainting of the True pixels of ``mask`` (uint8 H×W or H×W×C image).
+
+    The hole is zeroed first so the result can never depend on what the hole held. Telea
+    treats channels alike, so RGB needs no conversion to OpenCV's BGR.
+    """
+    hole = np.asarray(mask, bool)
+    holed = np.ascontiguousarray(image).copy()
+    holed[hole] = 0
+    filled = cv2.inpaint(holed, hole.astype(np.uint8) * 255, TELEA_RADIUS, cv2.INPAINT_TELEA)
+    return filled.reshape(image.shape)
+
+
 def feathered_fill(
     window: np.ndarray, mask: np.ndarray, fill: np.ndarray, feather: float
 ) -> np.ndarray:
@@ -86,7 +99,7 @@ def feathered_fill(
     hole = mask.astype(np.uint8)
     distance = cv2.distanceTransform(hole, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     alpha = np.clip(distance / feather, 0.0, 1.0)
-    telea = cv2.inpaint(np.ascontiguousarray(window), hole * 255, TELEA_RADIUS, cv2.INPAINT_TELEA)
+    telea = telea_fill(window, mask)
     if window.ndim == 3:
         alpha = alpha[..., None]
     blended = alpha * fill.astype(np.float32) + (1 - alpha) * telea.astype(np.float32)

@@ -11,11 +11,12 @@ import torch
 from services.inpaint.networks import inpaint_deepfill
 from shared.catalog import CATALOG
 from shared.inference import save_safetensors_fp16
-from shared.inpaint_window import context_window
+from shared.inpaint_window import context_window, telea_fill
 from shared.models.deepfill_contextual_attention import (
     ContextualAttention,
     DeepFillConfig,
     DeepFillV1,
+    config_from_metadata,
 )
 from shared.models.deepfill_critics import (
     global_critic,
@@ -73,6 +74,44 @@ def test_generator_shapes_and_range() -> None:
     assert DeepFillV1().config == DeepFillConfig(width=32)
 
 
+def test_zero_prefill_ignores_the_hole_and_telea_prefill_reads_it() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 32, 32)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1
+    image[:, :, 8:24, 8:24] = 0.0
+    other = image.clone()
+    other[:, :, 8:24, 8:24] = 1.0  # different content in the hole only
+    paper = DeepFillV1(width=4)
+    prefilled = DeepFillV1(DeepFillConfig(width=4, prefill="telea"))
+    prefilled.load_state_dict(paper.state_dict())
+    with torch.no_grad():
+        assert all(map(torch.equal, paper(image, mask), paper(other, mask)))
+        # An untrained net barely reacts to its input; the coarse stage must still see it.
+        coarse_a, coarse_b = prefilled(image, mask)[0], prefilled(other, mask)[0]
+        assert float((coarse_a - coarse_b).abs().max()) > 1e-6
+    with pytest.raises(ValueError, match="prefill"):
+        DeepFillConfig(prefill="mean")  # type: ignore[arg-type]
+
+
+def test_prefill_is_read_from_the_weights_metadata() -> None:
+    assert config_from_metadata({"width": "8", "prefill": "telea"}).prefill == "telea"
+    assert config_from_metadata({"width": "8"}).prefill == "zeros"  # files from before it
+
+
+def test_telea_fill_never_reads_the_hole_and_keeps_the_rest() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = np.zeros((40, 50), bool)
+    mask[10:20, 15:30] = True
+    other = image.copy()
+    other[mask] = 255 - other[mask]
+    filled = telea_fill(image, mask)
+    assert np.array_equal(filled, telea_fill(other, mask))
+    assert np.array_equal(filled[~mask], image[~mask])
+    assert telea_fill(image[..., 0], mask).shape == (40, 50)
+
+
 def test_spatial_discount_from_distance_transform() -> None:
     mask = np.zeros((20, 20), bool)
     mask[5:15, 5:15] = True
@@ -100,12 +139,12 @@ def test_losses_and_critics() -> None:
     assert torch.isfinite(penalty) and penalty >= 0
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["zeros", "telea"])
+def tiny_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    model = DeepFillV1(width=4)
+    config = DeepFillConfig(width=4, prefill=request.param)
     path = tmp_path_factory.mktemp("deepfill") / "tiny.safetensors"
-    save_safetensors_fp16(model, path, {"width": 4})
+    save_safetensors_fp16(DeepFillV1(config), path, config.to_json())
     return path
 
 

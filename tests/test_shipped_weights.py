@@ -20,12 +20,13 @@ from services.denoise.networks import (
     mwcnn_deblock,
     mwcnn_denoise,
 )
-from services.inpaint.core import DEEPFILL_WEIGHTS, telea_inpaint
+from services.inpaint.core import DEEPFILL_WEIGHTS
 from services.inpaint.networks import inpaint_deepfill, load_deepfill
 from services.superres.core import bicubic_upscale
 from services.superres.networks import PSNR_WEIGHTS, esrgan_upscale
 from shared.catalog import DEFAULT_WEIGHTS_DIR
 from shared.degradations import jpeg_compress
+from shared.inpaint_window import telea_fill
 from shared.matlab_resize import imresize
 from shared.models.esrgan import load_rrdbnet
 from shared.models.mwcnn import load_mwcnn
@@ -106,7 +107,7 @@ def test_shipped_deepfill_fills_only_the_hole_with_something_close_to_its_surrou
     ours = inpaint_deepfill(image, mask, path)
     assert np.array_equal(ours[~mask], image[~mask])
     hole_error = np.abs(ours[mask].astype(float) - image[mask]).mean()
-    telea_error = np.abs(telea_inpaint(image, mask)[mask].astype(float) - image[mask]).mean()
+    telea_error = np.abs(telea_fill(image, mask)[mask].astype(float) - image[mask]).mean()
     # Measured with the weights shipped on 2026-12-01: 35.6 vs Telea's 31.8 (mean |error| in the
     # hole); a broken network (noise, a flat colour) is several times worse.
     assert hole_error < 1.5 * telea_error

@@ -71,11 +71,13 @@ def test_mwcnn_training_validates_checkpoints_and_resumes(data_root: Path, tmp_p
                                              "reason": "done", "step": 6}
 
 
+@pytest.mark.parametrize("prefill", ["zeros", "telea"])
 def test_deepfill_training_validates_against_telea_and_stops_on_time(
-    data_root: Path, tmp_path: Path
+    data_root: Path, tmp_path: Path, prefill: str
 ) -> None:
     run = tmp_path / "run"
     args = ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",
+            "--prefill", prefill,
             "--log-every", "1", "--val-every", "2", "--warmup", "1", "--steps", "2"]
     assert train_deepfill.main(args) == 0
     (val,) = _log_events(run, "val")
@@ -86,6 +88,7 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     # A time limit ends the run at once with a resumable checkpoint.
     assert train_deepfill.main([*args[:-1], "10", "--resume", "--max-minutes", "0.0001"]) == 0
     assert _checkpoint(run / "last.pt")["step"] == 3
+    assert _checkpoint(run / "last.pt")["extra"]["config"]["prefill"] == prefill
 
 
 def test_esrgan_psnr_stage_exports_weights_a_gan_stage_starts_from(

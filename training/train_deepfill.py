@@ -12,6 +12,10 @@ and the refined output (``shared.models.deepfill_critics.reconstruction_loss``).
 WGAN-GP critics (generator weight ``--gan-weight`` 0.001 as in the release, λ = 10,
 ``--d-steps`` critic updates per generator update).
 
+``--prefill telea`` gives the coarse network an OpenCV Telea fill of the hole instead of the
+paper's zeros (a deviation, argued in ``shared/models/deepfill_contextual_attention.py``); it is
+stored in the weights' config, and inference prefills the same way.
+
 Data: random crops (``--size`` 128–256, random flips/rotations) of ``train/BSD200`` and
 ``train/T91`` (images smaller than the crop are skipped); masks from ``shared.masks`` (free-form
 strokes + rectangles, bands 1–50 %). Validation: the held-out BSD200 images of
@@ -31,13 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from shared.accel import autocast_for, best_device, use_bf16
+from shared.inpaint_window import telea_fill
 from shared.masks import TRAINING_BANDS, free_form_mask, random_mask
 from shared.models.deepfill_contextual_attention import (
+    PREFILLS,
     SIZE_MULTIPLE,
     DeepFillConfig,
     DeepFillV1,
@@ -88,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--width", type=int, default=16, help="the paper's cnum (paper: 32)")
+    p.add_argument("--prefill", choices=PREFILLS, default="zeros",
+                   help="what the coarse network sees in the hole: the paper's zeros, or an "
+                        "OpenCV Telea fill (see shared/models/deepfill_contextual_attention.py)")
     p.add_argument("--steps", type=int, default=20000, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "
@@ -123,22 +131,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- data
 
 
+def hole_input(image: np.ndarray, mask: np.ndarray, prefill: str) -> np.ndarray:
+    """The network's image input (float 3×H×W): the hole zeroed, or prefilled by Telea."""
+    if prefill == "telea":
+        return to_chw3(telea_fill(image, mask))
+    holed = image.copy()
+    holed[mask] = 0
+    return to_chw3(holed)
+
+
+@dataclass
+class Batch:
+    target: np.ndarray  # B×3×S×S in [0, 1]
+    inputs: np.ndarray  # the same with the hole zeroed or prefilled (hole_input)
+    masks: np.ndarray  # B×1×S×S, 1 = hole
+    discount: np.ndarray  # B×1×S×S spatial discount weights
+
+
 class InpaintSampler:
     """Random crops (flipped/rotated) with a free-form mask and its discount weights each."""
 
     def __init__(self, images: list[np.ndarray], size: int, rng: np.random.Generator,
-                 gamma: float) -> None:
+                 gamma: float, prefill: str = "zeros") -> None:
         self.images, self.size, self.rng, self.gamma = images, size, rng, gamma
+        self.prefill = prefill
 
-    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        crops, masks, weights = [], [], []
+    def sample(self, batch: int) -> Batch:
+        crops, inputs, masks, weights = [], [], [], []
         for _ in range(batch):
             img = self.images[int(self.rng.integers(len(self.images)))]
-            crops.append(to_chw3(random_dihedral(random_crop(img, self.size, self.rng), self.rng)))
+            crop = random_dihedral(random_crop(img, self.size, self.rng), self.rng)
             mask = random_mask(self.size, self.size, self.rng, TRAINING_BANDS)
+            crops.append(to_chw3(crop))
+            inputs.append(hole_input(crop, mask, self.prefill))
             masks.append(mask[None].astype(np.float32))
             weights.append(spatial_discount(mask, self.gamma)[None])
-        return np.stack(crops), np.stack(masks), np.stack(weights)
+        return Batch(np.stack(crops), np.stack(inputs), np.stack(masks), np.stack(weights))
 
 
 def training_images(root: Path, size: int) -> list[np.ndarray]:
@@ -162,14 +190,6 @@ def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(img[top : top + size, left : left + size])
 
 
-def telea(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    holed = image.copy()
-    holed[mask] = 0  # Telea must not see the hole's content
-    bgr = cv2.inpaint(cv2.cvtColor(holed, cv2.COLOR_RGB2BGR), mask.astype(np.uint8) * 255, 3,
-                      cv2.INPAINT_TELEA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def validation_items(root: Path) -> list[ValItem]:
     items = []
     seed = VAL_SEED
@@ -178,7 +198,7 @@ def validation_items(root: Path) -> list[ValItem]:
         for band in VAL_BANDS:
             mask = free_form_mask(VAL_SIZE, VAL_SIZE, band, seed)
             seed += 1
-            items.append(ValItem(name, band, image, mask, telea(image, mask)))
+            items.append(ValItem(name, band, image, mask, telea_fill(image, mask)))
     return items
 
 
@@ -196,10 +216,10 @@ def validate(model: DeepFillV1, items: list[ValItem], device: torch.device) -> d
     model.eval()
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
     for item in items:
-        x = torch.from_numpy(to_chw3(item.image))[None].to(device)
+        x = torch.from_numpy(hole_input(item.image, item.mask, model.config.prefill))[None]
         m = torch.from_numpy(item.mask.astype(np.float32))[None, None].to(device)
         with autocast_for(device):
-            _, refined = model(x * (1 - m), m)
+            _, refined = model(x.to(device), m)
         out = refined[0].float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
         ours = hole_scores(out, item.image, item.mask)
         base = hole_scores(item.telea, item.image, item.mask)
@@ -333,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     log = RunLog(run_dir / "train.log")
     last, best_path = run_dir / "last.pt", run_dir / "best.pt"
 
-    config = DeepFillConfig(width=args.width)
+    config = DeepFillConfig(width=args.width, prefill=args.prefill)
     model = DeepFillV1(config).to(device, memory_format=torch.channels_last)
     if args.init and not (args.resume and last.exists()):
         load_init(model, args.init)
@@ -361,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.data_root or data_root()
     machine = machine_summary(device)
     images = training_images(root, args.size)
-    sampler = InpaintSampler(images, args.size, np_rng, args.gamma)
+    sampler = InpaintSampler(images, args.size, np_rng, args.gamma, config.prefill)
     val_items = [] if args.no_val else validation_items(root)
     data_note = (f"{len(images)} colour crops sources ({'+'.join(COLOUR_SOURCES)}, ≥{args.size}px),"
                  f" held out {VALIDATION['BSD200']}")
@@ -387,11 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                         step=at_step, np_rng=np_rng, extra=extra())
 
     def train_step() -> dict[str, float]:
-        crops, masks, weights = sampler.sample(args.batch)
-        target, mask = to_device(crops, device), to_device(masks, device)
-        discount = to_device(weights, device)
+        batch = sampler.sample(args.batch)
+        target, mask = to_device(batch.target, device), to_device(batch.masks, device)
+        discount = to_device(batch.discount, device)
         with autocast_for(device):
-            coarse, refined = model(target * (1 - mask), mask)
+            coarse, refined = model(to_device(batch.inputs, device), mask)
         outputs = (coarse.float(), refined.float())
         loss = reconstruction_loss(outputs, target, mask, discount)
         losses = {"rec": float(loss.detach())}

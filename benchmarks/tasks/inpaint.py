@@ -51,6 +51,7 @@ from services.dip.core import dip_restore
 from services.inpaint import core as inpaint_core
 from services.inpaint.core import inpaint
 from shared.imaging import composite_masked
+from shared.inpaint_window import TELEA_RADIUS
 
 MASKS = Path("inpaint/nvidia_irregular_masks_subset")
 BANDS = {"(0.1,0.2]": "holes 10–20%", "(0.2,0.3]": "holes 20–30%", "(0.3,0.4]": "holes 30–40%"}
@@ -153,7 +154,7 @@ def _navier_stokes(sample: Sample) -> np.ndarray:
     """OpenCV's Navier–Stokes inpainting (Bertalmio et al. 2001), same radius as Telea."""
     bgr = cv2.cvtColor(sample["input"], cv2.COLOR_RGB2BGR)
     mask = sample["mask"].astype(np.uint8) * 255
-    filled = cv2.inpaint(bgr, mask, inpaint_core.TELEA_RADIUS, cv2.INPAINT_NS)
+    filled = cv2.inpaint(bgr, mask, TELEA_RADIUS, cv2.INPAINT_NS)
     return composite_masked(
         sample["input"], cv2.cvtColor(filled, cv2.COLOR_BGR2RGB), sample["mask"]
     )

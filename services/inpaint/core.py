@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 
 from shared.catalog import DEFAULT_WEIGHTS_DIR
 from shared.errors import UnprocessableInput
 from shared.imaging import composite_masked
+from shared.inpaint_window import telea_fill
 
-# Telea's neighbourhood radius in pixels (OpenCV's documented typical value).
-TELEA_RADIUS = 3
 DEEPFILL_WEIGHTS = "deepfill-contextual-attention.safetensors"
-
-
-def telea_inpaint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    mask_u8 = mask.astype(np.uint8) * 255
-    if image.ndim == 2:
-        return cv2.inpaint(image, mask_u8, TELEA_RADIUS, cv2.INPAINT_TELEA)
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    filled = cv2.inpaint(bgr, mask_u8, TELEA_RADIUS, cv2.INPAINT_TELEA)
-    return cv2.cvtColor(filled, cv2.COLOR_BGR2RGB)
 
 
 def inpaint(
@@ -37,7 +26,7 @@ def inpaint(
     if not mask.any():
         raise UnprocessableInput("the mask is empty: paint the region to fill in white")
     if model == "classic":
-        filled = telea_inpaint(image, mask)
+        filled = telea_fill(image, mask)
     elif model == "deepfill":
         # Imported here: the classic path must not pay for torch.
         from services.inpaint import networks

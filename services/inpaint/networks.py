@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from shared import accel
 from shared.inference import load_safetensors_strict, numpy_to_tensor, prepare_for_inference
-from shared.inpaint_window import FEATHER_PX, fill_through_window
+from shared.inpaint_window import FEATHER_PX, fill_through_window, telea_fill
 from shared.models.deepfill_contextual_attention import (
     SIZE_MULTIPLE,
     DeepFillV1,
@@ -76,6 +76,8 @@ def run_deepfill(model: DeepFillV1, image: np.ndarray, mask: np.ndarray) -> np.n
     """The refined output (uint8 H×W×3) for a uint8 H×W×3 image and bool mask, any size."""
     device = next(model.parameters()).device
     height, width = mask.shape
+    if model.config.prefill == "telea":  # weights trained on Telea-prefilled holes
+        image = telea_fill(image, mask)
     x = _pad_to_multiple(numpy_to_tensor(image), SIZE_MULTIPLE)
     m = _pad_to_multiple(torch.from_numpy(mask.astype(np.float32))[None, None], SIZE_MULTIPLE)
     x = x.to(device).contiguous(memory_format=torch.channels_last)

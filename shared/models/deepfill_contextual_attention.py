@@ -10,7 +10,8 @@ DeepFill v1's generator, two stages (paper Fig. 2/3, layer list of the authors' 
   attention** layer (:class:`ContextualAttention`) that copies features from the known region.
   Their outputs are concatenated and decoded to the refined image.
 
-Inputs: the image in [0, 1] (hole pixels are ignored) and the mask (1 = hole). Internally the
+Inputs: the image in [0, 1] (hole pixels are ignored, or read as the prefill: see below) and
+the mask (1 = hole). Internally the
 network works on [-1, 1] as the paper does, with the input ``[x·(1-m), 1, m]`` (5 channels: the
 constant plane lets zero-padded borders be told apart from black pixels). Convolutions are
 *vanilla* (v1; gated convolutions are v2), activations ELU, outputs clipped to [-1, 1].
@@ -24,6 +25,13 @@ Deviations, kept small:
   the authors' release normalises only the background patches.
 * **Width** (the paper's ``cnum`` = 32) is a constructor argument; the shipped model is narrower
   (what a CPU budget trains) and records its width in the weights' metadata.
+* **Prefilled holes** (``prefill="telea"``, a config field stored in the weights' metadata): the
+  caller fills the hole with OpenCV's Telea inpainting (:func:`shared.inpaint_window.telea_fill`)
+  and the coarse network sees that fill instead of zeros. The paper's zeros (``"zeros"``, the
+  default) make the network learn the colours and smooth continuation Telea already gives, which
+  its 1M-iteration GPU schedule affords and a few thousand CPU steps do not: from the prefill it
+  only has to learn what Telea gets wrong (texture, structure across the hole). The refinement
+  stage is unchanged (it always sees the coarse result pasted into the hole).
 
 Height and width must be multiples of :data:`SIZE_MULTIPLE` (two downsamplings, then the
 attention's rate-2 downsampling).
@@ -31,7 +39,8 @@ attention's rate-2 downsampling).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
 
 import torch
 from torch import nn
@@ -40,6 +49,8 @@ from torch.nn import functional as F
 SIZE_MULTIPLE = 8
 #: The paper's softmax scale (λ = 10) on cosine similarities.
 SOFTMAX_SCALE = 10.0
+Prefill = Literal["zeros", "telea"]
+PREFILLS: tuple[str, ...] = ("zeros", "telea")
 
 
 # --------------------------------------------------------------------------- contextual attention
@@ -202,6 +213,11 @@ class DeepFillConfig:
     softmax_scale: float = SOFTMAX_SCALE
     attention_rate: int = 2
     fuse: bool = True
+    prefill: Prefill = "zeros"  # what the coarse network sees in the hole (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.prefill not in PREFILLS:
+            raise ValueError(f"prefill must be one of {PREFILLS}, got {self.prefill!r}")
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -252,8 +268,7 @@ class DeepFillV1(nn.Module):
         super().__init__()
         config = config or DeepFillConfig()
         if width is not None:
-            config = DeepFillConfig(width=width, softmax_scale=config.softmax_scale,
-                                    attention_rate=config.attention_rate, fuse=config.fuse)
+            config = replace(config, width=width)
         self.config = config
         self.coarse = CoarseNetwork(config.width)
         attention = ContextualAttention(rate=config.attention_rate,
@@ -261,9 +276,11 @@ class DeepFillV1(nn.Module):
         self.refine = RefinementNetwork(config.width, attention)
 
     @staticmethod
-    def _network_input(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _network_input(
+        x: torch.Tensor, mask: torch.Tensor, keep_hole: bool = False
+    ) -> torch.Tensor:
         ones = torch.ones_like(mask)
-        return torch.cat([x * (1 - mask), ones, mask], dim=1)
+        return torch.cat([x if keep_hole else x * (1 - mask), ones, mask], dim=1)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if image.shape[-2] % SIZE_MULTIPLE or image.shape[-1] % SIZE_MULTIPLE:
@@ -271,7 +288,8 @@ class DeepFillV1(nn.Module):
                              f"got {tuple(image.shape[-2:])}")
         mask = mask.to(image.dtype)
         x = image * 2 - 1
-        coarse = self.coarse(self._network_input(x, mask)).clamp(-1, 1)
+        prefilled = self.config.prefill == "telea"
+        coarse = self.coarse(self._network_input(x, mask, keep_hole=prefilled)).clamp(-1, 1)
         merged = coarse * mask + x * (1 - mask)
         refined = self.refine(self._network_input(merged, mask), mask).clamp(-1, 1)
         return (coarse + 1) / 2, (refined + 1) / 2
@@ -294,4 +312,5 @@ def config_from_metadata(metadata: dict[str, str]) -> DeepFillConfig:
         softmax_scale=float(metadata.get("softmax_scale", defaults.softmax_scale)),
         attention_rate=int(metadata.get("attention_rate", defaults.attention_rate)),
         fuse=metadata.get("fuse", str(defaults.fuse)) in ("True", "true", "1"),
+        prefill=metadata.get("prefill", defaults.prefill),  # type: ignore[arg-type]
     )
