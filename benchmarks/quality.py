@@ -99,6 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3,
         help="images per column for very slow models such as DIP (0: leave them out)",
     )
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also score our networks' ensemble=true mode (8 flips/rotations: 8× the time)",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads for torch and OpenCV")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -117,6 +122,7 @@ def options_from(args: argparse.Namespace) -> Options:
         only=None if only is None else frozenset(o.lower() for o in only),
         slow_limit=args.slow_limit,
         grid=args.grid,
+        ensemble=args.ensemble,
     )
 
 

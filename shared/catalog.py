@@ -26,6 +26,8 @@ class ModelEntry:
     name: str
     description: str
     weights: tuple[str, ...] = ()  # files under weights/ that must exist
+    # Offers ensemble=true: the network averaged over 8 flips/rotations (shared.inference).
+    ensemble: bool = False
 
     def available(self, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> bool:
         return all((weights_dir / w).is_file() for w in self.weights)
@@ -36,16 +38,18 @@ _CLASSIC_DENOISE = ModelEntry("classic", "non-local means (OpenCV)")
 _DIP = ModelEntry("dip", "Deep Image Prior (Ulyanov et al. 2018), fitted per image; slow")
 CATALOG: dict[str, tuple[ModelEntry, ...]] = {
     "denoise": (
-        ModelEntry("mwcnn", "MWCNN (Liu et al. 2018)", ("mwcnn-denoise.safetensors",)),
+        ModelEntry("mwcnn", "MWCNN (Liu et al. 2018)", ("mwcnn-denoise.safetensors",), True),
         _CLASSIC_DENOISE,
         _DIP,
     ),
     "artifacts": (
-        ModelEntry("mwcnn", "MWCNN (Liu et al. 2018)", ("mwcnn-artifacts.safetensors",)),
+        ModelEntry("mwcnn", "MWCNN (Liu et al. 2018)", ("mwcnn-artifacts.safetensors",), True),
         ModelEntry("classic", "non-local means tuned to the JPEG quality (OpenCV)"),
     ),
     "superres": (
-        ModelEntry("esrgan", "ESRGAN RRDBNet (Wang et al. 2018)", ("esrgan-psnr.safetensors",)),
+        ModelEntry(
+            "esrgan", "ESRGAN RRDBNet (Wang et al. 2018)", ("esrgan-psnr.safetensors",), True
+        ),
         ModelEntry("classic", "bicubic interpolation"),
     ),
     # Telea stays first (the default) while the shipped DeepFill weights are still in training
@@ -77,6 +81,10 @@ def models_for(task: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> list[str]:
     return [m.name for m in CATALOG[task] if m.available(weights_dir)]
 
 
+def offers_ensemble(task: str, model: str) -> bool:
+    return any(m.name == model and m.ensemble for m in CATALOG[task])
+
+
 def default_model(task: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> str:
     return models_for(task, weights_dir)[0]
 
@@ -91,4 +99,5 @@ __all__ = [
     "STRENGTH_RANGE",
     "default_model",
     "models_for",
+    "offers_ensemble",
 ]

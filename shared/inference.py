@@ -49,6 +49,33 @@ def tile_fn(
     return run
 
 
+def self_ensemble(
+    model: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`model` averaged over the 8 flips/rotations of its input (the "+" of EDSR/RCAN tables).
+
+    Each of the dihedral group's 8 transforms is applied to the batch, the output is mapped
+    back by the inverse transform, and the 8 results are averaged: ~0.05–0.1 dB better, 8× the
+    time. Only for fully convolutional networks whose input sides the tiler keeps to their
+    size multiple: a rotated tile has its sides swapped, so both must satisfy it (they do).
+    Extra input channels (a noise-level map, a mask) are transformed with the image.
+    """
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for turns in range(4):
+            for flip in (False, True):
+                x = torch.rot90(batch, turns, dims=(2, 3))
+                x = x.flip(3) if flip else x
+                y = model(x.contiguous(memory_format=torch.channels_last)).float()
+                y = torch.rot90(y.flip(3) if flip else y, -turns, dims=(2, 3))
+                total = y if total is None else total + y
+        assert total is not None
+        return total / 8
+
+    return run
+
+
 # --------------------------------------------------------------------------- conversion
 
 
@@ -290,11 +317,13 @@ def run_network(
     *,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    ensemble: bool = False,
 ) -> np.ndarray:
     """uint8 image in, uint8 image out, through the shared tiler on the network's device.
 
     A gray image through a colour network is replicated to three channels and the outputs
     averaged back to one; bf16 is used only where it is native and keeps ≥ 50 dB vs fp32.
+    `ensemble` averages the network over 8 flips/rotations of every tile (:func:`self_ensemble`).
     """
     forward = forward or network.module
     tensor = numpy_to_tensor(image)
@@ -303,8 +332,9 @@ def run_network(
         tensor = tensor.expand(-1, 3, -1, -1).contiguous()
     probe = probe_image(network.in_channels)
     bf16 = precision_for(forward, network.device, probe, model_id=network.weights_id)  # type: ignore[arg-type]
+    per_tile = tile_fn(forward, network.device, bf16=bf16)
     output = run_tiled(
-        tile_fn(forward, network.device, bf16=bf16),
+        self_ensemble(per_tile) if ensemble else per_tile,
         tensor,
         scale=network.scale,
         multiple=network.multiple,

@@ -48,6 +48,7 @@ class JobOptions:
     format: str = "png"
     strength: float = 1.0  # SR: interpolation between PSNR and GAN weights
     iterations: int | None = None  # DIP
+    ensemble: bool = False  # average over 8 flips/rotations (8× the time; networks that offer it)
 
 
 @dataclass(frozen=True)

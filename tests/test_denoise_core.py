@@ -81,3 +81,11 @@ def test_levels_are_resolved_within_the_served_ranges() -> None:
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(UnprocessableInput, match="no model"):
         denoise(np.zeros((8, 8), np.uint8), 10, "magic")
+
+
+def test_ensemble_is_only_for_the_network() -> None:
+    image = np.zeros((16, 16), np.uint8)
+    with pytest.raises(UnprocessableInput, match="no ensemble"):
+        denoise(image, 10, "classic", ensemble=True)
+    with pytest.raises(UnprocessableInput, match="no ensemble"):
+        remove_artifacts(image, 30, "classic", ensemble=True)

@@ -21,7 +21,9 @@ from shared.inference import (
     precision_for,
     prepare_for_inference,
     probe_image,
+    run_network,
     save_safetensors_fp16,
+    self_ensemble,
     tensor_to_numpy,
     tile_fn,
 )
@@ -66,6 +68,39 @@ def test_tile_fn_with_tiler() -> None:
     run = tile_fn(net, torch.device("cpu"), bf16=False)
     out = run_tiled(run, torch.rand(1, 3, 33, 41), tile=16, overlap=8)
     assert out.shape == (1, 3, 33, 41)
+
+
+def _dihedral_kernels(kernel: torch.Tensor) -> list[torch.Tensor]:
+    turns = [torch.rot90(kernel, k, dims=(2, 3)) for k in range(4)]
+    return turns + [k.flip(3) for k in turns]
+
+
+def test_self_ensemble_is_the_conv_with_the_symmetrised_kernel() -> None:
+    # conv(T x, k) = T conv(x, T⁻¹ k) for any flip/rotation T (odd kernel, zero padding), so
+    # averaging T⁻¹ conv(T x, k) over the 8 T is one conv with the mean of the 8 kernels.
+    torch.manual_seed(0)
+    kernel = torch.randn(2, 3, 3, 3)
+    x = torch.rand(1, 3, 12, 20)  # not square: rotated batches have their sides swapped
+
+    def conv(batch: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(batch, kernel, padding=1)
+
+    symmetric = torch.stack(_dihedral_kernels(kernel)).mean(0)
+    expected = torch.nn.functional.conv2d(x, symmetric, padding=1)
+    assert torch.allclose(self_ensemble(conv)(x), expected, atol=1e-5)
+    assert not torch.allclose(conv(x), expected, atol=1e-3)
+
+
+def test_run_network_with_ensemble_through_tiles() -> None:
+    net = prepare_for_inference(_net(), torch.device("cpu"))
+    network = inference.LoadedNetwork(net, torch.device("cpu"), "tiny-test", in_channels=3)
+    image = np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    plain = run_network(network, image)
+    ensembled = run_network(network, image, ensemble=True)
+    assert ensembled.shape == plain.shape == image.shape
+    assert not np.array_equal(plain, ensembled)
+    flipped = run_network(network, image[:, ::-1].copy(), ensemble=True)[:, ::-1]
+    assert np.abs(flipped.astype(int) - ensembled).max() <= 1  # flip-invariant up to rounding
 
 
 class _Bf16Sensitive(nn.Module):

@@ -110,6 +110,9 @@ def test_options_validation() -> None:
     assert options.sigma == 25.0 and options.format == "jpeg"
     assert parse_options("denoise", {"sigma": "auto"}).sigma is None
     assert parse_options("artifacts", {"quality": "30"}).quality == 30
+    assert parse_options("superres", {"ensemble": "TRUE"}).ensemble is True
+    assert parse_options("artifacts", {"ensemble": "off"}).ensemble is False
+    assert parse_options("denoise", {}).ensemble is False
     for task, fields, fragment in [
         ("", {}, "required"),
         ("blur", {}, "unknown task"),
@@ -120,6 +123,9 @@ def test_options_validation() -> None:
         ("denoise", {"model": "magic"}, "no model"),
         ("denoise", {"format": "gif"}, "format"),
         ("denoise", {"max_side": "2"}, "out of range"),
+        ("denoise", {"ensemble": "maybe"}, "yes/no"),
+        ("denoise", {"model": "classic", "ensemble": "true"}, "use model mwcnn"),
+        ("inpaint", {"ensemble": "1"}, "not offered"),
     ]:
         with pytest.raises(InvalidRequest, match=fragment):
             parse_options(task, fields)

@@ -68,3 +68,5 @@ def test_classic_bicubic_and_bad_scale() -> None:
     assert upscale(image, 4, "classic").shape == (20, 28, 3)
     with pytest.raises(UnprocessableInput, match="4x"):
         upscale(image, 2, "classic")
+    with pytest.raises(UnprocessableInput, match="no ensemble"):
+        upscale(image, 4, "classic", ensemble=True)

@@ -22,6 +22,8 @@ from benchmarks.metrics import psnr, round_luma, ssim, to_uint8
 from benchmarks.tasks.common import (
     Options,
     Setup,
+    ensemble_choices,
+    ensemble_label,
     include_classic,
     list_images,
     model_limits,
@@ -132,8 +134,9 @@ def _nlm(sample: Sample) -> np.ndarray:
     return to_uint8(remove_artifacts(sample["jpeg"], sample["quality"], "classic"))
 
 
-def _ours(model: str, sample: Sample) -> np.ndarray:
-    return to_uint8(remove_artifacts(sample["jpeg"], sample["quality"], model))
+def _ours(model: str, sample: Sample, ensemble: bool = False) -> np.ndarray:
+    extra = {"ensemble": True} if ensemble else {}
+    return to_uint8(remove_artifacts(sample["jpeg"], sample["quality"], model, **extra))
 
 
 def _official_mwcnn(folder: Path, sample: Sample) -> np.ndarray:
@@ -147,15 +150,16 @@ def build(options: Options) -> Setup:
         version = source_version(nlm_module)
         rows.append(Row("NLM deblocking, classic", "nlm", _nlm, version=version))
     for model in our_models("artifacts", options):
-        rows.append(
-            Row(
-                model,
-                model,
-                functools.partial(_ours, model),
-                **model_limits(model, options, SLOW_COLUMNS),
-                kind="model",
+        for ensemble in ensemble_choices("artifacts", model, options):
+            rows.append(
+                Row(
+                    f"{model}{ensemble_label(ensemble)}",
+                    f"{model}{ensemble_label(ensemble)}",
+                    functools.partial(_ours, model, ensemble=ensemble),
+                    **model_limits(model, options, SLOW_COLUMNS),
+                    kind="model",
+                )
             )
-        )
     rows += [
         Row("JPEG (paper)", "paper-jpeg", published=PAPER_JPEG, kind="paper"),
         Row("MWCNN (paper)", "paper-mwcnn", published=PAPER_MWCNN, kind="paper"),

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.harness import Case, Row, RowResult, ScoreFn, View
-from shared.catalog import models_for
+from shared.catalog import models_for, offers_ensemble
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -31,6 +31,7 @@ class Options:
     only: frozenset[str] | None  # column names to run; None: all
     slow_limit: int
     grid: Path | None = None
+    ensemble: bool = False  # also score ensemble=true where a network offers it
 
 
 @dataclass
@@ -72,6 +73,16 @@ def our_models(task: str, options: Options) -> list[str]:
     if options.slow_limit <= 0:
         available = [m for m in available if m not in SLOW_MODELS]
     return available
+
+
+def ensemble_choices(task: str, model: str, options: Options) -> tuple[bool, ...]:
+    """Plain, and with ``--ensemble`` also the 8-pass ensemble where `model` offers it."""
+    return (False, True) if options.ensemble and offers_ensemble(task, model) else (False,)
+
+
+def ensemble_label(ensemble: bool) -> str:
+    """Suffix of a row's name and key for the ensemble mode."""
+    return " x8" if ensemble else ""
 
 
 def include_classic(options: Options) -> bool:

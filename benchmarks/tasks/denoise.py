@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import itertools
 import zlib
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from benchmarks.metrics import psnr, ssim, to_uint8
 from benchmarks.tasks.common import (
     Options,
     Setup,
+    ensemble_choices,
+    ensemble_label,
     file_version,
     include_classic,
     list_images,
@@ -149,13 +152,14 @@ def _nlm(sample: Sample) -> np.ndarray:
     return to_uint8(denoise(to_uint8(sample["noisy"]), float(sample["sigma"]), "classic"))
 
 
-def _ours(model: str, sample: Sample, convention: str) -> np.ndarray:
+def _ours(model: str, sample: Sample, convention: str, ensemble: bool = False) -> np.ndarray:
     noisy = sample["noisy"]
     # float convention: the unclipped noisy image on the [0, 1] scale our networks work in
     image = noisy.astype(np.float32) / 255.0 if convention == "float" else to_uint8(noisy)
     if model == "dip":  # served by its own service (queue), not by the denoise core
         return to_uint8(dip_restore("denoise", image, None, sigma=float(sample["sigma"])))
-    return to_uint8(denoise(image, float(sample["sigma"]), model))
+    extra = {"ensemble": True} if ensemble else {}
+    return to_uint8(denoise(image, float(sample["sigma"]), model, **extra))
 
 
 @functools.cache
@@ -192,12 +196,16 @@ def build_rows(options: Options) -> tuple[list[Row], list[str]]:
         rows.append(Row("NLM, classic [uint8]", "nlm[uint8]", _nlm, "uint8", nlm_version))
     for model in our_models("denoise", options):
         # DIP fits the uploaded 8-bit image itself: it has no float-convention row.
-        for conv in ("uint8",) if model == "dip" else ("float", "uint8"):
-            run = functools.partial(_ours, model, convention=conv)
+        conventions = ("uint8",) if model == "dip" else ("float", "uint8")
+        for conv, ensemble in itertools.product(
+            conventions, ensemble_choices("denoise", model, options)
+        ):
+            run = functools.partial(_ours, model, convention=conv, ensemble=ensemble)
+            name = f"{model}{ensemble_label(ensemble)}"
             rows.append(
                 Row(
-                    f"{model} [{conv}]",
-                    f"{model}[{conv}]",
+                    f"{name} [{conv}]",
+                    f"{name}[{conv}]",
                     run,
                     conv,
                     **model_limits(model, options, SLOW_COLUMNS),

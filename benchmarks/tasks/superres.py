@@ -9,6 +9,7 @@ reads every test image, so every method gets an RGB input and Y is computed the 
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from benchmarks.tasks.common import (
     Options,
     Setup,
     accepts,
+    ensemble_choices,
+    ensemble_label,
     include_classic,
     list_images,
     model_limits,
@@ -96,10 +99,13 @@ def _matlab_bicubic(sample: Sample) -> np.ndarray:
     return imresize(sample["lr"], SCALE)
 
 
-def _ours(model: str, strength: float | None, sample: Sample) -> np.ndarray:
-    if strength is None:
-        return to_uint8(upscale(sample["lr"], SCALE, model))
-    return to_uint8(upscale(sample["lr"], SCALE, model, strength=strength))
+def _ours(
+    model: str, strength: float | None, sample: Sample, ensemble: bool = False
+) -> np.ndarray:
+    extra: dict[str, object] = {"ensemble": True} if ensemble else {}
+    if strength is not None:
+        extra["strength"] = strength
+    return to_uint8(upscale(sample["lr"], SCALE, model, **extra))  # type: ignore[arg-type]
 
 
 def _rcan(folder: Path, sample: Sample) -> np.ndarray:
@@ -114,12 +120,15 @@ def model_rows(options: Options) -> list[Row]:
             # Without shipped GAN weights strength is ignored: one row, not two equal ones.
             gan_shipped = (DEFAULT_WEIGHTS_DIR / GAN_WEIGHTS).is_file()
             strengths = ((0.0, "PSNR"), (1.0, "GAN")) if gan_shipped else ((0.0, "PSNR"),)
-            for strength, tag in strengths:
+            for (strength, tag), ensemble in itertools.product(
+                strengths, ensemble_choices("superres", model, options)
+            ):
+                label = ensemble_label(ensemble)
                 rows.append(
                     Row(
-                        f"{model} strength={strength:g} ({tag})",
-                        f"{model}@{strength:g}",
-                        functools.partial(_ours, model, strength),
+                        f"{model} strength={strength:g} ({tag}){label}",
+                        f"{model}@{strength:g}{label}",
+                        functools.partial(_ours, model, strength, ensemble=ensemble),
                         **limit,
                         kind="model",
                     )

@@ -30,6 +30,11 @@ def resolve_quality(quality: int | None) -> int:
     return int(np.clip(value, *JPEG_QUALITY_RANGE))
 
 
+def _no_ensemble(task: str, model: str, ensemble: bool) -> None:
+    if ensemble:
+        raise UnprocessableInput(f"{task} model {model!r} has no ensemble mode")
+
+
 def denoise(
     image: np.ndarray,
     sigma: float | None = None,
@@ -37,11 +42,17 @@ def denoise(
     *,
     on_progress: Progress = None,
     should_cancel: Cancel = None,
+    ensemble: bool = False,
 ) -> np.ndarray:
-    """Remove Gaussian-like noise of level `sigma` (0–255 scale; None = estimate)."""
+    """Remove Gaussian-like noise of level `sigma` (0–255 scale; None = estimate).
+
+    `ensemble` (MWCNN only) averages the network over 8 flips/rotations.
+    """
     level = resolve_sigma(image, sigma)
+    hooks = {"on_progress": on_progress, "should_cancel": should_cancel, "ensemble": ensemble}
     if model == "mwcnn":
-        return mwcnn_denoise(image, level, on_progress=on_progress, should_cancel=should_cancel)[0]
+        return mwcnn_denoise(image, level, **hooks)[0]  # type: ignore[arg-type]
+    _no_ensemble("denoise", model, ensemble)
     if model == "classic":
         return nlm_denoise(image, level)
     raise UnprocessableInput(f"denoise has no model {model!r}")
@@ -54,11 +65,14 @@ def remove_artifacts(
     *,
     on_progress: Progress = None,
     should_cancel: Cancel = None,
+    ensemble: bool = False,
 ) -> np.ndarray:
     """Remove JPEG blocking/ringing of an image saved at `quality` (None = assume 50)."""
     level = resolve_quality(quality)
+    hooks = {"on_progress": on_progress, "should_cancel": should_cancel, "ensemble": ensemble}
     if model == "mwcnn":
-        return mwcnn_deblock(image, level, on_progress=on_progress, should_cancel=should_cancel)[0]
+        return mwcnn_deblock(image, level, **hooks)[0]  # type: ignore[arg-type]
+    _no_ensemble("artifacts", model, ensemble)
     if model == "classic":
         return nlm_deblock(image, level)
     raise UnprocessableInput(f"artifacts has no model {model!r}")

@@ -41,6 +41,7 @@ def _run(
     level: float,
     on_progress: Callable[[float], None] | None,
     should_cancel: Callable[[], bool] | None,
+    ensemble: bool,
 ) -> tuple[np.ndarray, str]:
     network = load_once(weights, _device(), _build)
     out = run_network(
@@ -49,6 +50,7 @@ def _run(
         lambda batch: network.module(batch, level),
         on_progress=on_progress,
         should_cancel=should_cancel,
+        ensemble=ensemble,
     )
     return out, network.weights_id
 
@@ -59,10 +61,16 @@ def mwcnn_denoise(
     weights_dir: Path = DEFAULT_WEIGHTS_DIR,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    ensemble: bool = False,
 ) -> tuple[np.ndarray, str]:
     """Denoised image and the weights' sha256; `sigma` on the 0–255 scale."""
     return _run(
-        weights_dir / DENOISE_WEIGHTS, image, level_from_sigma(sigma), on_progress, should_cancel
+        weights_dir / DENOISE_WEIGHTS,
+        image,
+        level_from_sigma(sigma),
+        on_progress,
+        should_cancel,
+        ensemble,
     )
 
 
@@ -72,6 +80,7 @@ def mwcnn_deblock(
     weights_dir: Path = DEFAULT_WEIGHTS_DIR,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    ensemble: bool = False,
 ) -> tuple[np.ndarray, str]:
     return _run(
         weights_dir / ARTIFACTS_WEIGHTS,
@@ -79,4 +88,5 @@ def mwcnn_deblock(
         level_from_quality(quality),
         on_progress,
         should_cancel,
+        ensemble,
     )

@@ -12,8 +12,15 @@ from shared.model_service import ModelService, RestoreInput, RestoreOutput
 
 def restore(job: RestoreInput) -> RestoreOutput:
     model = job.options.model
-    hooks = {"on_progress": job.on_progress, "should_cancel": job.should_cancel}
-    details: dict[str, object] = {"weights_sha256": weights_sha256(job.task, model)}
+    hooks = {
+        "on_progress": job.on_progress,
+        "should_cancel": job.should_cancel,
+        "ensemble": job.options.ensemble,
+    }
+    details: dict[str, object] = {
+        "weights_sha256": weights_sha256(job.task, model),
+        "ensemble": job.options.ensemble,
+    }
     if job.task == "artifacts":
         quality = resolve_quality(job.options.quality)
         pixels = remove_artifacts(job.pixels, quality, model, **hooks)

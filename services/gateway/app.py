@@ -245,6 +245,9 @@ def job_document(view: JobView, store: BlobStore, settings: GatewaySettings) -> 
             "scale": spec.options.scale,
             "max_side": spec.options.max_side,
             "format": spec.options.format,
+            "strength": spec.options.strength,
+            "iterations": spec.options.iterations,
+            "ensemble": spec.options.ensemble,
         },
         "state": view.state,
         "stages": view.stages,
@@ -347,7 +350,7 @@ async def list_models(request: web.Request) -> web.Response:
         tasks[task] = {
             "default": offered[0],
             "models": [
-                {"name": m.name, "description": m.description}
+                {"name": m.name, "description": m.description, "ensemble": m.ensemble}
                 for m in catalog.CATALOG[task]
                 if m.name in offered
             ],

@@ -30,6 +30,13 @@ def parse_options(
         raise InvalidRequest(
             f"task {task!r} has no model {model!r}: use one of {', '.join(models)}"
         )
+    ensemble = _flag(fields, "ensemble")
+    if ensemble and not catalog.offers_ensemble(task, model):
+        offering = [m for m in models if catalog.offers_ensemble(task, m)]
+        raise InvalidRequest(
+            f"ensemble=true is not offered by {task!r} model {model!r}"
+            + (f": use model {', '.join(offering)}" if offering else "")
+        )
     return JobOptions(
         model=model,
         sigma=_auto_or_number(fields, "sigma", float, catalog.SIGMA_RANGE),
@@ -39,7 +46,20 @@ def parse_options(
         format=_format(fields),
         strength=_number(fields, "strength", float, catalog.STRENGTH_RANGE, default=1.0),
         iterations=_optional_int(fields, "iterations", catalog.DIP_ITERATIONS_RANGE),
+        ensemble=ensemble,
     )
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+
+def _flag(fields: Mapping[str, str], name: str) -> bool:
+    raw = (fields.get(name) or "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise InvalidRequest(f"{name}={raw!r} is not a yes/no value: use true or false")
 
 
 def _auto_or_number(

@@ -26,8 +26,12 @@ def upscale(
     weights_override: str = "",
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    ensemble: bool = False,
 ) -> np.ndarray:
-    """`scale`× super-resolution; `strength` blends PSNR (0) and GAN (1) weights."""
+    """`scale`× super-resolution; `strength` blends PSNR (0) and GAN (1) weights.
+
+    `ensemble` (ESRGAN only) averages the network over 8 flips/rotations.
+    """
     if scale != 4:
         raise UnprocessableInput(f"only 4x super-resolution is served, not {scale}x")
     if model == "esrgan":
@@ -37,7 +41,10 @@ def upscale(
             override=weights_override,
             on_progress=on_progress,
             should_cancel=should_cancel,
+            ensemble=ensemble,
         )[0]
+    if ensemble:
+        raise UnprocessableInput(f"superres model {model!r} has no ensemble mode")
     if model == "classic":
         return bicubic_upscale(image, scale)
     raise UnprocessableInput(f"superres has no model {model!r}")

@@ -69,11 +69,14 @@ def esrgan_upscale(
     override: str = "",
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    ensemble: bool = False,
 ) -> tuple[np.ndarray, str]:
     """4× upscaled image and the id of the weights used."""
     psnr, gan = resolve_weights(weights_dir, override)
     step = round(round(float(np.clip(strength, 0, 1)) / STRENGTH_STEP) * STRENGTH_STEP, 2)
     mtimes = (psnr.stat().st_mtime, gan.stat().st_mtime if gan else 0.0)
     network = _network(str(psnr), str(gan) if gan else None, step if gan else 0.0, mtimes)
-    out = run_network(network, image, on_progress=on_progress, should_cancel=should_cancel)
+    out = run_network(
+        network, image, on_progress=on_progress, should_cancel=should_cancel, ensemble=ensemble
+    )
     return out, network.weights_id

@@ -22,8 +22,13 @@ def restorer(weights_override: str = "") -> Restorer:
             weights_override=weights_override,
             on_progress=job.on_progress,
             should_cancel=job.should_cancel,
+            ensemble=options.ensemble,
         )
-        details = {"scale": options.scale, "strength": options.strength}
+        details = {
+            "scale": options.scale,
+            "strength": options.strength,
+            "ensemble": options.ensemble,
+        }
         return RestoreOutput(
             pixels,
             options.model,

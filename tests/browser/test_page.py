@@ -218,11 +218,17 @@ def test_superres_shows_4x_size_and_compares(
 ) -> None:
     page = desktop_page
     _open(page, _photo(tmp_path / "small.png", 64, 48), "superres", how="drop")
+    # ESRGAN offers the 8-pass ensemble; bicubic does not, and its row hides (and unticks).
+    page.select_option("#model", "classic")
+    expect(page.locator("#ensemble-row")).to_be_hidden()
+    page.select_option("#model", "esrgan")
+    page.check("#ensemble")
     page.click("#submit")
     _wait_done(page)
     info = page.locator("#result-info")
     expect(info).to_contain_text("64 × 48 → 256 × 192 px")
     expect(info).to_contain_text("4× larger")
+    expect(info).to_contain_text("8-pass ensemble")
     sizes = page.evaluate(
         "['before-img', 'after-img'].map(id => { const img = document.getElementById(id);"
         " const r = img.getBoundingClientRect();"

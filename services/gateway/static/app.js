@@ -50,6 +50,7 @@
     brushSize: $("brush-size"), brushSizeOut: $("brush-size-out"),
     undo: $("mask-undo"), clear: $("mask-clear"),
     form: $("job-form"), model: $("model"), modelDesc: $("model-desc"), format: $("format"),
+    ensemble: $("ensemble"), ensembleRow: $("ensemble-row"),
     sigma: $("sigma"), sigmaAuto: $("sigma-auto"), sigmaOut: $("sigma-out"),
     quality: $("quality"), qualityAuto: $("quality-auto"), qualityOut: $("quality-out"),
     submit: $("submit"), submitHint: $("submit-hint"), formError: $("form-error"),
@@ -176,6 +177,9 @@
     const task = selectedTask();
     const fromApi = state.catalog?.tasks?.[task]?.models?.find((m) => m.name === el.model.value);
     el.modelDesc.textContent = MODEL_NOTES[el.model.value] || fromApi?.description || "";
+    // Only networks that offer it get the choice (the gateway refuses it for the others).
+    el.ensembleRow.hidden = !fromApi?.ensemble;
+    if (el.ensembleRow.hidden) el.ensemble.checked = false;
   }
 
   // ------------------------------------------------------------------ task picker and options
@@ -457,6 +461,7 @@
     form.append("task", task);
     if (el.model.value) form.append("model", el.model.value);
     form.append("format", el.format.value);
+    if (el.ensemble.checked && !el.ensembleRow.hidden) form.append("ensemble", "true");
     if (task === "denoise") form.append("sigma", el.sigmaAuto.checked ? "auto" : el.sigma.value);
     if (task === "artifacts") form.append("quality", el.qualityAuto.checked ? "auto" : el.quality.value);
     if (task === "superres") form.append("scale", "4");
@@ -710,6 +715,7 @@
     if (doc.options?.format) extra.push(doc.options.format.toUpperCase());
     if (out.bytes) extra.push(formatBytes(out.bytes));
     if (doc.model) extra.push(`model: ${doc.model}`);
+    if (doc.options?.ensemble) extra.push("8-pass ensemble");
     if (extra.length) add(` · ${extra.join(" · ")}`);
     el.resultInfo.dataset.width = out.width || "";
     el.resultInfo.dataset.height = out.height || "";
