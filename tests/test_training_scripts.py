@@ -19,7 +19,7 @@ from skimage import data
 from shared.models.esrgan import load_rrdbnet
 from training import train_deepfill, train_esrgan, train_mwcnn
 from training.common import Schedule, training_lineage
-from training.data import VALIDATION
+from training.data import VALIDATION, PatchSampler, TrainingImages
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -149,3 +149,20 @@ def test_a_resumed_run_records_what_it_started_from_and_the_steps_behind_it(
     assert lineage["steps_total"] == 500
     assert lineage["resumed_from"]["sha256"] == "ab12"
     assert training_lineage(None, 200) == {"steps_total": 200}
+
+
+def test_a_focus_range_draws_that_share_of_the_levels_from_it() -> None:
+    gray = np.random.default_rng(0).integers(0, 256, (80, 80), dtype=np.uint8)
+    images = TrainingImages(gray=[gray], colour=[np.stack([gray] * 3, axis=2)])
+
+    def qualities(focus: tuple[float, float, float] | None) -> np.ndarray:
+        sampler = PatchSampler(images, "artifacts", 16, np.random.default_rng(1), focus=focus)
+        return np.rint(100 - 100 * sampler.sample(200).levels)
+
+    everywhere, focused = qualities(None), qualities((10, 20, 0.75))
+    assert everywhere.min() >= 10 and everywhere.max() <= 90
+    assert np.mean(everywhere <= 20) < 0.25  # 11 of the 81 qualities
+    assert 0.68 < np.mean(focused <= 20) < 0.9  # 0.75 + 0.25 · 11/81
+    assert focused.max() > 20  # the rest still covers the whole served range
+    with pytest.raises(ValueError, match="outside"):
+        PatchSampler(images, "artifacts", 16, np.random.default_rng(1), focus=(5, 20, 0.5))

@@ -142,20 +142,29 @@ class PatchSampler:
     per patch; with probability ``clip_prob`` the noisy patch is clipped and rounded like an
     uploaded image, otherwise it stays float (the papers' convention). Artifacts: quality
     uniform in JPEG_QUALITY_RANGE (integers), Pillow JPEG of the gray or RGB patch.
+    With ``focus`` = (low, high, p), a share p of the levels is drawn from [low, high] instead
+    (a fine-tune that puts more weight on the hardest levels without leaving the served range).
     """
 
     def __init__(self, images: TrainingImages, task: Task, patch: int, rng: np.random.Generator,
-                 gray_fraction: float = 0.5, clip_prob: float = 0.5) -> None:
+                 gray_fraction: float = 0.5, clip_prob: float = 0.5,
+                 focus: tuple[float, float, float] | None = None) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}")
         self.images, self.task, self.patch, self.rng = images, task, patch, rng
         self.gray_fraction, self.clip_prob = gray_fraction, clip_prob
+        served = SIGMA_RANGE if task == "denoise" else JPEG_QUALITY_RANGE
+        if focus is not None and not served[0] <= focus[0] <= focus[1] <= served[1]:
+            raise ValueError(f"focus range {focus[:2]} is outside the served range {served}")
+        self.focus = focus
 
     def _draw_level(self) -> float:
+        low, high = SIGMA_RANGE if self.task == "denoise" else JPEG_QUALITY_RANGE
+        if self.focus is not None and self.rng.random() < self.focus[2]:
+            low, high = self.focus[0], self.focus[1]
         if self.task == "denoise":
-            return float(self.rng.uniform(*SIGMA_RANGE))
-        low, high = JPEG_QUALITY_RANGE
-        return float(self.rng.integers(low, high + 1))
+            return float(self.rng.uniform(low, high))
+        return float(self.rng.integers(int(low), int(high) + 1))
 
     def sample(self, batch: int) -> Batch:
         inputs, targets, levels = [], [], []

@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--focus-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="draw --focus-prob of the levels (σ or JPEG quality) from this range")
+    p.add_argument("--focus-prob", type=float, default=0.5)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     p.add_argument("--init", type=Path, default=None, help="start from shipped safetensors")
@@ -175,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_summary(device)
     images = TrainingImages.load(min_size=args.patch)
+    focus = (*args.focus_range, args.focus_prob) if args.focus_range else None
     sampler = PatchSampler(images, args.task, args.patch, np_rng, args.gray_fraction,
-                           args.clip_prob)
+                           args.clip_prob, focus)
     val_items = validation_set(args.task)
     segment = {"start_step": step, "commit": commit, "machine": machine["device"],
                "args": {k: str(v) for k, v in vars(args).items()}}
