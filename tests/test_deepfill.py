@@ -95,8 +95,23 @@ def test_zero_prefill_ignores_the_hole_and_telea_prefill_reads_it() -> None:
 
 
 def test_prefill_is_read_from_the_weights_metadata() -> None:
-    assert config_from_metadata({"width": "8", "prefill": "telea"}).prefill == "telea"
-    assert config_from_metadata({"width": "8"}).prefill == "zeros"  # files from before it
+    config = config_from_metadata({"width": "8", "prefill": "telea", "output": "residual"})
+    assert (config.prefill, config.output) == ("telea", "residual")
+    old = config_from_metadata({"width": "8"})  # files from before these fields
+    assert (old.prefill, old.output) == ("zeros", "image")
+
+
+def test_an_untrained_residual_network_returns_its_telea_prefill() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 32, 40)
+    mask = torch.zeros(1, 1, 32, 40)
+    mask[:, :, 4:20, 10:30] = 1
+    model = DeepFillV1(DeepFillConfig(width=4, prefill="telea", output="residual"))
+    with torch.no_grad():
+        coarse, refined = model(image, mask)
+    assert torch.allclose(coarse, image, atol=1e-6) and torch.allclose(refined, image, atol=1e-6)
+    with pytest.raises(ValueError, match="needs prefill"):
+        DeepFillConfig(output="residual")
 
 
 def test_telea_fill_never_reads_the_hole_and_keeps_the_rest() -> None:

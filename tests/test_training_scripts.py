@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from skimage import data
 
+from shared.inference import save_safetensors_fp16
+from shared.models.deepfill_contextual_attention import DeepFillConfig, DeepFillV1
 from shared.models.esrgan import load_rrdbnet
 from training import train_deepfill, train_esrgan, train_mwcnn
 from training.common import Schedule, training_lineage
@@ -71,13 +73,13 @@ def test_mwcnn_training_validates_checkpoints_and_resumes(data_root: Path, tmp_p
                                              "reason": "done", "step": 6}
 
 
-@pytest.mark.parametrize("prefill", ["zeros", "telea"])
+@pytest.mark.parametrize(("prefill", "output"), [("zeros", "image"), ("telea", "residual")])
 def test_deepfill_training_validates_against_telea_and_stops_on_time(
-    data_root: Path, tmp_path: Path, prefill: str
+    data_root: Path, tmp_path: Path, prefill: str, output: str
 ) -> None:
     run = tmp_path / "run"
     args = ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",
-            "--prefill", prefill,
+            "--prefill", prefill, "--output", output,
             "--log-every", "1", "--val-every", "2", "--warmup", "1", "--steps", "2"]
     assert train_deepfill.main(args) == 0
     (val,) = _log_events(run, "val")
@@ -88,7 +90,8 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     # A time limit ends the run at once with a resumable checkpoint.
     assert train_deepfill.main([*args[:-1], "10", "--resume", "--max-minutes", "0.0001"]) == 0
     assert _checkpoint(run / "last.pt")["step"] == 3
-    assert _checkpoint(run / "last.pt")["extra"]["config"]["prefill"] == prefill
+    config = _checkpoint(run / "last.pt")["extra"]["config"]
+    assert (config["prefill"], config["output"]) == (prefill, output)
 
 
 def test_esrgan_psnr_stage_exports_weights_a_gan_stage_starts_from(
@@ -166,3 +169,18 @@ def test_a_focus_range_draws_that_share_of_the_levels_from_it() -> None:
     assert focused.max() > 20  # the rest still covers the whole served range
     with pytest.raises(ValueError, match="outside"):
         PatchSampler(images, "artifacts", 16, np.random.default_rng(1), focus=(5, 20, 0.5))
+
+
+def test_a_residual_run_from_image_weights_keeps_features_and_starts_at_telea(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    image_model = DeepFillV1(width=4)
+    path = tmp_path / "image.safetensors"
+    save_safetensors_fp16(image_model, path, image_model.config.to_json())
+    residual = DeepFillV1(DeepFillConfig(width=4, prefill="telea", output="residual"))
+    train_deepfill.load_init(residual, path)
+    first = residual.coarse.encoder[0][0].weight
+    assert torch.allclose(first, image_model.coarse.encoder[0][0].weight, atol=1e-3)  # fp16
+    assert not residual.refine.decoder[-1][0].weight.any()
+    assert not residual.coarse.decoder[-1][0].bias.any()

@@ -42,10 +42,12 @@ from shared.accel import autocast_for, best_device, use_bf16
 from shared.inpaint_window import telea_fill
 from shared.masks import TRAINING_BANDS, free_form_mask, random_mask
 from shared.models.deepfill_contextual_attention import (
+    OUTPUTS,
     PREFILLS,
     SIZE_MULTIPLE,
     DeepFillConfig,
     DeepFillV1,
+    config_from_metadata,
     count_parameters,
 )
 from shared.models.deepfill_critics import (
@@ -96,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefill", choices=PREFILLS, default="zeros",
                    help="what the coarse network sees in the hole: the paper's zeros, or an "
                         "OpenCV Telea fill (see shared/models/deepfill_contextual_attention.py)")
+    p.add_argument("--output", choices=OUTPUTS, default="image",
+                   help="residual: each stage corrects the Telea prefill (needs --prefill telea)")
     p.add_argument("--steps", type=int, default=20000, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "
@@ -239,12 +243,18 @@ def validate(model: DeepFillV1, items: list[ValItem], device: torch.device) -> d
 
 
 def load_init(model: DeepFillV1, path: Path) -> None:
+    """Weights to start from; an image-output init of a residual model keeps its features but
+    not its output layers, which are zeroed so that training starts from the Telea fill."""
     if path.suffix == ".safetensors":
         from shared.inference import load_safetensors_strict
 
-        load_safetensors_strict(model, path)
+        metadata = load_safetensors_strict(model, path)
+        init_output = config_from_metadata(metadata).output
     else:
-        load_checkpoint(path, model=model, restore_rng=False)
+        state = load_checkpoint(path, model=model, restore_rng=False)
+        init_output = state.get("extra", {}).get("config", {}).get("output", "image")
+    if model.config.output == "residual" and init_output != "residual":
+        model.zero_output_layers()
 
 
 class Critics:
@@ -353,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     log = RunLog(run_dir / "train.log")
     last, best_path = run_dir / "last.pt", run_dir / "best.pt"
 
-    config = DeepFillConfig(width=args.width, prefill=args.prefill)
+    config = DeepFillConfig(width=args.width, prefill=args.prefill, output=args.output)
     model = DeepFillV1(config).to(device, memory_format=torch.channels_last)
     if args.init and not (args.resume and last.exists()):
         load_init(model, args.init)
