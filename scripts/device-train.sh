@@ -43,7 +43,7 @@ train() {
                 $(init "$name") ;;
         deepfill)
             "$python" -m training.train_deepfill --run-dir "$run" --width 32 --batch 16 --size 256 \
-                --lr 2e-4 --steps 100000 --hours "$hours" --val-every 1000 --log-every 100 \
+                --prefill telea --output residual --lr 2e-4 --steps 100000 --hours "$hours" --val-every 1000 --log-every 100 \
                 --threads 2 $(init deepfill-contextual-attention)
             "$python" -m training.train_deepfill --run-dir "$run" \
                 --export "$work/deepfill-contextual-attention.safetensors" ;;
