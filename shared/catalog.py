@@ -28,6 +28,8 @@ class ModelEntry:
     weights: tuple[str, ...] = ()  # files under weights/ that must exist
     # Offers ensemble=true: the network averaged over 8 flips/rotations (shared.inference).
     ensemble: bool = False
+    # Weights that `strength` blends toward (ESRGAN's GAN stage); offered when present.
+    strength_weights: str | None = None
 
     def available(self, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> bool:
         return all((weights_dir / w).is_file() for w in self.weights)
@@ -48,7 +50,11 @@ CATALOG: dict[str, tuple[ModelEntry, ...]] = {
     ),
     "superres": (
         ModelEntry(
-            "esrgan", "ESRGAN RRDBNet (Wang et al. 2018)", ("esrgan-psnr.safetensors",), True
+            "esrgan",
+            "ESRGAN RRDBNet (Wang et al. 2018)",
+            ("esrgan-psnr.safetensors",),
+            ensemble=True,
+            strength_weights="esrgan-gan.safetensors",
         ),
         ModelEntry("classic", "bicubic interpolation"),
     ),
@@ -85,6 +91,14 @@ def offers_ensemble(task: str, model: str) -> bool:
     return any(m.name == model and m.ensemble for m in CATALOG[task])
 
 
+def offers_strength(task: str, model: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> bool:
+    """True when `model` has the weights its `strength` option blends toward."""
+    return any(
+        m.name == model and m.strength_weights and (weights_dir / m.strength_weights).is_file()
+        for m in CATALOG[task]
+    )
+
+
 def default_model(task: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> str:
     return models_for(task, weights_dir)[0]
 
@@ -100,4 +114,5 @@ __all__ = [
     "default_model",
     "models_for",
     "offers_ensemble",
+    "offers_strength",
 ]

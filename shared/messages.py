@@ -46,7 +46,7 @@ class JobOptions:
     scale: int = 4
     max_side: int | None = None
     format: str = "png"
-    strength: float = 1.0  # SR: interpolation between PSNR and GAN weights
+    strength: float = 0.0  # SR: interpolation between PSNR (0) and GAN (1) weights
     iterations: int | None = None  # DIP
     ensemble: bool = False  # average over 8 flips/rotations (8× the time; networks that offer it)
 

@@ -134,3 +134,16 @@ def test_options_validation() -> None:
 def test_each_task_has_a_queue() -> None:
     assert queue_for_task("artifacts").name == "restora.denoise"
     assert queue_for_task("superres").name == "restora.superres"
+
+
+def test_strength_is_offered_only_with_gan_weights(tmp_path: Path) -> None:
+    (tmp_path / "esrgan-psnr.safetensors").touch()
+    assert parse_options("superres", {}, tmp_path).strength == 0.0
+    with pytest.raises(InvalidRequest, match="needs GAN weights"):
+        parse_options("superres", {"strength": "0.5"}, tmp_path)
+    with pytest.raises(InvalidRequest, match="needs GAN weights"):
+        parse_options("superres", {"model": "classic", "strength": "1"}, tmp_path)
+    (tmp_path / "esrgan-gan.safetensors").touch()
+    assert parse_options("superres", {"strength": "0.5"}, tmp_path).strength == 0.5
+    with pytest.raises(InvalidRequest, match="out of range"):
+        parse_options("superres", {"strength": "1.5"}, tmp_path)

@@ -350,7 +350,12 @@ async def list_models(request: web.Request) -> web.Response:
         tasks[task] = {
             "default": offered[0],
             "models": [
-                {"name": m.name, "description": m.description, "ensemble": m.ensemble}
+                {
+                    "name": m.name,
+                    "description": m.description,
+                    "ensemble": m.ensemble,
+                    "strength": catalog.offers_strength(task, m.name),
+                }
                 for m in catalog.CATALOG[task]
                 if m.name in offered
             ],

@@ -54,7 +54,9 @@ def openapi_document() -> dict[str, Any]:
                 "type": "number",
                 "minimum": 0,
                 "maximum": 1,
-                "description": "superres: 0 = PSNR-oriented weights, 1 = GAN weights",
+                "default": 0,
+                "description": "superres with GAN weights shipped (GET /api/v1/models says): "
+                "0 = PSNR-oriented weights, 1 = GAN weights, between = network interpolation",
             },
             "ensemble": {
                 "type": "string",

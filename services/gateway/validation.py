@@ -44,10 +44,20 @@ def parse_options(
         scale=_scale(fields),
         max_side=_optional_int(fields, "max_side", catalog.MAX_SIDE_RANGE),
         format=_format(fields),
-        strength=_number(fields, "strength", float, catalog.STRENGTH_RANGE, default=1.0),
+        strength=_strength(task, model, fields, weights_dir),
         iterations=_optional_int(fields, "iterations", catalog.DIP_ITERATIONS_RANGE),
         ensemble=ensemble,
     )
+
+
+def _strength(task: str, model: str, fields: Mapping[str, str], weights_dir: Path) -> float:
+    value = _number(fields, "strength", float, catalog.STRENGTH_RANGE, default=0.0)
+    if value > 0 and not catalog.offers_strength(task, model, weights_dir):
+        raise InvalidRequest(
+            f"strength={value:g} needs GAN weights, which {task!r} model {model!r} does not "
+            "have here: leave it out (or 0)"
+        )
+    return value
 
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}

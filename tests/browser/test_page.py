@@ -18,6 +18,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
+from shared.catalog import DEFAULT_WEIGHTS_DIR
 from tests.browser.conftest import Restora
 
 pytestmark = pytest.mark.browser
@@ -222,6 +223,13 @@ def test_superres_shows_4x_size_and_compares(
     page.select_option("#model", "classic")
     expect(page.locator("#ensemble-row")).to_be_hidden()
     page.select_option("#model", "esrgan")
+    # The strength slider follows the catalog: shown only where GAN weights are installed.
+    gan_shipped = (DEFAULT_WEIGHTS_DIR / "esrgan-gan.safetensors").is_file()
+    strength_row = page.locator("#strength-row")
+    if gan_shipped:
+        expect(strength_row).to_be_visible()
+    else:
+        expect(strength_row).to_be_hidden()
     page.check("#ensemble")
     page.click("#submit")
     _wait_done(page)

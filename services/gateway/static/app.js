@@ -51,6 +51,7 @@
     undo: $("mask-undo"), clear: $("mask-clear"),
     form: $("job-form"), model: $("model"), modelDesc: $("model-desc"), format: $("format"),
     ensemble: $("ensemble"), ensembleRow: $("ensemble-row"),
+    strength: $("strength"), strengthRow: $("strength-row"), strengthOut: $("strength-out"),
     sigma: $("sigma"), sigmaAuto: $("sigma-auto"), sigmaOut: $("sigma-out"),
     quality: $("quality"), qualityAuto: $("quality-auto"), qualityOut: $("quality-out"),
     submit: $("submit"), submitHint: $("submit-hint"), formError: $("form-error"),
@@ -180,6 +181,7 @@
     // Only networks that offer it get the choice (the gateway refuses it for the others).
     el.ensembleRow.hidden = !fromApi?.ensemble;
     if (el.ensembleRow.hidden) el.ensemble.checked = false;
+    el.strengthRow.hidden = !fromApi?.strength;  // only where GAN weights are installed
   }
 
   // ------------------------------------------------------------------ task picker and options
@@ -465,6 +467,7 @@
     if (task === "denoise") form.append("sigma", el.sigmaAuto.checked ? "auto" : el.sigma.value);
     if (task === "artifacts") form.append("quality", el.qualityAuto.checked ? "auto" : el.quality.value);
     if (task === "superres") form.append("scale", "4");
+    if (task === "superres" && !el.strengthRow.hidden) form.append("strength", el.strength.value);
     return form;
   }
 
@@ -1034,6 +1037,7 @@
     bindViewer();
     bindAutoRange(el.sigmaAuto, el.sigma, el.sigmaOut);
     bindAutoRange(el.qualityAuto, el.quality, el.qualityOut);
+    el.strength.addEventListener("input", () => { el.strengthOut.textContent = el.strength.value; });
     for (const radio of el.form.elements.task) radio.addEventListener("change", onTaskChange);
     el.model.addEventListener("change", describeModel);
     el.form.addEventListener("submit", onSubmit);
