@@ -58,16 +58,14 @@ CATALOG: dict[str, tuple[ModelEntry, ...]] = {
         ),
         ModelEntry("classic", "bicubic interpolation"),
     ),
-    # Telea stays first (the default) while the shipped DeepFill weights are still in training
-    # and score below it inside the hole (README, inpainting table); they are offered, and
-    # training resumes from them. Swap the two once DeepFill measures better.
+    # DeepFill is the default since its weights beat Telea inside the hole (README table).
     "inpaint": (
-        ModelEntry("classic", "Telea fast marching (OpenCV)"),
         ModelEntry(
             "deepfill",
-            "contextual attention (Yu et al. 2018); in training, below Telea so far",
+            "contextual attention (Yu et al. 2018) over a Telea prefill",
             ("deepfill-contextual-attention.safetensors",),
         ),
+        ModelEntry("classic", "Telea fast marching (OpenCV)"),
         _DIP,
     ),
 }

@@ -97,17 +97,27 @@ def test_shipped_esrgan_beats_bicubic() -> None:
     assert psnr(ours, hr, shave=4) > psnr(bicubic_upscale(lr, 4), hr, shave=4) + SR_MARGIN_DB
 
 
-def test_shipped_deepfill_fills_only_the_hole_with_something_close_to_its_surroundings() -> None:
-    # Not yet "beats Telea": the weights are in training and score below it (README table);
-    # the catalog keeps Telea the default until they do.
+def _grating() -> np.ndarray:
+    yy, xx = np.mgrid[:256, :256]
+    gray = np.clip(127 + 80 * np.sin(xx / 3.0 + yy / 5.0), 0, 255).astype(np.uint8)
+    image = np.repeat(gray[..., None], 3, axis=2)
+    image[..., 0] = np.clip(gray * 0.8 + 30, 0, 255).astype(np.uint8)  # a tinted texture
+    return image
+
+
+@pytest.mark.parametrize("name", ["grating", "bricks"])
+def test_shipped_deepfill_beats_telea_on_a_textured_hole(name: str) -> None:
     path = shipped(DEEPFILL_WEIGHTS)
-    image = data.astronaut()[:256, 128:384].copy()
+    if name == "grating":
+        image = _grating()
+    else:
+        image = np.repeat(data.brick()[:256, :256, None], 3, axis=2)
     mask = np.zeros(image.shape[:2], bool)
     mask[100:140, 90:150] = True
     ours = inpaint_deepfill(image, mask, path)
     assert np.array_equal(ours[~mask], image[~mask])
     hole_error = np.abs(ours[mask].astype(float) - image[mask]).mean()
     telea_error = np.abs(telea_fill(image, mask)[mask].astype(float) - image[mask]).mean()
-    # Measured with the weights shipped on 2026-12-01: 35.6 vs Telea's 31.8 (mean |error| in the
-    # hole); a broken network (noise, a flat colour) is several times worse.
-    assert hole_error < 1.5 * telea_error
+    # Measured with the weights shipped on 2026-12-02 (mean |error| in the hole): grating 50.1
+    # vs Telea's 53.9, bricks 18.1 vs 19.5, both 7 % lower; a broken network is far worse.
+    assert hole_error < 0.96 * telea_error
