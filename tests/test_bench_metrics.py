@@ -13,6 +13,7 @@ from skimage.metrics import structural_similarity
 
 from benchmarks import harness, metrics
 from benchmarks.dncnn import DnCNN, run_dncnn
+from shared import tiling
 from shared.degradations import add_gaussian_noise
 
 
@@ -205,13 +206,16 @@ def _save(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
-def test_quality_command_on_a_synthetic_data_folder(tmp_path: Path) -> None:
+def test_quality_command_on_a_synthetic_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Set5-like SR data made from a scikit-image sample: the command prints one table, writes
     the JSON, caches the classic row in --cache-dir, and reports the missing calibration
     outputs as a failed row instead of crashing."""
     from benchmarks import quality
     from shared.matlab_resize import imresize
 
+    monkeypatch.setattr(tiling, "_budget_override_bytes", None)  # restored after the test
     hr = skdata.astronaut()[:96, :128]
     _save(tmp_path / "data/testsets/Set5/HR/astro.png", hr)
     _save(tmp_path / "data/testsets/Set5/LR_bicubic/X4/astrox4.png", imresize(hr, 0.25))
@@ -226,6 +230,8 @@ def test_quality_command_on_a_synthetic_data_folder(tmp_path: Path) -> None:
     assert rows["calib-rcan"]["error"] is not None  # no reference outputs in this folder
     assert rows["paper-rrdb"]["mean"]["Set5 ×4"]["psnr"] == 32.73
     assert (tmp_path / "cache" / "superres.json").is_file()
+    # Tiles are planned from a fixed budget, not from whatever memory is free right now.
+    assert tiling.memory_budget(available_bytes=1) == quality.TILE_BUDGET_MB * 1024 * 1024
 
 
 def test_cache_merges_concurrent_writers_and_drops_old_versions(tmp_path: Path) -> None:
