@@ -49,9 +49,10 @@ def denoise(
     `ensemble` (MWCNN only) averages the network over 8 flips/rotations.
     """
     level = resolve_sigma(image, sigma)
-    hooks = {"on_progress": on_progress, "should_cancel": should_cancel, "ensemble": ensemble}
     if model == "mwcnn":
-        return mwcnn_denoise(image, level, **hooks)[0]  # type: ignore[arg-type]
+        return mwcnn_denoise(
+            image, level, on_progress=on_progress, should_cancel=should_cancel, ensemble=ensemble
+        )[0]
     _no_ensemble("denoise", model, ensemble)
     if model == "classic":
         return nlm_denoise(image, level)
@@ -69,9 +70,10 @@ def remove_artifacts(
 ) -> np.ndarray:
     """Remove JPEG blocking/ringing of an image saved at `quality` (None = assume 50)."""
     level = resolve_quality(quality)
-    hooks = {"on_progress": on_progress, "should_cancel": should_cancel, "ensemble": ensemble}
     if model == "mwcnn":
-        return mwcnn_deblock(image, level, **hooks)[0]  # type: ignore[arg-type]
+        return mwcnn_deblock(
+            image, level, on_progress=on_progress, should_cancel=should_cancel, ensemble=ensemble
+        )[0]
     _no_ensemble("artifacts", model, ensemble)
     if model == "classic":
         return nlm_deblock(image, level)
