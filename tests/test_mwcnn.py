@@ -10,6 +10,7 @@ import torch
 from shared.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
+    fold_batchnorm,
     haar_dwt,
     haar_iwt,
     load_mwcnn,
@@ -87,6 +88,33 @@ def test_channels_last_matches() -> None:
             x.contiguous(memory_format=torch.channels_last), 0.2
         )
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def with_trained_batchnorm(model: MWCNN) -> MWCNN:
+    """Give every BN non-trivial running statistics and affine parameters."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.2, 3.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_fold_batchnorm_is_the_eval_function() -> None:
+    model = with_trained_batchnorm(trained_looking()).eval()
+    folded = fold_batchnorm(model).eval()
+    assert not folded.config.batch_norm
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x, 0.2), model(x, 0.2), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_batchnorm_without_bn_is_identity_op() -> None:
+    model = MWCNN(MWCNNConfig(widths=(8, 16, 16), block_depth=2, bottom_depth=2, batch_norm=False))
+    assert fold_batchnorm(model) is model
 
 
 def test_dwt_iwt_perfect_reconstruction() -> None:

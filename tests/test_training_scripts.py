@@ -19,6 +19,7 @@ from skimage import data
 from shared.inference import save_safetensors_fp16
 from shared.models.deepfill_contextual_attention import DeepFillConfig, DeepFillV1
 from shared.models.esrgan import load_rrdbnet
+from shared.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn, save_mwcnn
 from training import train_deepfill, train_esrgan, train_mwcnn
 from training.common import Schedule, training_lineage
 from training.data import VALIDATION, PatchSampler, TrainingImages
@@ -71,6 +72,38 @@ def test_mwcnn_training_validates_checkpoints_and_resumes(data_root: Path, tmp_p
     assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, 4), (4, 6)]
     assert _log_events(run, "stop")[-1] == {"best": pytest.approx(last["extra"]["best_psnr"]),
                                              "reason": "done", "step": 6}
+
+
+def test_a_fold_bn_run_starts_from_the_init_function_and_resumes_without_batchnorm(
+    data_root: Path, tmp_path: Path
+) -> None:
+    init = tmp_path / "bn.safetensors"
+    bn_model = MWCNN(MWCNNConfig(widths=(4, 8, 8), block_depth=2, bottom_depth=2))
+    with torch.no_grad():
+        bn_model.dec1[-1].weight.normal_(0, 0.05)
+        for module in bn_model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 2.0)
+    save_mwcnn(bn_model, init)
+    run = tmp_path / "run"
+    args = ["--task", "denoise", "--run-dir", str(run), "--init", str(init), "--fold-bn",
+            "--batch", "2", "--patch", "32", "--val-every", "2", "--warmup", "1", "--lr", "1e-9"]
+    assert train_mwcnn.main([*args, "--steps", "2"]) == 0
+    first = _checkpoint(run / "last.pt")
+    assert MWCNNConfig.from_json(first["extra"]["config"]).batch_norm is False
+    assert not any("running_mean" in key for key in first["model"])
+    # At a vanishing learning rate the folded network still computes what the BN one did.
+    folded = MWCNN(MWCNNConfig.from_json(first["extra"]["config"]))
+    folded.load_state_dict(first["model"])
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.eval()(x, 0.1), load_mwcnn(init)(x, 0.1),
+                                   rtol=1e-4, atol=1e-4)
+    assert train_mwcnn.main([*args, "--steps", "4", "--resume"]) == 0
+    assert _checkpoint(run / "last.pt")["step"] == 4
+    with pytest.raises(SystemExit):
+        train_mwcnn.main(["--task", "denoise", "--run-dir", str(tmp_path / "x"), "--fold-bn",
+                          "--steps", "1"])
 
 
 @pytest.mark.parametrize(("prefill", "output"), [("zeros", "image"), ("telea", "residual")])

@@ -24,7 +24,13 @@ import torch
 from torch import nn
 
 from shared.accel import autocast_for, best_device, use_bf16
-from shared.models.mwcnn import MWCNN, MWCNNConfig, count_parameters, load_mwcnn
+from shared.models.mwcnn import (
+    MWCNN,
+    MWCNNConfig,
+    count_parameters,
+    fold_batchnorm,
+    load_mwcnn,
+)
 from training.common import (
     LoopSettings,
     RunLog,
@@ -49,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-depth", type=int, default=4)
     p.add_argument("--bottom-depth", type=int, default=8)
     p.add_argument("--no-bn", action="store_true", help="drop BatchNorm (a deviation)")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold the --init model's BatchNorm into its convs and train on without it")
     p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "
@@ -137,6 +145,11 @@ def build_model(args: argparse.Namespace, device: torch.device, log: RunLog) -> 
         if shipped.config != config:
             log(f"--init {args.init}: using its config {shipped.config} (CLI shape ignored)")
         model = shipped.train()
+        if args.fold_bn:
+            model = fold_batchnorm(model)
+            log(f"--fold-bn: BatchNorm folded into the convs of {args.init}")
+    elif args.fold_bn:
+        raise SystemExit("--fold-bn needs --init (the model whose BatchNorm to fold)")
     else:
         model = MWCNN(config)
     return model.to(device, memory_format=torch.channels_last)
