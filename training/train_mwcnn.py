@@ -9,6 +9,10 @@ and steps/hour every ``--log-every`` steps and validation PSNR every ``--val-eve
 ``last.pt`` (resumable: model, optimizer, scheduler, step, RNGs) is rewritten atomically every
 ``--ckpt-minutes`` and on SIGTERM/SIGINT; ``best.pt`` keeps the best validation PSNR.
 ``--width W`` means widths (W, 2W, 2W) — the paper's shape is 160/256/256 (``--widths``).
+``--fold-bn`` (with ``--init``) folds the initial model's BatchNorm into its convs and trains on
+without it: one set of running statistics cannot serve every level of a level-conditioned
+network, so BN's eval-mode output swings from checkpoint to checkpoint (see
+:func:`shared.models.mwcnn.fold_batchnorm`).
 """
 
 from __future__ import annotations
