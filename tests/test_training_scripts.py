@@ -101,6 +101,13 @@ def test_a_fold_bn_run_starts_from_the_init_function_and_resumes_without_batchno
                                    rtol=1e-4, atol=1e-4)
     assert train_mwcnn.main([*args, "--steps", "4", "--resume"]) == 0
     assert _checkpoint(run / "last.pt")["step"] == 4
+
+    wide_run = tmp_path / "wide"
+    wide_args = [*args[:3], str(wide_run), *args[4:], "--widen-to", "6", "12", "10"]
+    assert train_mwcnn.main([*wide_args, "--steps", "2"]) == 0
+    wide_config = MWCNNConfig.from_json(_checkpoint(wide_run / "last.pt")["extra"]["config"])
+    assert wide_config.widths == (6, 12, 10) and not wide_config.batch_norm
+    assert train_mwcnn.main([*wide_args, "--steps", "3", "--resume"]) == 0
     with pytest.raises(SystemExit):
         train_mwcnn.main(["--task", "denoise", "--run-dir", str(tmp_path / "x"), "--fold-bn",
                           "--steps", "1"])

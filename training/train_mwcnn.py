@@ -48,6 +48,7 @@ from training.common import (
     save_checkpoint,
 )
 from training.data import TASKS, PatchSampler, TrainingImages, ValItem, validation_set
+from training.net2wider import widen_mwcnn
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-bn", action="store_true", help="drop BatchNorm (a deviation)")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold the --init model's BatchNorm into its convs and train on without it")
+    p.add_argument("--widen-to", type=int, nargs=3, metavar=("W1", "W2", "W3"),
+                   help="grow the (BN-free or --fold-bn) --init model to these widths, starting "
+                        "from its function (Net2WiderNet, training/net2wider.py)")
     p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "
@@ -152,8 +156,11 @@ def build_model(args: argparse.Namespace, device: torch.device, log: RunLog) -> 
         if args.fold_bn:
             model = fold_batchnorm(model)
             log(f"--fold-bn: BatchNorm folded into the convs of {args.init}")
-    elif args.fold_bn:
-        raise SystemExit("--fold-bn needs --init (the model whose BatchNorm to fold)")
+        if args.widen_to:
+            model = widen_mwcnn(model, tuple(args.widen_to), seed=args.seed).train()
+            log(f"--widen-to: {shipped.config.widths} -> {model.config.widths} (Net2WiderNet)")
+    elif args.fold_bn or args.widen_to:
+        raise SystemExit("--fold-bn and --widen-to need --init (the model to start from)")
     else:
         model = MWCNN(config)
     return model.to(device, memory_format=torch.channels_last)
