@@ -157,7 +157,7 @@ def build_model(args: argparse.Namespace, device: torch.device, log: RunLog) -> 
             model = fold_batchnorm(model)
             log(f"--fold-bn: BatchNorm folded into the convs of {args.init}")
         if args.widen_to:
-            model = widen_mwcnn(model, tuple(args.widen_to), seed=args.seed).train()
+            model = widen_mwcnn(model, tuple(args.widen_to), seed=args.seed)
             log(f"--widen-to: {shipped.config.widths} -> {model.config.widths} (Net2WiderNet)")
     elif args.fold_bn or args.widen_to:
         raise SystemExit("--fold-bn and --widen-to need --init (the model to start from)")
