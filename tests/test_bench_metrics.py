@@ -264,3 +264,14 @@ def test_cache_only_computes_nothing_and_marks_partial_cells(tmp_path: Path) -> 
     assert results[0].computed == 0 and results[0].mean("A")[1] == 1
     view = harness.View("", ("psnr", "ssim"))
     assert "(1/3)" in harness.render_table("t", ["A"], results, [view], {"A": 3})
+
+
+def test_dip_rows_are_cached_by_code_version_and_fast_models_are_not() -> None:
+    from benchmarks.tasks.common import Options, model_limits
+
+    options = Options(data=Path("."), limit=None, models=None, only=None, slow_limit=2)
+    columns = frozenset({"holes 20–30%"})
+    dip = model_limits("dip", options, columns)
+    assert dip["max_images"] == 2 and dip["columns"] == columns
+    assert dip["version"].startswith("torch") and len(dip["version"]) > 12
+    assert model_limits("mwcnn", options, columns) == {}

@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from benchmarks.harness import Case, Row, RowResult, ScoreFn, View
+from services.dip import core as dip_core
+from shared import inpaint_window
 from shared.catalog import models_for, offers_ensemble
+from shared.models import deep_image_prior
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -91,10 +95,19 @@ def include_classic(options: Options) -> bool:
 
 def model_limits(model: str, options: Options, slow_columns: frozenset[str]) -> dict[str, Any]:
     """Row arguments for one of our models: a very slow one (DIP) runs only on the task's
-    `slow_columns` and on ``--slow-limit`` images of each (0 leaves it out)."""
+    `slow_columns` and on ``--slow-limit`` images of each (0 leaves it out), and its scores
+    are cached: DIP is seeded, so its output is fixed by its code and by torch's version,
+    and minutes per image are worth computing once."""
     if model not in SLOW_MODELS:
         return {}
-    return {"max_images": options.slow_limit, "columns": slow_columns}
+    return {"max_images": options.slow_limit, "columns": slow_columns,
+            "version": slow_model_version()}
+
+
+def slow_model_version() -> str:
+    """Cache version of the DIP rows: the source of its fit and network, and torch's version."""
+    code = source_version(dip_core, deep_image_prior, inpaint_window)
+    return f"torch{torch.__version__}-{code}"
 
 
 def source_version(*objects: object) -> str:
