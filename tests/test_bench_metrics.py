@@ -13,6 +13,7 @@ from skimage.metrics import structural_similarity
 
 from benchmarks import harness, metrics
 from benchmarks.dncnn import DnCNN, run_dncnn
+from benchmarks.tasks.common import Options, model_limits
 from shared import tiling
 from shared.degradations import add_gaussian_noise
 
@@ -267,8 +268,6 @@ def test_cache_only_computes_nothing_and_marks_partial_cells(tmp_path: Path) -> 
 
 
 def test_dip_rows_are_cached_by_code_version_and_fast_models_are_not() -> None:
-    from benchmarks.tasks.common import Options, model_limits
-
     options = Options(data=Path("."), limit=None, models=None, only=None, slow_limit=2)
     columns = frozenset({"holes 20–30%"})
     dip = model_limits("dip", options, columns)
