@@ -127,6 +127,13 @@ def from_float01(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(arr, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def is_gray(image: np.ndarray) -> bool:
+    """One channel, or three equal ones (a black-and-white photo saved as RGB)."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return True
+    return bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+
+
 def composite_masked(original: np.ndarray, filled: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Take `filled` inside the bool `mask` and `original` everywhere else.
 

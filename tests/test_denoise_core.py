@@ -37,6 +37,31 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def test_a_gray_photo_goes_through_the_gray_network_where_installed(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(1)
+    gray_model = MWCNN(MWCNNConfig(widths=(8, 8, 8), block_depth=2, bottom_depth=2,
+                                   in_channels=1)).eval()
+    with torch.no_grad():
+        gray_model.dec1[-1].weight.normal_(0, 0.05)  # not the identity
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / networks.DENOISE_WEIGHTS).write_bytes(
+        (tiny_weights / networks.DENOISE_WEIGHTS).read_bytes())
+    image = data.camera()[:40, :48]
+    colour_out, colour_sha = networks.mwcnn_denoise(image, 25, weights_dir=folder)
+    save_mwcnn(gray_model, folder / networks.DENOISE_GRAY_WEIGHTS)
+
+    gray_out, gray_sha = networks.mwcnn_denoise(image, 25, weights_dir=folder)
+    assert gray_sha != colour_sha and not np.array_equal(gray_out, colour_out)
+    as_rgb, rgb_sha = networks.mwcnn_denoise(np.dstack([image] * 3), 25, weights_dir=folder)
+    assert rgb_sha == gray_sha and as_rgb.shape == (40, 48, 3)
+    assert all(np.array_equal(as_rgb[..., c], gray_out) for c in range(3))
+    photo = data.astronaut()[:40, :48]
+    assert networks.mwcnn_denoise(photo, 25, weights_dir=folder)[1] == colour_sha
+
+
 def test_classic_denoise_improves_psnr() -> None:
     clean = data.camera()[100:228, 100:260]
     degraded = noisy(clean, 25)

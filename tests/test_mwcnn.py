@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from shared.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
     fold_batchnorm,
+    gray_from_colour,
     haar_dwt,
     haar_iwt,
     load_mwcnn,
@@ -115,6 +117,22 @@ def test_fold_batchnorm_is_the_eval_function() -> None:
 def test_fold_batchnorm_without_bn_is_identity_op() -> None:
     model = MWCNN(MWCNNConfig(widths=(8, 16, 16), block_depth=2, bottom_depth=2, batch_norm=False))
     assert fold_batchnorm(model) is model
+
+
+def test_gray_from_colour_is_the_colour_network_on_replicated_gray() -> None:
+    colour = MWCNN(replace(TINY, batch_norm=False))
+    with torch.no_grad():
+        for parameter in colour.parameters():  # every weight, the level inputs included
+            parameter.normal_(0, 0.1)
+    gray = gray_from_colour(colour).eval()
+    assert gray.config.in_channels == 1 and gray.config.widths == TINY.widths
+    x = torch.rand(2, 1, 16, 24)
+    with torch.no_grad():
+        expected = colour.eval()(x.expand(-1, 3, -1, -1), 0.1).mean(1, keepdim=True)
+        torch.testing.assert_close(gray(x, 0.1), expected, rtol=1e-5, atol=1e-5)
+        # and not trivially: the colour channels differ, so the average is a real reduction
+        assert colour(x.expand(-1, 3, -1, -1), 0.1).std(1).max() > 1e-3
+    assert gray_from_colour(gray) is gray
 
 
 def test_dwt_iwt_perfect_reconstruction() -> None:

@@ -21,7 +21,7 @@ from shared.models.deepfill_contextual_attention import DeepFillConfig, DeepFill
 from shared.models.esrgan import load_rrdbnet
 from shared.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn, save_mwcnn
 from training import train_deepfill, train_esrgan, train_mwcnn
-from training.common import Schedule, training_lineage
+from training.common import Schedule, WeightAverage, training_lineage
 from training.data import VALIDATION, PatchSampler, TrainingImages
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,6 +72,67 @@ def test_mwcnn_training_validates_checkpoints_and_resumes(data_root: Path, tmp_p
     assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, 4), (4, 6)]
     assert _log_events(run, "stop")[-1] == {"best": pytest.approx(last["extra"]["best_psnr"]),
                                              "reason": "done", "step": 6}
+
+
+def test_a_weight_average_follows_the_mean_of_recent_weights() -> None:
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average.model.weight.data.fill_(0.0)
+    for _ in range(20):  # past the ramp the decay is 0.5: 1, 2, 1, 2, ... averages towards 5/3
+        for value in (1.0, 2.0):
+            model.weight.data.fill_(value)
+            average.update(model)
+    assert float(average.model.weight) == pytest.approx(5 / 3, abs=1e-3)
+    assert not average.model.weight.requires_grad
+
+    restored = WeightAverage(torch.nn.Linear(1, 1, bias=False), decay=0.5)
+    restored.load_state_dict(average.state_dict())
+    assert restored.updates == 40
+    assert torch.equal(restored.model.weight, average.model.weight)
+
+
+def test_an_ema_run_keeps_the_average_as_best_and_resumes_it(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    tiny = ["--task", "denoise", "--run-dir", str(run), "--widths", "4", "8", "8",
+            "--block-depth", "2", "--bottom-depth", "2", "--batch", "2", "--patch", "32",
+            "--log-every", "2", "--val-every", "2", "--warmup", "1", "--lr", "1e-2",
+            "--ema", "0.9"]
+    assert train_mwcnn.main([*tiny, "--steps", "4"]) == 0
+    last = _checkpoint(run / "last.pt")
+    average = last["extra"]["weight_average"]
+    assert average["updates"] == 4
+    raw, averaged = last["model"], average["model"]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)  # a real average, not a copy
+    best = _checkpoint(run / "best.pt")
+    assert "optimizer" not in best  # the average only: nothing to resume from here
+    assert set(best["model"]) == set(raw)
+
+    assert train_mwcnn.main([*tiny, "--steps", "6", "--resume"]) == 0
+    assert _checkpoint(run / "last.pt")["extra"]["weight_average"]["updates"] == 6
+
+
+def test_a_gray_run_converts_a_colour_init_and_trains_on_gray_patches(
+    data_root: Path, tmp_path: Path
+) -> None:
+    init = tmp_path / "colour.safetensors"
+    save_mwcnn(MWCNN(MWCNNConfig(widths=(4, 8, 8), block_depth=2, bottom_depth=2,
+                                 batch_norm=False)), init)
+    run = tmp_path / "run"
+    assert train_mwcnn.main(["--task", "denoise", "--run-dir", str(run), "--init", str(init),
+                             "--gray", "--batch", "2", "--patch", "32", "--steps", "2",
+                             "--val-every", "2", "--warmup", "1"]) == 0
+    assert "converted to a one-channel network" in (run / "train.log").read_text()
+    assert MWCNNConfig.from_json(_checkpoint(run / "best.pt")["extra"]["config"]).in_channels == 1
+
+    images = TrainingImages.load(min_size=32)
+    sampler = PatchSampler(images, "denoise", 32, np.random.default_rng(0), gray_fraction=0.0,
+                           channels=1)  # colour sources only: converted to gray
+    batch = sampler.sample(3)
+    assert batch.inputs.shape == batch.targets.shape == (3, 1, 32, 32)
 
 
 def test_a_fold_bn_run_starts_from_the_init_function_and_resumes_without_batchnorm(

@@ -12,6 +12,8 @@ Nothing here knows about a particular network. The pieces:
 * :func:`run_steps`: the step loop every script shares (progress bar, steps/hour and loss
   windows, validation points kept out of the rate, periodic and final checkpoints, a clean stop
   on SIGTERM/SIGINT or after ``--max-minutes``); the script supplies one optimisation step.
+* :class:`WeightAverage`: an exponential moving average of the weights (validated and shipped
+  in place of the raw weights when a script offers ``--ema``).
 * :func:`machine_summary`: CPU model, flags, threads, bf16 decision (from ``shared.accel``).
 * :func:`export_fp16_safetensors` / :func:`write_provenance` / :func:`git_commit`: shipping.
 * :func:`psnr`: the plain PSNR used for validation logging.
@@ -20,6 +22,7 @@ Nothing here knows about a particular network. The pieces:
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -236,6 +239,47 @@ def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0,
     span = max(1, total_steps - warmup_steps)
     t = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+# --------------------------------------------------------------------------- weight average
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging).
+
+    Adam's last iterate jitters around the minimum at a constant learning rate; the average of
+    the last ~1/(1 - decay) iterates sits nearer to it, which the cosine decay otherwise only
+    reaches at its very end. Floating-point parameters and buffers are averaged, others copied.
+    The effective decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, so a
+    freshly started average is not dominated by its initial copy.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        averaged = self.model.state_dict()
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                averaged[name].lerp_(value.detach(), 1.0 - decay)
+            else:
+                averaged[name].copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"], strict=True)
+        self.updates = int(state["updates"])
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -114,6 +114,20 @@ def to_chw3(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def to_chw(img: np.ndarray, channels: int) -> np.ndarray:
+    """float32 (channels, H, W) in [0, 1]: 3 replicates a gray image, 1 needs a gray one."""
+    if channels == 3:
+        return to_chw3(img)
+    if img.ndim != 2:
+        raise ValueError(f"a one-channel network takes gray images, got shape {img.shape}")
+    return (np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's "L" conversion (ITU-R 601-2 luma) of a uint8 RGB array, as :func:`read_image`."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"), dtype=np.uint8)
+
+
 def degrade(clean: np.ndarray, task: Task, level_value: float, rng: np.random.Generator,
             clip: bool) -> np.ndarray:
     """Degrade one uint8 patch/image (gray or RGB) at σ or quality ``level_value``."""
@@ -130,8 +144,8 @@ def level_of(task: Task, level_value: float) -> float:
 
 @dataclass
 class Batch:
-    inputs: np.ndarray  # (B, 3, P, P) float32, degraded
-    targets: np.ndarray  # (B, 3, P, P) float32, clean
+    inputs: np.ndarray  # (B, C, P, P) float32, degraded (C = the network's channels)
+    targets: np.ndarray  # (B, C, P, P) float32, clean
     levels: np.ndarray  # (B,) float32, the network's level-map value
 
 
@@ -144,14 +158,21 @@ class PatchSampler:
     uniform in JPEG_QUALITY_RANGE (integers), Pillow JPEG of the gray or RGB patch.
     With ``focus`` = (low, high, p), a share p of the levels is drawn from [low, high] instead
     (a fine-tune that puts more weight on the hardest levels without leaving the served range).
+    ``channels=1`` (a gray network): every patch is gray; the colour sources are converted to
+    gray first, so ``gray_fraction`` then picks between Train400 and gray BSD200/T91.
     """
 
     def __init__(self, images: TrainingImages, task: Task, patch: int, rng: np.random.Generator,
                  gray_fraction: float = 0.5, clip_prob: float = 0.5,
-                 focus: tuple[float, float, float] | None = None) -> None:
+                 focus: tuple[float, float, float] | None = None, channels: int = 3) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if channels == 1:
+            images = TrainingImages(gray=images.gray, colour=[to_gray(c) for c in images.colour])
         self.images, self.task, self.patch, self.rng = images, task, patch, rng
+        self.channels = channels
         self.gray_fraction, self.clip_prob = gray_fraction, clip_prob
         served = SIGMA_RANGE if task == "denoise" else JPEG_QUALITY_RANGE
         if focus is not None and not served[0] <= focus[0] <= focus[1] <= served[1]:
@@ -175,8 +196,8 @@ class PatchSampler:
             clean = random_dihedral(random_crop(img, self.patch, self.rng), self.rng)
             value = self._draw_level()
             clip = bool(self.rng.random() < self.clip_prob)
-            inputs.append(to_chw3(degrade(clean, self.task, value, self.rng, clip)))
-            targets.append(to_chw3(clean))
+            inputs.append(to_chw(degrade(clean, self.task, value, self.rng, clip), self.channels))
+            targets.append(to_chw(clean, self.channels))
             levels.append(level_of(self.task, value))
         return Batch(np.stack(inputs), np.stack(targets), np.asarray(levels, dtype=np.float32))
 
@@ -184,8 +205,8 @@ class PatchSampler:
 @dataclass
 class ValItem:
     name: str
-    input: np.ndarray  # (3, H, W) float32
-    target: np.ndarray  # (3, H, W) float32
+    input: np.ndarray  # (C, H, W) float32
+    target: np.ndarray  # (C, H, W) float32
     level: float
     gray: bool  # replicated gray: score the channel mean against one channel
 
@@ -208,15 +229,21 @@ def validation_images(root: Path | None = None) -> list[tuple[str, np.ndarray]]:
 
 
 def validation_set(task: Task, root: Path | None = None,
-                   levels: Sequence[float] | None = None) -> list[ValItem]:
-    """Deterministic degraded/clean validation pairs (seeded; float unclipped noise)."""
+                   levels: Sequence[float] | None = None, channels: int = 3) -> list[ValItem]:
+    """Deterministic degraded/clean validation pairs (seeded; float unclipped noise).
+
+    ``channels=1`` (a gray network): the colour images are converted to gray first.
+    """
     if levels is None:
         levels = VAL_SIGMAS if task == "denoise" else VAL_QUALITIES
     rng = np.random.default_rng(VAL_SEED)
     items = []
     for name, clean in validation_images(root):
+        if channels == 1 and clean.ndim == 3:
+            clean = to_gray(clean)
         for value in levels:
             degraded = degrade(clean, task, value, rng, clip=False)
-            items.append(ValItem(f"{name}@{value:g}", to_chw3(degraded), to_chw3(clean),
-                                 level_of(task, value), gray=clean.ndim == 2))
+            items.append(ValItem(f"{name}@{value:g}", to_chw(degraded, channels),
+                                 to_chw(clean, channels), level_of(task, value),
+                                 gray=clean.ndim == 2))
     return items

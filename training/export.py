@@ -69,6 +69,16 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _channel_notes(in_channels: int) -> dict[str, str]:
+    if in_channels == 1:
+        return {"gray_handling": "gray network (one channel), trained on gray patches only; "
+                                 "serves black-and-white photos (services/denoise/networks.py)",
+                "input_range": "gray float in [0, 1], H and W multiples of 8"}
+    return {"gray_handling": "colour network; gray images replicated to 3 channels, "
+                             "output averaged",
+            "input_range": "RGB float in [0, 1], H and W multiples of 8"}
+
+
 def provenance(state: dict[str, Any], model: MWCNN, out: Path, checks: dict[str, Any]) -> dict:
     extra = state.get("extra", {})
     task = extra.get("task", "unknown")
@@ -81,8 +91,7 @@ def provenance(state: dict[str, Any], model: MWCNN, out: Path, checks: dict[str,
         "parameters": count_parameters(model),
         "task": task,
         "level_map": LEVEL_MAPS.get(task, ""),
-        "gray_handling": "colour network; gray images replicated to 3 channels, output averaged",
-        "input_range": "RGB float in [0, 1], H and W multiples of 8",
+        **_channel_notes(model.config.in_channels),
         "steps": state.get("step"),
         **training_lineage((extra.get("history") or {}).get("init"), int(state.get("step") or 0)),
         "training_args": extra.get("args"),
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     checks: dict[str, Any] = {}
     if not args.skip_validation:
-        items = validation_set(task)
+        items = validation_set(task, channels=config.in_channels)
         # fp32 on purpose: the check is about the stored precision, not the runtime's.
         with torch.autocast("cpu", enabled=False):
             fp32 = validate(model, items, device)["all"]

@@ -8,6 +8,8 @@
 and steps/hour every ``--log-every`` steps and validation PSNR every ``--val-every`` steps.
 ``last.pt`` (resumable: model, optimizer, scheduler, step, RNGs) is rewritten atomically every
 ``--ckpt-minutes`` and on SIGTERM/SIGINT; ``best.pt`` keeps the best validation PSNR.
+``--ema 0.999`` validates (and so keeps in ``best.pt``, which export ships) a moving average of
+the weights instead of the last iterate; ``last.pt`` holds both, so a resume continues the average.
 ``--width W`` means widths (W, 2W, 2W) — the paper's shape is 160/256/256 (``--widths``).
 ``--fold-bn`` (with ``--init``) folds the initial model's BatchNorm into its convs and trains on
 without it: one set of running statistics cannot serve every level of a level-conditioned
@@ -33,12 +35,14 @@ from shared.models.mwcnn import (
     MWCNNConfig,
     count_parameters,
     fold_batchnorm,
+    gray_from_colour,
     load_mwcnn,
 )
 from training.common import (
     LoopSettings,
     RunLog,
     Schedule,
+    WeightAverage,
     configure_threads,
     git_commit,
     load_checkpoint,
@@ -65,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widen-to", type=int, nargs=3, metavar=("W1", "W2", "W3"),
                    help="grow the (BN-free or --fold-bn) --init model to these widths, starting "
                         "from its function (Net2WiderNet, training/net2wider.py)")
+    p.add_argument("--gray", action="store_true",
+                   help="a one-channel (gray) network trained on gray patches only; a colour "
+                        "--init is converted to it exactly (shared.models.mwcnn.gray_from_colour)")
     p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "
@@ -85,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="draw --focus-prob of the levels (σ or JPEG quality) from this range")
     p.add_argument("--focus-prob", type=float, default=0.5)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, keep as best.pt and ship an exponential moving average of "
+                        "the weights with this decay (e.g. 0.999; 0: off, the raw weights)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     p.add_argument("--init", type=Path, default=None, help="start from shipped safetensors")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -100,7 +110,8 @@ def config_from_args(args: argparse.Namespace) -> MWCNNConfig:
     else:
         widths = MWCNNConfig().widths
     return MWCNNConfig(widths=widths, block_depth=args.block_depth,  # type: ignore[arg-type]
-                       bottom_depth=args.bottom_depth, batch_norm=not args.no_bn)
+                       bottom_depth=args.bottom_depth, batch_norm=not args.no_bn,
+                       in_channels=1 if args.gray else 3)
 
 
 def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -159,6 +170,9 @@ def build_model(args: argparse.Namespace, device: torch.device, log: RunLog) -> 
         if args.widen_to:
             model = widen_mwcnn(model, tuple(args.widen_to), seed=args.seed)
             log(f"--widen-to: {shipped.config.widths} -> {model.config.widths} (Net2WiderNet)")
+        if args.gray and model.config.in_channels != 1:
+            model = gray_from_colour(model)
+            log(f"--gray: {args.init} converted to a one-channel network (same gray function)")
     elif args.fold_bn or args.widen_to:
         raise SystemExit("--fold-bn and --widen-to need --init (the model to start from)")
     else:
@@ -187,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = schedule.lr_scheduler(optimizer, args.warmup, args.min_lr_ratio)
     np_rng = np.random.default_rng(args.seed)
     step, best_psnr = 0, -math.inf
+    saved_average = None
     commit = git_commit()
     history: dict[str, Any] = {"init": str(args.init) if args.init else None, "segments": []}
     if args.resume and last.exists():
@@ -195,17 +210,23 @@ def main(argv: list[str] | None = None) -> int:
         step = int(state["step"])
         best_psnr = float(state["extra"].get("best_psnr", -math.inf))
         history = state["extra"].get("history", history)
+        saved_average = state["extra"].get("weight_average")
         schedule.elapsed_before = float(state["extra"].get("elapsed_s", 0.0))
         log(f"resumed from {last} at step {step} (best val PSNR {best_psnr:.3f})")
     elif args.resume:
         log(f"--resume: no {last} yet, starting fresh")
+    # Made after a resume so that, without a stored average, it starts from the resumed weights.
+    average = WeightAverage(model, args.ema) if args.ema else None
+    if average is not None and saved_average is not None:
+        average.load_state_dict(saved_average)
 
     machine = machine_summary(device)
     images = TrainingImages.load(min_size=args.patch)
     focus = (*args.focus_range, args.focus_prob) if args.focus_range else None
+    channels = config.in_channels
     sampler = PatchSampler(images, args.task, args.patch, np_rng, args.gray_fraction,
-                           args.clip_prob, focus)
-    val_items = validation_set(args.task)
+                           args.clip_prob, focus, channels)
+    val_items = validation_set(args.task, channels=channels)
     segment = {"start_step": step, "commit": commit, "machine": machine["device"],
                "args": {k: str(v) for k, v in vars(args).items()}}
     history["segments"].append(segment)
@@ -215,15 +236,26 @@ def main(argv: list[str] | None = None) -> int:
              val_items=len(val_items), val_input_psnr=input_scores, bf16=use_bf16(device))
 
     def extra() -> dict[str, Any]:
-        return {"config": config.to_json(), "task": args.task, "best_psnr": best_psnr,
-                "elapsed_s": schedule.elapsed_s(),
-                "history": history, "machine": machine, "commit": commit,
-                "args": {k: str(v) for k, v in vars(args).items()}, "data": images.describe()}
+        fields = {"config": config.to_json(), "task": args.task, "best_psnr": best_psnr,
+                  "elapsed_s": schedule.elapsed_s(),
+                  "history": history, "machine": machine, "commit": commit,
+                  "args": {k: str(v) for k, v in vars(args).items()}, "data": images.describe()}
+        if average is not None:
+            fields["weight_average"] = average.state_dict()
+        return fields
 
     def checkpoint(path: Path, at_step: int) -> None:
         segment["end_step"] = at_step
         save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler,
                         step=at_step, np_rng=np_rng, extra=extra())
+
+    def checkpoint_best(at_step: int) -> None:
+        """best.pt holds the validated weights: the average when there is one (export reads it)."""
+        if average is None:
+            checkpoint(best_path, at_step)
+            return
+        segment["end_step"] = at_step
+        save_checkpoint(best_path, model=average.model, step=at_step, extra=extra())
 
     criterion = loss_fn(args.loss)
 
@@ -238,14 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update(model)
         return {"loss": float(loss.detach())}
 
     def validate_at(at_step: int) -> dict[str, Any]:
         nonlocal best_psnr
-        scores = validate(model, val_items, device)
+        scores = validate(average.model if average is not None else model, val_items, device)
         if scores["all"] > best_psnr:
             best_psnr = scores["all"]
-            checkpoint(best_path, at_step)
+            checkpoint_best(at_step)
         return {"psnr": scores, "best": best_psnr}
 
     model.train()

@@ -10,6 +10,7 @@ import torch
 
 from shared.catalog import DEFAULT_WEIGHTS_DIR
 from shared.hashing import file_sha256
+from shared.imaging import is_gray
 from shared.inference import LoadedNetwork, load_once, prepare_for_inference, run_network
 from shared.models.mwcnn import (
     SIZE_MULTIPLE,
@@ -20,6 +21,8 @@ from shared.models.mwcnn import (
 )
 
 DENOISE_WEIGHTS = "mwcnn-denoise.safetensors"
+#: Optional one-channel denoiser: a black-and-white photo goes through it when it is installed.
+DENOISE_GRAY_WEIGHTS = "mwcnn-denoise-gray.safetensors"
 ARTIFACTS_WEIGHTS = "mwcnn-artifacts.safetensors"
 # Peak working memory per input pixel of a tile (measured for the paper's width: ~2.1 KiB).
 MWCNN_PIXEL_COST = 4096
@@ -70,7 +73,19 @@ def mwcnn_denoise(
     should_cancel: Callable[[], bool] | None = None,
     ensemble: bool = False,
 ) -> tuple[np.ndarray, str]:
-    """Denoised image and the weights' sha256; `sigma` on the 0–255 scale."""
+    """Denoised image and the weights' sha256; `sigma` on the 0–255 scale.
+
+    A gray image (one channel, or three equal ones) goes through the gray network where it is
+    installed: all of its width was trained on gray, where the colour network shares it.
+    """
+    gray_weights = weights_dir / DENOISE_GRAY_WEIGHTS
+    if is_gray(image) and gray_weights.is_file():
+        plane = image if image.ndim == 2 else image[..., 0]
+        out, weights_id = _run(gray_weights, plane, level_from_sigma(sigma), on_progress,
+                               should_cancel, ensemble)
+        if image.ndim == 3:
+            out = np.repeat(out.reshape(*plane.shape, 1), image.shape[2], axis=2)
+        return out, weights_id
     return _run(
         weights_dir / DENOISE_WEIGHTS,
         image,

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from shared import accel
+from shared.imaging import is_gray
 from shared.inference import load_safetensors_strict, numpy_to_tensor, prepare_for_inference
 from shared.inpaint_window import FEATHER_PX, fill_through_window, telea_fill
 from shared.models.deepfill_contextual_attention import (
@@ -68,10 +69,6 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def _is_gray(rgb: np.ndarray) -> bool:
-    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-
-
 def run_deepfill(model: DeepFillV1, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The refined output (uint8 H×W×3) for a uint8 H×W×3 image and bool mask, any size."""
     device = next(model.parameters()).device
@@ -106,7 +103,7 @@ def inpaint_deepfill(image: np.ndarray, mask: np.ndarray, weights_path: str | Pa
         rgb = np.repeat(window[..., None], 3, axis=2) if window.ndim == 2 else window
         filled = run_deepfill(model, rgb, hole)
         on_progress(0.9)
-        if window.ndim == 2 or _is_gray(window):
+        if is_gray(window):
             # A black-and-white photo (one channel, or three equal ones) was filled as colour:
             # the network's slight tints would show, so the fill is made gray too.
             gray = np.rint(filled.astype(np.float32).mean(axis=2)).astype(np.uint8)

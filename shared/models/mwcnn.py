@@ -262,6 +262,34 @@ def fold_batchnorm(model: MWCNN) -> MWCNN:
     return folded.train(model.training)
 
 
+def gray_from_colour(model: MWCNN) -> MWCNN:
+    """A one-channel MWCNN computing exactly what ``model`` does for a gray image.
+
+    A colour network serves gray by replicating it to R = G = B and averaging the three outputs.
+    Both steps are linear at the ends of the network, so they fold into its first and last
+    convs: the DWT is per channel, so the three replicated sub-bands of each band meet the first
+    conv as one, with the sum of their weights; the last conv's three colour outputs of each
+    band are averaged into one (the IWT and the residual add commute with the average). The
+    result starts a gray-only fine-tune at the colour model's gray score, with the whole width
+    then spent on gray.
+    """
+    cfg = model.config
+    if cfg.in_channels == 1:
+        return model
+    colours = cfg.in_channels
+    gray = MWCNN(replace(cfg, in_channels=1)).to(next(model.parameters()).device)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first, last = "enc1.0.weight", f"dec1.{len(model.dec1) - 1}"
+    c0 = colours + (1 if cfg.level_channel else 0)
+    w = state[first].unflatten(1, (4, c0))  # (out, band, channel [R, G, B, level], 3, 3)
+    merged = [w[:, :, :colours].sum(2, keepdim=True), w[:, :, colours:]]
+    state[first] = torch.cat(merged, dim=2).flatten(1, 2)
+    for key in (f"{last}.weight", f"{last}.bias"):
+        state[key] = state[key].unflatten(0, (4, colours)).mean(1)  # band-major outputs
+    gray.load_state_dict(state, strict=True)
+    return gray.train(model.training)
+
+
 @torch.no_grad()
 def _fold_block(source: nn.Sequential, target: nn.Sequential) -> None:
     convs = [m for m in target if isinstance(m, nn.Conv2d)]
