@@ -60,6 +60,9 @@ def test_a_gray_photo_goes_through_the_gray_network_where_installed(
     assert all(np.array_equal(as_rgb[..., c], gray_out) for c in range(3))
     photo = data.astronaut()[:40, :48]
     assert networks.mwcnn_denoise(photo, 25, weights_dir=folder)[1] == colour_sha
+    # what the job record names (services/denoise/service.py)
+    assert networks.denoiser_for(image, folder).name == networks.DENOISE_GRAY_WEIGHTS
+    assert networks.denoiser_for(photo, folder).name == networks.DENOISE_WEIGHTS
 
 
 def test_classic_denoise_improves_psnr() -> None:

@@ -16,6 +16,7 @@ from skimage import data
 from services.denoise.classic import nlm_denoise
 from services.denoise.networks import (
     ARTIFACTS_WEIGHTS,
+    DENOISE_GRAY_WEIGHTS,
     DENOISE_WEIGHTS,
     mwcnn_deblock,
     mwcnn_denoise,
@@ -58,7 +59,8 @@ def shipped(name: str):  # type: ignore[no-untyped-def]
     return path
 
 
-LOADERS = {DENOISE_WEIGHTS: load_mwcnn, ARTIFACTS_WEIGHTS: load_mwcnn,
+LOADERS = {DENOISE_WEIGHTS: load_mwcnn, DENOISE_GRAY_WEIGHTS: load_mwcnn,
+           ARTIFACTS_WEIGHTS: load_mwcnn,
            PSNR_WEIGHTS: load_rrdbnet, GAN_WEIGHTS: load_rrdbnet,
            DEEPFILL_WEIGHTS: load_deepfill}
 

@@ -65,6 +65,16 @@ def _run(
     return out, network.weights_id
 
 
+def denoiser_for(image: np.ndarray, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> Path:
+    """The weights a denoise of ``image`` runs with.
+
+    A gray image (one channel, or three equal ones) goes through the gray network where it is
+    installed: all of its width was trained on gray, where the colour network shares it.
+    """
+    gray = weights_dir / DENOISE_GRAY_WEIGHTS
+    return gray if is_gray(image) and gray.is_file() else weights_dir / DENOISE_WEIGHTS
+
+
 def mwcnn_denoise(
     image: np.ndarray,
     sigma: float,
@@ -75,19 +85,18 @@ def mwcnn_denoise(
 ) -> tuple[np.ndarray, str]:
     """Denoised image and the weights' sha256; `sigma` on the 0–255 scale.
 
-    A gray image (one channel, or three equal ones) goes through the gray network where it is
-    installed: all of its width was trained on gray, where the colour network shares it.
+    A gray image goes through the gray network where it is installed (:func:`denoiser_for`).
     """
-    gray_weights = weights_dir / DENOISE_GRAY_WEIGHTS
-    if is_gray(image) and gray_weights.is_file():
+    weights = denoiser_for(image, weights_dir)
+    if weights.name == DENOISE_GRAY_WEIGHTS:
         plane = image if image.ndim == 2 else image[..., 0]
-        out, weights_id = _run(gray_weights, plane, level_from_sigma(sigma), on_progress,
+        out, weights_id = _run(weights, plane, level_from_sigma(sigma), on_progress,
                                should_cancel, ensemble)
         if image.ndim == 3:
             out = np.repeat(out.reshape(*plane.shape, 1), image.shape[2], axis=2)
         return out, weights_id
     return _run(
-        weights_dir / DENOISE_WEIGHTS,
+        weights,
         image,
         level_from_sigma(sigma),
         on_progress,

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from services.denoise.core import denoise, remove_artifacts, resolve_quality, resolve_sigma
+from services.denoise.networks import denoiser_for
 from shared import topology
 from shared.blobstore import BlobStore
 from shared.catalog import weights_sha256
 from shared.eventbus import EventBus
+from shared.hashing import cached_file_sha256
 from shared.model_service import ModelService, RestoreInput, RestoreOutput
+
+
+def _weights_sha256(job: RestoreInput) -> str | None:
+    """The weights the job runs with: a gray photo may go through the gray denoiser."""
+    if job.task == "denoise" and job.options.model == "mwcnn":
+        path = denoiser_for(job.pixels)
+        return cached_file_sha256(path) if path.is_file() else None
+    return weights_sha256(job.task, job.options.model)
 
 
 def restore(job: RestoreInput) -> RestoreOutput:
@@ -18,7 +28,7 @@ def restore(job: RestoreInput) -> RestoreOutput:
         "ensemble": job.options.ensemble,
     }
     details: dict[str, object] = {
-        "weights_sha256": weights_sha256(job.task, model),
+        "weights_sha256": _weights_sha256(job),
         "ensemble": job.options.ensemble,
     }
     if job.task == "artifacts":
