@@ -7,7 +7,7 @@
 #
 # then one device call (the device tool's `run`), well inside its 10-minute limit:
 #
-#   bash scripts/device-train.sh 7 mwcnn-denoise mwcnn-artifacts esrgan-psnr deepfill
+#   bash scripts/device-train.sh 7 mwcnn-denoise mwcnn-denoise-gray mwcnn-artifacts esrgan-psnr deepfill
 #   carry: [".device-data"]
 #
 # Copy what comes back into weights/ after checking its numbers (`make bench-quality`); set
@@ -31,10 +31,12 @@ init() { [ -n "${INIT_DIR:-}" ] && [ -f "$INIT_DIR/$1.safetensors" ] && echo "--
 train() {
     local name=$1 run=runs/device-$1
     case $name in
-        mwcnn-denoise | mwcnn-artifacts)
-            "$python" -m training.train_mwcnn --task "${name#mwcnn-}" --run-dir "$run" --width 64 \
+        mwcnn-denoise | mwcnn-artifacts | mwcnn-denoise-gray)
+            local task=${name#mwcnn-} gray=""
+            [ "$task" = denoise-gray ] && task=denoise gray=--gray
+            "$python" -m training.train_mwcnn --task "$task" $gray --run-dir "$run" --width 64 \
                 --steps 100000 --hours "$hours" --batch 32 --patch 96 --lr 1e-3 --warmup 500 \
-                --val-every 2000 --log-every 200 --threads 2 $(init "$name")
+                --val-every 2000 --log-every 200 --threads 2 --ema 0.999 $(init "$name")
             "$python" -m training.export --checkpoint "$run/best.pt" --out "$work/$name.safetensors" ;;
         esrgan-psnr)
             "$python" -m training.train_esrgan --stage psnr --run-dir "$run" --data "$RESTORA_DATA" \
