@@ -195,6 +195,28 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     assert (config["prefill"], config["output"]) == (prefill, output)
 
 
+
+def test_deepfill_ema_run_validates_and_exports_the_average(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",
+            "--log-every", "1", "--val-every", "3", "--warmup", "1", "--lr", "1e-2",
+            "--ema", "0.9"]
+    assert train_deepfill.main([*args, "--steps", "3"]) == 0
+    last = _checkpoint(run / "last.pt")
+    average = last["extra"]["weight_average"]
+    assert average["updates"] == 3
+    assert any(not torch.equal(last["model"][k], average["model"][k]) for k in last["model"])
+    best = _checkpoint(run / "best.pt")
+    assert "optimizer" not in best
+    assert all(torch.equal(best["model"][k], average["model"][k]) for k in average["model"])
+    assert train_deepfill.main([*args, "--steps", "5", "--resume"]) == 0
+    assert _checkpoint(run / "last.pt")["extra"]["weight_average"]["updates"] == 5
+    out = tmp_path / "ema.safetensors"
+    assert train_deepfill.main(["--run-dir", str(run), "--export", str(out)]) == 0
+    assert out.is_file()
+
 def test_esrgan_psnr_stage_exports_weights_a_gan_stage_starts_from(
     data_root: Path, tmp_path: Path
 ) -> None:

@@ -282,6 +282,11 @@ class WeightAverage:
         self.updates = int(state["updates"])
 
 
+def validated_model(model: torch.nn.Module, average: WeightAverage | None) -> torch.nn.Module:
+    """What validation scores and ``best.pt`` keeps (so export ships): the average if kept."""
+    return average.model if average is not None else model
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

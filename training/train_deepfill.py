@@ -22,6 +22,8 @@ strokes + rectangles, bands 1–50 %). Validation: the held-out BSD200 images of
 ``training.data.VALIDATION`` (centre 256² crops) with seeded masks at 10–20, 20–30 and 30–40 %:
 PSNR and L1 inside the hole, for the network (composited) and for OpenCV Telea on the same
 inputs, logged every ``--val-every`` steps; ``best.pt`` keeps the best hole PSNR.
+``--ema 0.999`` validates (so keeps in ``best.pt`` and exports) a moving average of the generator's
+weights instead of its last iterate (``training.common.WeightAverage``); a resume continues it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from training.common import (
     LoopSettings,
     RunLog,
     Schedule,
+    WeightAverage,
     configure_threads,
     export_fp16_safetensors,
     git_commit,
@@ -73,6 +76,7 @@ from training.common import (
     run_steps,
     save_checkpoint,
     training_lineage,
+    validated_model,
     write_provenance,
 )
 from training.data import (
@@ -122,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     p.add_argument("--init", type=Path, default=None, help="start from .safetensors or .pt")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, keep as best.pt and ship an exponential moving average of the "
+                        "generator's weights (e.g. 0.999; 0: off). A resume continues it")
     p.add_argument("--data-root", type=Path, default=None, help="default: training.data_root()")
     p.add_argument("--no-val", action="store_true", help="skip validation (timing runs)")
     p.add_argument("--export", type=Path, default=None,
@@ -374,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     critics = Critics(args.size, args.critic_width, args.lr, device) if args.adversarial else None
     np_rng = np.random.default_rng(args.seed)
     step, best, best_scores = 0, -math.inf, None
+    saved_average = None
     commit = git_commit()
     history: dict[str, Any] = {"init": str(args.init) if args.init else None, "segments": []}
     if args.resume and last.exists():
@@ -386,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         schedule.elapsed_before = float(state["extra"].get("elapsed_s", 0.0))
         if critics is not None and "critics" in state["extra"]:
             critics.load_state_dict(state["extra"]["critics"])
+        saved_average = state["extra"].get("weight_average")
         log(f"resumed from {last} at step {step} (best val hole PSNR {best:.3f})")
+    # Made after a resume so that, without a stored average, it starts from the resumed weights.
+    average = WeightAverage(model, args.ema) if args.ema else None
+    if average is not None and saved_average is not None:
+        average.load_state_dict(saved_average)
 
     root = args.data_root or data_root()
     machine = machine_summary(device)
@@ -409,12 +422,20 @@ def main(argv: list[str] | None = None) -> int:
                "args": {k: str(v) for k, v in vars(args).items()}}
         if critics is not None:
             out["critics"] = critics.state_dict()
+        if average is not None:
+            out["weight_average"] = average.state_dict()
         return out
 
     def checkpoint(path: Path, at_step: int) -> None:
         segment["end_step"] = at_step
         save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler,
                         step=at_step, np_rng=np_rng, extra=extra())
+
+    def checkpoint_best(at_step: int) -> None:
+        """best.pt holds the validated weights, and only them: export reads it, resumes don't."""
+        segment["end_step"] = at_step
+        save_checkpoint(best_path, model=validated_model(model, average), step=at_step,
+                        extra=extra())
 
     def train_step() -> dict[str, float]:
         batch = sampler.sample(args.batch)
@@ -436,14 +457,16 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update(model)
         return losses
 
     def validate_at(at_step: int) -> dict[str, Any]:
         nonlocal best, best_scores
-        scores = validate(model, val_items, device)
+        scores = validate(validated_model(model, average), val_items, device)
         if scores["all"]["psnr"] > best:
             best, best_scores = scores["all"]["psnr"], scores
-            checkpoint(best_path, at_step)
+            checkpoint_best(at_step)
         return {"scores": scores, "best": best}
 
     model.train()

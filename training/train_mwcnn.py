@@ -50,6 +50,7 @@ from training.common import (
     psnr,
     run_steps,
     save_checkpoint,
+    validated_model,
 )
 from training.data import TASKS, PatchSampler, TrainingImages, ValItem, validation_set
 from training.net2wider import widen_mwcnn
@@ -250,12 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                         step=at_step, np_rng=np_rng, extra=extra())
 
     def checkpoint_best(at_step: int) -> None:
-        """best.pt holds the validated weights: the average when there is one (export reads it)."""
-        if average is None:
-            checkpoint(best_path, at_step)
-            return
+        """best.pt holds the validated weights, and only them: export reads it, resumes don't."""
         segment["end_step"] = at_step
-        save_checkpoint(best_path, model=average.model, step=at_step, extra=extra())
+        save_checkpoint(best_path, model=validated_model(model, average), step=at_step,
+                        extra=extra())
 
     criterion = loss_fn(args.loss)
 
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def validate_at(at_step: int) -> dict[str, Any]:
         nonlocal best_psnr
-        scores = validate(average.model if average is not None else model, val_items, device)
+        scores = validate(validated_model(model, average), val_items, device)
         if scores["all"] > best_psnr:
             best_psnr = scores["all"]
             checkpoint_best(at_step)
