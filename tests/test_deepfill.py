@@ -10,7 +10,7 @@ import torch
 
 from services.inpaint.networks import inpaint_deepfill
 from shared.catalog import CATALOG
-from shared.inference import save_safetensors_fp16
+from shared.inference import clear_precision_cache, save_safetensors_fp16
 from shared.inpaint_window import context_window, telea_fill
 from shared.models.deepfill_contextual_attention import (
     ContextualAttention,
@@ -208,3 +208,18 @@ def test_a_black_and_white_photo_stored_as_rgb_gets_a_gray_fill(tiny_weights: Pa
     out = inpaint_deepfill(image, mask, tiny_weights)
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
     assert not np.array_equal(out[mask], image[mask])
+
+
+def test_deepfill_takes_bf16_only_where_native_and_faithful(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.inpaint import networks
+    from shared import inference
+
+    model = networks.load_deepfill(tiny_weights)
+    clear_precision_cache()
+    monkeypatch.setattr(inference.accel, "use_bf16", lambda _d: False)
+    assert not networks.uses_bf16(model, weights_id="tiny")
+    monkeypatch.setattr(inference.accel, "use_bf16", lambda _d: True)
+    assert networks.uses_bf16(model, weights_id="tiny")  # bf16 fill within 50 dB of fp32's
+    clear_precision_cache()

@@ -16,7 +16,13 @@ from safetensors import safe_open
 
 from shared import accel
 from shared.imaging import is_gray
-from shared.inference import load_safetensors_strict, numpy_to_tensor, prepare_for_inference
+from shared.inference import (
+    load_safetensors_strict,
+    numpy_to_tensor,
+    precision_for,
+    prepare_for_inference,
+    probe_image,
+)
 from shared.inpaint_window import FEATHER_PX, fill_through_window, telea_fill
 from shared.models.deepfill_contextual_attention import (
     SIZE_MULTIPLE,
@@ -69,7 +75,19 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def run_deepfill(model: DeepFillV1, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def uses_bf16(model: DeepFillV1, weights_id: str) -> bool:
+    """The precision policy every network follows (:func:`shared.inference.precision_for`): bf16
+    only where the hardware has it natively and the fill stays within 50 dB of fp32's."""
+    device = next(model.parameters()).device
+    probe = probe_image(3)
+    hole = torch.zeros(1, 1, *probe.shape[-2:], device=device)
+    hole[..., 16:48, 16:48] = 1.0
+    return precision_for(lambda x: model(x, hole)[1], device, probe, model_id=weights_id)
+
+
+def run_deepfill(
+    model: DeepFillV1, image: np.ndarray, mask: np.ndarray, *, bf16: bool = False
+) -> np.ndarray:
     """The refined output (uint8 H×W×3) for a uint8 H×W×3 image and bool mask, any size."""
     device = next(model.parameters()).device
     height, width = mask.shape
@@ -78,7 +96,7 @@ def run_deepfill(model: DeepFillV1, image: np.ndarray, mask: np.ndarray) -> np.n
     x = _pad_to_multiple(numpy_to_tensor(image), SIZE_MULTIPLE)
     m = _pad_to_multiple(torch.from_numpy(mask.astype(np.float32))[None, None], SIZE_MULTIPLE)
     x = x.to(device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), accel.autocast_for(device):
+    with torch.inference_mode(), accel.autocast_for(device, enabled=bf16):
         _, refined = model(x, m.to(device))
     out = refined[0, :, :height, :width].float().clamp(0, 1).mul(255).round()
     return out.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
@@ -95,13 +113,15 @@ def inpaint_deepfill(image: np.ndarray, mask: np.ndarray, weights_path: str | Pa
     """
     on_progress, should_cancel = on_progress or _noop_progress, should_cancel or _never
     model = load_deepfill(weights_path, device)
+    path = Path(weights_path).resolve()
+    bf16 = uses_bf16(model, weights_id=f"deepfill:{path}:{path.stat().st_mtime_ns}")
     on_progress(0.1)
 
     def fill(window: np.ndarray, hole: np.ndarray) -> np.ndarray:
         if should_cancel():
             raise Cancelled()
         rgb = np.repeat(window[..., None], 3, axis=2) if window.ndim == 2 else window
-        filled = run_deepfill(model, rgb, hole)
+        filled = run_deepfill(model, rgb, hole, bf16=bf16)
         on_progress(0.9)
         if is_gray(window):
             # A black-and-white photo (one channel, or three equal ones) was filled as colour:
