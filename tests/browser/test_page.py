@@ -166,7 +166,7 @@ def test_phone_inpaint_with_touch(
     # Chrome's gesture recogniser takes a tap that comes within a few hundred ms of the end
     # of a touch sequence as part of that gesture and sends no click: a person's finger is
     # never that quick, so the test waits as a person would.
-    page.wait_for_timeout(600)
+    page.wait_for_timeout(1500)
     page.locator("#submit").tap()
     _wait_done(page)
 
