@@ -54,6 +54,19 @@ def _checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _assert_ema_checkpoints(run: Path, updates: int) -> dict:
+    """last.pt holds a real average after `updates` steps, best.pt a model only; returns best.pt."""
+    last = _checkpoint(run / "last.pt")
+    average = last["extra"]["weight_average"]
+    assert average["updates"] == updates
+    raw, averaged = last["model"], average["model"]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)  # a real average, not a copy
+    best = _checkpoint(run / "best.pt")
+    assert "optimizer" not in best  # the average only: nothing to resume from here
+    assert set(best["model"]) == set(raw)
+    return best
+
+
 def test_mwcnn_training_validates_checkpoints_and_resumes(data_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     tiny = ["--task", "denoise", "--run-dir", str(run), "--widths", "4", "8", "8",
@@ -102,14 +115,7 @@ def test_an_ema_run_keeps_the_average_as_best_and_resumes_it(
             "--log-every", "2", "--val-every", "2", "--warmup", "1", "--lr", "1e-2",
             "--ema", "0.9"]
     assert train_mwcnn.main([*tiny, "--steps", "4"]) == 0
-    last = _checkpoint(run / "last.pt")
-    average = last["extra"]["weight_average"]
-    assert average["updates"] == 4
-    raw, averaged = last["model"], average["model"]
-    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)  # a real average, not a copy
-    best = _checkpoint(run / "best.pt")
-    assert "optimizer" not in best  # the average only: nothing to resume from here
-    assert set(best["model"]) == set(raw)
+    _assert_ema_checkpoints(run, updates=4)
 
     assert train_mwcnn.main([*tiny, "--steps", "6", "--resume"]) == 0
     assert _checkpoint(run / "last.pt")["extra"]["weight_average"]["updates"] == 6
@@ -195,7 +201,6 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     assert (config["prefill"], config["output"]) == (prefill, output)
 
 
-
 def test_deepfill_ema_run_validates_and_exports_the_average(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -204,18 +209,15 @@ def test_deepfill_ema_run_validates_and_exports_the_average(
             "--log-every", "1", "--val-every", "3", "--warmup", "1", "--lr", "1e-2",
             "--ema", "0.9"]
     assert train_deepfill.main([*args, "--steps", "3"]) == 0
-    last = _checkpoint(run / "last.pt")
-    average = last["extra"]["weight_average"]
-    assert average["updates"] == 3
-    assert any(not torch.equal(last["model"][k], average["model"][k]) for k in last["model"])
-    best = _checkpoint(run / "best.pt")
-    assert "optimizer" not in best
-    assert all(torch.equal(best["model"][k], average["model"][k]) for k in average["model"])
+    best = _assert_ema_checkpoints(run, updates=3)
+    average = _checkpoint(run / "last.pt")["extra"]["weight_average"]["model"]
+    assert all(torch.equal(best["model"][k], average[k]) for k in average)
     assert train_deepfill.main([*args, "--steps", "5", "--resume"]) == 0
     assert _checkpoint(run / "last.pt")["extra"]["weight_average"]["updates"] == 5
     out = tmp_path / "ema.safetensors"
     assert train_deepfill.main(["--run-dir", str(run), "--export", str(out)]) == 0
     assert out.is_file()
+
 
 def test_esrgan_psnr_stage_exports_weights_a_gan_stage_starts_from(
     data_root: Path, tmp_path: Path

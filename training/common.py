@@ -282,6 +282,21 @@ class WeightAverage:
         self.updates = int(state["updates"])
 
 
+def resumed_weight_average(
+    model: torch.nn.Module, decay: float, saved: Mapping[str, Any] | None
+) -> WeightAverage | None:
+    """The run's average (None when `decay` is 0), continuing `saved` when a resume stored one.
+
+    Call it after any resume: without a stored average it starts from the resumed weights.
+    """
+    if not decay:
+        return None
+    average = WeightAverage(model, decay)
+    if saved is not None:
+        average.load_state_dict(saved)
+    return average
+
+
 def validated_model(model: torch.nn.Module, average: WeightAverage | None) -> torch.nn.Module:
     """What validation scores and ``best.pt`` keeps (so export ships): the average if kept."""
     return average.model if average is not None else model

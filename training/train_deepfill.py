@@ -67,12 +67,12 @@ from training.common import (
     LoopSettings,
     RunLog,
     Schedule,
-    WeightAverage,
     configure_threads,
     export_fp16_safetensors,
     git_commit,
     load_checkpoint,
     machine_summary,
+    resumed_weight_average,
     run_steps,
     save_checkpoint,
     training_lineage,
@@ -396,10 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             critics.load_state_dict(state["extra"]["critics"])
         saved_average = state["extra"].get("weight_average")
         log(f"resumed from {last} at step {step} (best val hole PSNR {best:.3f})")
-    # Made after a resume so that, without a stored average, it starts from the resumed weights.
-    average = WeightAverage(model, args.ema) if args.ema else None
-    if average is not None and saved_average is not None:
-        average.load_state_dict(saved_average)
+    average = resumed_weight_average(model, args.ema, saved_average)
 
     root = args.data_root or data_root()
     machine = machine_summary(device)

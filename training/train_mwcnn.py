@@ -42,12 +42,12 @@ from training.common import (
     LoopSettings,
     RunLog,
     Schedule,
-    WeightAverage,
     configure_threads,
     git_commit,
     load_checkpoint,
     machine_summary,
     psnr,
+    resumed_weight_average,
     run_steps,
     save_checkpoint,
     validated_model,
@@ -216,10 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"resumed from {last} at step {step} (best val PSNR {best_psnr:.3f})")
     elif args.resume:
         log(f"--resume: no {last} yet, starting fresh")
-    # Made after a resume so that, without a stored average, it starts from the resumed weights.
-    average = WeightAverage(model, args.ema) if args.ema else None
-    if average is not None and saved_average is not None:
-        average.load_state_dict(saved_average)
+    average = resumed_weight_average(model, args.ema, saved_average)
 
     machine = machine_summary(device)
     images = TrainingImages.load(min_size=args.patch)
