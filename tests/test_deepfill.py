@@ -154,6 +154,20 @@ def test_losses_and_critics() -> None:
     assert torch.isfinite(penalty) and penalty >= 0
 
 
+def test_l2_hole_loss_is_the_hole_mse_when_undiscounted() -> None:
+    target = torch.zeros(1, 3, 8, 8)
+    out = target.clone()
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:4, 2:4] = 1
+    out[..., 2:4, 2:4] = 0.5  # error 0.5 on every hole pixel, none outside
+    uniform = mask.clone()  # γ = 1: every hole pixel weighs 1
+    l1 = reconstruction_loss((out,), target, mask, uniform, hole_weight=1.0)
+    l2 = reconstruction_loss((out,), target, mask, uniform, hole_weight=1.0, hole_loss="l2")
+    assert float(l1) == pytest.approx(0.5) and float(l2) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="hole_loss"):
+        reconstruction_loss((out,), target, mask, uniform, hole_loss="l3")
+
+
 @pytest.fixture(scope="module", params=["zeros", "telea"])
 def tiny_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)

@@ -55,6 +55,7 @@ from shared.models.deepfill_contextual_attention import (
 from shared.models.deepfill_critics import (
     DISCOUNT_GAMMA,
     GP_LAMBDA,
+    HOLE_LOSSES,
     global_critic,
     gradient_penalty,
     local_critic,
@@ -114,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--gamma", type=float, default=DISCOUNT_GAMMA)
+    p.add_argument("--hole-loss", choices=HOLE_LOSSES, default="l1",
+                   help="the hole's reconstruction term: the paper's (discounted) L1, or L2 for a "
+                   "PSNR fine-tune (see shared.models.deepfill_critics.reconstruction_loss)")
     p.add_argument("--adversarial", action="store_true", help="stage 2: add WGAN-GP critics")
     p.add_argument("--gan-weight", type=float, default=0.001)
     p.add_argument("--critic-width", type=int, default=32, help="critics' c (paper: 64)")
@@ -441,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         with autocast_for(device):
             coarse, refined = model(to_device(batch.inputs, device), mask)
         outputs = (coarse.float(), refined.float())
-        loss = reconstruction_loss(outputs, target, mask, discount)
+        loss = reconstruction_loss(
+            outputs, target, mask, discount, hole_loss=args.hole_loss
+        )
         losses = {"rec": float(loss.detach())}
         if critics is not None:
             completed = DeepFillV1.complete(target, outputs[1], mask)

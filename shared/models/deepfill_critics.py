@@ -123,19 +123,29 @@ def spatial_discount(mask: np.ndarray, gamma: float = DISCOUNT_GAMMA) -> np.ndar
     return np.where(hole > 0, np.power(gamma, distance), 0.0).astype(np.float32)
 
 
+HOLE_LOSSES = ("l1", "l2")
+
+
 def reconstruction_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
                         mask: torch.Tensor, discount: torch.Tensor,
-                        hole_weight: float = 1.2, known_weight: float = 1.2) -> torch.Tensor:
+                        hole_weight: float = 1.2, known_weight: float = 1.2,
+                        hole_loss: str = "l1") -> torch.Tensor:
     """The release's ``l1_loss`` + ``ae_loss`` summed over the coarse and refined outputs.
 
     Hole term: Σ γ^d·|y - x| / Σ hole pixels; known term: mean |y - x| over known pixels (the
     network must also reproduce what it was given). Weights 1.2/1.2 as in the release's config.
+    ``hole_loss="l2"`` squares the hole's error instead (a deviation for a PSNR fine-tune: L1's
+    optimum is the per-pixel median of the plausible fills, L2's the mean, which is what PSNR
+    rewards; with γ = 1 the hole term is then the hole's MSE).
     """
+    if hole_loss not in HOLE_LOSSES:
+        raise ValueError(f"hole_loss must be one of {HOLE_LOSSES}, got {hole_loss!r}")
     holes = mask.sum().clamp_min(1.0) * target.shape[1]
     known = (1 - mask).sum().clamp_min(1.0) * target.shape[1]
     total = target.new_zeros(())
     for out in outputs:
         diff = (out - target).abs()
-        total = total + hole_weight * (diff * discount).sum() / holes
+        hole_error = diff.square() if hole_loss == "l2" else diff
+        total = total + hole_weight * (hole_error * discount).sum() / holes
         total = total + known_weight * (diff * (1 - mask)).sum() / known
     return total
