@@ -1,5 +1,6 @@
-"""Net2WiderNet for MWCNN (Chen, Goodfellow, Shlens, ICLR 2016): a wider network that starts as
-the narrower one's function, so a CPU-trained model can grow instead of starting over.
+"""Net2WiderNet (Chen, Goodfellow, Shlens, ICLR 2016) for MWCNN and DeepFill v1: a wider network
+that starts as the narrower one's function, so a CPU-trained model can grow instead of starting
+over.
 
 Each hidden channel space of width ``w`` becomes ``w' ≥ w`` channels: the first ``w`` are the old
 ones, the others copies of randomly chosen old channels. A conv writing into the space gets the
@@ -17,11 +18,12 @@ band-major expansion of a map serves the 4w-channel sides. Works on a BatchNorm-
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from shared.models.deepfill_contextual_attention import DeepFillV1
 from shared.models.mwcnn import MWCNN
 
 
@@ -91,3 +93,108 @@ def _widen_conv(old: nn.Conv2d, new: nn.Conv2d, in_map: torch.Tensor, out_map: t
     if new.bias is not None:
         assert old.bias is not None
         new.bias.copy_(old.bias[out_map])
+
+
+# --------------------------------------------------------------------------- DeepFill v1
+
+
+@dataclass(frozen=True)
+class _Space:
+    """A widened channel space: new channel i carries ``scale[i]`` × old channel ``source[i]``;
+    a conv reading it weighs new channel i by ``share[i]`` × the old channel's weight, with
+    Σ share·scale = 1 over each old channel's copies (so the reader's sum is unchanged)."""
+
+    source: torch.Tensor
+    scale: torch.Tensor
+    share: torch.Tensor
+
+    @staticmethod
+    def identity(width: int) -> _Space:
+        ones = torch.ones(width)
+        return _Space(torch.arange(width), ones, ones)
+
+    @staticmethod
+    def copied(old: int, new: int, generator: torch.Generator, *, norm_preserving: bool = False
+               ) -> _Space:
+        """Net2Wider's copies. ``norm_preserving``: each of k copies carries 1/√k of the value,
+        so dot products over the channels (the contextual attention's cosine similarity) are
+        unchanged too; valid where the writer's activation is positively homogeneous (ReLU)."""
+        source = _channel_map(old, new, generator)
+        copies = torch.bincount(source, minlength=old).float()[source]
+        if norm_preserving:
+            return _Space(source, copies.rsqrt(), copies.rsqrt())
+        return _Space(source, torch.ones(new), 1.0 / copies)
+
+    def then(self, other: _Space, offset: int) -> _Space:
+        """This space followed by ``other`` (a channel concatenation; ``offset``: old width of
+        this one)."""
+        return _Space(torch.cat((self.source, other.source + offset)),
+                      torch.cat((self.scale, other.scale)), torch.cat((self.share, other.share)))
+
+
+@torch.no_grad()
+def _widen_conv_between(old: nn.Conv2d, new: nn.Conv2d, into: _Space, out: _Space, noise: float,
+                        generator: torch.Generator) -> None:
+    if new.weight.shape[:2] != (len(out.source), len(into.source)):
+        raise ValueError(f"conv {tuple(new.weight.shape)} does not match the spaces "
+                         f"({len(out.source)} out, {len(into.source)} in)")
+    weight = old.weight[out.source][:, into.source] * into.share.reshape(1, -1, 1, 1)
+    if noise:
+        weight = weight + torch.randn(weight.shape, generator=generator) * weight.std() * noise
+    new.weight.copy_(weight * out.scale.reshape(-1, 1, 1, 1))
+    if new.bias is not None:
+        assert old.bias is not None
+        new.bias.copy_(old.bias[out.source] * out.scale)
+
+
+def _convs(module: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def _widen_chain(old: list[nn.Conv2d], new: list[nn.Conv2d], into: _Space, out: _Space | None,
+                 noise: float, generator: torch.Generator) -> _Space:
+    """Widen a plain chain of convs from space ``into``; hidden spaces get fresh copies, the last
+    conv writes ``out`` (fresh copies when None). Returns the space the chain ends in."""
+    space = into
+    for i, (old_conv, new_conv) in enumerate(zip(old, new, strict=True)):
+        last = i == len(old) - 1
+        if last and out is not None:
+            target = out
+        else:
+            target = _Space.copied(old_conv.out_channels, new_conv.out_channels, generator)
+        _widen_conv_between(old_conv, new_conv, space, target, noise, generator)
+        space = target
+    return space
+
+
+def widen_deepfill(model: DeepFillV1, width: int, *, noise: float = 1e-3, seed: int = 0
+                   ) -> DeepFillV1:
+    """A copy of ``model`` at cnum ``width`` (≥ the old) computing the same function, up to
+    ``noise`` (relative std of the symmetry-breaking perturbation; 0 = exact).
+
+    Every conv chain is plain (ELU between convs) except where the refinement network's two
+    branches meet: the attention branch's features (ReLU) are widened norm-preserving so the
+    cosine scores, and so the attention, stay the same; the attention pastes those features
+    back linearly, so its output lives in the same space; the decoder reads the concatenation
+    of the hallucination branch's space and the attention branch's.
+    """
+    cfg = model.config
+    if width < cfg.width:
+        raise ValueError(f"width {width} must be at least {cfg.width}")
+    generator = torch.Generator().manual_seed(seed)
+    wide = DeepFillV1(replace(cfg, width=width))
+    image_in, image_out = _Space.identity(5), _Space.identity(3)
+    coarse_old, coarse_new = _convs(model.coarse), _convs(wide.coarse)
+    _widen_chain(coarse_old, coarse_new, image_in, image_out, noise, generator)
+    old_r, new_r = model.refine, wide.refine
+    hallucinated = _widen_chain(_convs(old_r.hallucinate), _convs(new_r.hallucinate), image_in,
+                                None, noise, generator)
+    old_attn = _convs(old_r.attn_encoder)
+    features = _Space.copied(old_attn[-1].out_channels, _convs(new_r.attn_encoder)[-1].out_channels,
+                             generator, norm_preserving=True)
+    _widen_chain(old_attn, _convs(new_r.attn_encoder), image_in, features, noise, generator)
+    attended = _widen_chain(_convs(old_r.attn_after), _convs(new_r.attn_after), features, None,
+                            noise, generator)
+    joined = hallucinated.then(attended, offset=4 * cfg.width)
+    _widen_chain(_convs(old_r.decoder), _convs(new_r.decoder), joined, image_out, noise, generator)
+    return wide.train(model.training)

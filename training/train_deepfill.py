@@ -33,12 +33,13 @@ import datetime as dt
 import hashlib
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from shared.accel import autocast_for, best_device, use_bf16
 from shared.inpaint_window import telea_fill
@@ -90,6 +91,7 @@ from training.data import (
     read_image,
     to_chw3,
 )
+from training.net2wider import widen_deepfill
 
 VAL_SIZE = 256
 VAL_BANDS = ("10-20", "20-30", "30-40")
@@ -129,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     p.add_argument("--init", type=Path, default=None, help="start from .safetensors or .pt")
+    p.add_argument("--widen-to", type=int, metavar="WIDTH",
+                   help="with --init: widen the init (its own width) to cnum WIDTH, starting from "
+                   "its function (Net2WiderNet, training/net2wider.py); sets --width")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate, keep as best.pt and ship an exponential moving average of the "
@@ -268,6 +273,27 @@ def load_init(model: DeepFillV1, path: Path) -> None:
         model.zero_output_layers()
 
 
+def initial_model(config: DeepFillConfig, init: Path, widen_to: int | None, seed: int
+                  ) -> DeepFillV1:
+    """The model at ``config`` started from ``init``; with ``widen_to``, ``init`` is loaded at its
+    own width (from its checkpoint) and widened to ``config.width``."""
+    if not widen_to:
+        model = DeepFillV1(config)
+        load_init(model, init)
+        return model
+    narrow = DeepFillV1(replace(config, width=_init_width(init)))
+    load_init(narrow, init)
+    return widen_deepfill(narrow, widen_to, seed=seed)
+
+
+def _init_width(path: Path) -> int:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            return config_from_metadata(dict(handle.metadata() or {})).width
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state.get("extra", {}).get("config", {})["width"])
+
+
 class Critics:
     """Stage 2: the global and local WGAN-GP critics and their optimizer."""
 
@@ -374,11 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     log = RunLog(run_dir / "train.log")
     last, best_path = run_dir / "last.pt", run_dir / "best.pt"
 
-    config = DeepFillConfig(width=args.width, prefill=args.prefill, output=args.output)
-    model = DeepFillV1(config).to(device, memory_format=torch.channels_last)
+    if args.widen_to and not args.init:
+        raise SystemExit("--widen-to needs --init (the model to widen)")
+    width = args.widen_to or args.width
+    config = DeepFillConfig(width=width, prefill=args.prefill, output=args.output)
+    model = DeepFillV1(config)
     if args.init and not (args.resume and last.exists()):
-        load_init(model, args.init)
-        log(f"initialised from {args.init}")
+        model = initial_model(config, args.init, args.widen_to, args.seed)
+        log(f"initialised from {args.init}"
+            + (f", widened to cnum {width} (Net2WiderNet)" if args.widen_to else ""))
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
     schedule = Schedule(args.steps, args.hours)
     scheduler = schedule.lr_scheduler(optimizer, args.warmup, args.min_lr_ratio)
