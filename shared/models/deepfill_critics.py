@@ -10,7 +10,9 @@ Attention", CVPR 2018, §3.1 and the authors' release).
   ``min_fraction`` of the image side, and resized to the critic's fixed input) plays that role.
 * :func:`spatial_discount` / :func:`reconstruction_loss`: the spatially discounted L1. The paper
   weights a hole pixel by γ^d, d its distance to the nearest known pixel, γ = 0.99; with
-  free-form masks d comes from a Euclidean distance transform of the mask.
+  free-form masks d comes from a Euclidean distance transform of the mask. ``hole_loss="l2"``
+  (with γ = 1: the hole's MSE) is this project's PSNR fine-tune: the L1 optimum is the per-pixel
+  median of the plausible fills, the L2 optimum their mean, which is what PSNR scores.
 """
 
 from __future__ import annotations
