@@ -78,21 +78,11 @@ def _bands(mapping: torch.Tensor, old_width: int) -> torch.Tensor:
     return torch.cat([band * old_width + mapping for band in range(4)])
 
 
-@torch.no_grad()
 def _widen_conv(old: nn.Conv2d, new: nn.Conv2d, in_map: torch.Tensor, out_map: torch.Tensor,
                 noise: float, generator: torch.Generator) -> None:
-    if new.weight.shape[:2] != (len(out_map), len(in_map)):
-        raise ValueError(f"conv {tuple(new.weight.shape)} does not match the maps "
-                         f"({len(out_map)} out, {len(in_map)} in)")
-    copies = torch.bincount(in_map, minlength=old.weight.shape[1]).float()
-    weight = old.weight[out_map][:, in_map] / copies[in_map].reshape(1, -1, 1, 1)
-    if noise:
-        scale = weight.std() * noise
-        weight = weight + torch.randn(weight.shape, generator=generator) * scale
-    new.weight.copy_(weight)
-    if new.bias is not None:
-        assert old.bias is not None
-        new.bias.copy_(old.bias[out_map])
+    into = _Space.from_map(in_map, old.in_channels)
+    out = _Space.from_map(out_map, old.out_channels)
+    _widen_conv_between(old, new, into, out, noise, generator)
 
 
 # --------------------------------------------------------------------------- DeepFill v1
@@ -114,16 +104,23 @@ class _Space:
         return _Space(torch.arange(width), ones, ones)
 
     @staticmethod
-    def copied(old: int, new: int, generator: torch.Generator, *, norm_preserving: bool = False
-               ) -> _Space:
-        """Net2Wider's copies. ``norm_preserving``: each of k copies carries 1/√k of the value,
-        so dot products over the channels (the contextual attention's cosine similarity) are
-        unchanged too; valid where the writer's activation is positively homogeneous (ReLU)."""
-        source = _channel_map(old, new, generator)
+    def from_map(source: torch.Tensor, old: int, *, norm_preserving: bool = False) -> _Space:
+        """The space whose new channel i copies old channel ``source[i]``. ``norm_preserving``:
+        each of k copies carries 1/√k of the value, so dot products over the channels (the
+        contextual attention's cosine similarity) are unchanged too; valid where the writer's
+        activation is positively homogeneous (ReLU). Otherwise copies carry the whole value
+        and a reader splits the weight among them (Net2Wider's rule)."""
         copies = torch.bincount(source, minlength=old).float()[source]
         if norm_preserving:
             return _Space(source, copies.rsqrt(), copies.rsqrt())
-        return _Space(source, torch.ones(new), 1.0 / copies)
+        return _Space(source, torch.ones(len(source)), 1.0 / copies)
+
+    @staticmethod
+    def copied(old: int, new: int, generator: torch.Generator, *, norm_preserving: bool = False
+               ) -> _Space:
+        """Net2Wider's random copies (:func:`_channel_map`) as a space."""
+        source = _channel_map(old, new, generator)
+        return _Space.from_map(source, old, norm_preserving=norm_preserving)
 
     def then(self, other: _Space, offset: int) -> _Space:
         """This space followed by ``other`` (a channel concatenation; ``offset``: old width of

@@ -273,17 +273,16 @@ def load_init(model: DeepFillV1, path: Path) -> None:
         model.zero_output_layers()
 
 
-def initial_model(config: DeepFillConfig, init: Path, widen_to: int | None, seed: int
-                  ) -> DeepFillV1:
-    """The model at ``config`` started from ``init``; with ``widen_to``, ``init`` is loaded at its
+def initial_model(config: DeepFillConfig, init: Path, widen: bool, seed: int) -> DeepFillV1:
+    """The model at ``config`` started from ``init``; with ``widen``, ``init`` is loaded at its
     own width (from its checkpoint) and widened to ``config.width``."""
-    if not widen_to:
+    if not widen:
         model = DeepFillV1(config)
         load_init(model, init)
         return model
     narrow = DeepFillV1(replace(config, width=_init_width(init)))
     load_init(narrow, init)
-    return widen_deepfill(narrow, widen_to, seed=seed)
+    return widen_deepfill(narrow, config.width, seed=seed)
 
 
 def _init_width(path: Path) -> int:
@@ -404,11 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--widen-to needs --init (the model to widen)")
     width = args.widen_to or args.width
     config = DeepFillConfig(width=width, prefill=args.prefill, output=args.output)
-    model = DeepFillV1(config)
     if args.init and not (args.resume and last.exists()):
-        model = initial_model(config, args.init, args.widen_to, args.seed)
+        model = initial_model(config, args.init, bool(args.widen_to), args.seed)
         log(f"initialised from {args.init}"
             + (f", widened to cnum {width} (Net2WiderNet)" if args.widen_to else ""))
+    else:
+        model = DeepFillV1(config)  # random, or the resumed weights loaded below
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
     schedule = Schedule(args.steps, args.hours)
