@@ -201,6 +201,18 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     assert (config["prefill"], config["output"]) == (prefill, output)
 
 
+def test_more_deepfill_validation_masks_keep_the_first_runs_items_and_differ(
+    data_root: Path,
+) -> None:
+    first = train_deepfill.validation_items(data_root, masks_per_band=1)
+    more = train_deepfill.validation_items(data_root, masks_per_band=3)
+    assert len(first) == len(VALIDATION["BSD200"]) * len(train_deepfill.VAL_BANDS)
+    assert len(more) == 3 * len(first)
+    key = lambda item: (item.name, item.band, item.mask.tobytes())  # noqa: E731
+    assert {key(i) for i in first} <= {key(i) for i in more}  # old scores stay comparable
+    assert len({item.mask.tobytes() for item in more}) == len(more)
+
+
 def test_deepfill_ema_run_validates_and_exports_the_average(
     data_root: Path, tmp_path: Path
 ) -> None:
