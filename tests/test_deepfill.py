@@ -94,6 +94,22 @@ def test_zero_prefill_ignores_the_hole_and_telea_prefill_reads_it() -> None:
         DeepFillConfig(prefill="mean")  # type: ignore[arg-type]
 
 
+def test_the_refinement_stage_sees_the_coarse_fill_in_the_hole() -> None:
+    """As in the paper: stage 2 refines stage 1's result, so it must be given it."""
+    torch.manual_seed(0)
+    image, mask = torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1
+    model = DeepFillV1(width=4)
+    seen: list[torch.Tensor] = []
+    model.refine.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    with torch.no_grad():
+        coarse, _ = model(image, mask)
+    hole = mask.bool().expand(1, 3, 32, 32)
+    given = seen[0][:, :3]  # [-1, 1], then the ones and mask channels
+    assert torch.allclose(given[hole], (coarse * 2 - 1)[hole], atol=1e-6)
+    assert float(given[hole].abs().max()) > 0.01  # the fill, not zeros
+
+
 def test_prefill_is_read_from_the_weights_metadata() -> None:
     config = config_from_metadata({"width": "8", "prefill": "telea", "output": "residual"})
     assert (config.prefill, config.output) == ("telea", "residual")

@@ -315,7 +315,10 @@ class DeepFillV1(nn.Module):
         coarse = self.coarse(self._network_input(x, mask, keep_hole=prefilled))
         coarse = (coarse + x if residual else coarse).clamp(-1, 1)
         merged = coarse * mask + x * (1 - mask)
-        refined = self.refine(self._network_input(merged, mask), mask)
+        # The refinement stage sees the coarse fill pasted into the hole (the release's
+        # ``xnow = concat([x, ones, ones * mask])``): zeroing it here would leave the stage
+        # only the known pixels, and a residual refinement nothing to correct.
+        refined = self.refine(self._network_input(merged, mask, keep_hole=True), mask)
         refined = (refined + merged if residual else refined).clamp(-1, 1)
         return (coarse + 1) / 2, (refined + 1) / 2
 
