@@ -201,6 +201,26 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     assert (config["prefill"], config["output"]) == (prefill, output)
 
 
+def test_a_fresh_refinement_keeps_the_coarse_stage_and_returns_its_fill() -> None:
+    torch.manual_seed(0)
+    model = DeepFillV1(DeepFillConfig(width=4, prefill="telea", output="residual"))
+    for p in model.parameters():  # a "trained" model: every layer non-zero
+        torch.nn.init.normal_(p, std=0.05)
+    coarse_before = {k: v.clone() for k, v in model.coarse.state_dict().items()}
+    refine_before = {k: v.clone() for k, v in model.refine.state_dict().items()}
+    train_deepfill.restart_refinement(model, seed=3)
+    assert all(torch.equal(v, model.coarse.state_dict()[k]) for k, v in coarse_before.items())
+    assert not any(torch.equal(v, model.refine.state_dict()[k]) for k, v in refine_before.items()
+                   if v.abs().sum() > 0 and model.refine.state_dict()[k].abs().sum() > 0)
+    image, mask = torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1
+    with torch.no_grad():
+        coarse, refined = model(image, mask)
+    merged = DeepFillV1.complete(image, coarse, mask)
+    assert torch.allclose(refined, merged, atol=1e-6)  # refinement adds nothing yet
+    assert float((coarse - image).abs().max()) > 1e-3  # and the coarse stage is not a no-op
+
+
 def test_more_deepfill_validation_masks_keep_the_first_runs_items_and_differ(
     data_root: Path,
 ) -> None:

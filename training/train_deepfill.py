@@ -137,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widen-to", type=int, metavar="WIDTH",
                    help="with --init: widen the init (its own width) to cnum WIDTH, starting from "
                    "its function (Net2WiderNet, training/net2wider.py); sets --width")
+    p.add_argument("--fresh-refinement", action="store_true",
+                   help="with --init: re-initialise the refinement stage (coarse stage kept)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate, keep as best.pt and ship an exponential moving average of the "
@@ -297,6 +299,21 @@ def initial_model(config: DeepFillConfig, init: Path, widen: bool, seed: int) ->
     return widen_deepfill(narrow, config.width, seed=seed)
 
 
+def restart_refinement(model: DeepFillV1, seed: int) -> None:
+    """Give the refinement stage fresh (seeded) weights and, for a residual model, a zero output
+    layer, so the model still returns the coarse stage's fill and training starts from it.
+
+    For weights whose refinement stage has collapsed: the shipped one, trained while the stage
+    was given a zeroed hole (fixed since), had inner features of std ~1e-3 and an output layer
+    of ~1e-4, a flat spot that a fix of the input alone does not leave.
+    """
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    fresh = DeepFillV1(model.config)  # zeroes the output layers when residual
+    torch.random.set_rng_state(generator_state)
+    model.refine.load_state_dict(fresh.refine.state_dict())
+
+
 def _init_width(path: Path) -> int:
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as handle:
@@ -413,12 +430,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.widen_to and not args.init:
         raise SystemExit("--widen-to needs --init (the model to widen)")
+    if args.fresh_refinement and not args.init:
+        raise SystemExit("--fresh-refinement needs --init (the coarse stage to keep)")
     width = args.widen_to or args.width
     config = DeepFillConfig(width=width, prefill=args.prefill, output=args.output)
     if args.init and not (args.resume and last.exists()):
         model = initial_model(config, args.init, bool(args.widen_to), args.seed)
         log(f"initialised from {args.init}"
             + (f", widened to cnum {width} (Net2WiderNet)" if args.widen_to else ""))
+        if args.fresh_refinement:
+            restart_refinement(model, args.seed)
+            log("refinement stage re-initialised (its output layer at zero)")
     else:
         model = DeepFillV1(config)  # random, or the resumed weights loaded below
     model = model.to(device, memory_format=torch.channels_last)
