@@ -287,6 +287,7 @@ class DeepFillV1(nn.Module):
         attention = ContextualAttention(rate=config.attention_rate,
                                         softmax_scale=config.softmax_scale, fuse=config.fuse)
         self.refine = RefinementNetwork(config.width, attention)
+        self.apply(_release_init)
         if config.output == "residual":
             self.zero_output_layers()
 
@@ -326,6 +327,19 @@ class DeepFillV1(nn.Module):
     def complete(image: torch.Tensor, output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Known pixels from ``image``, hole pixels from ``output``."""
         return output * mask + image * (1 - mask)
+
+
+def _release_init(module: nn.Module) -> None:
+    """TensorFlow's conv defaults, as in the release: Glorot-uniform weights, zero biases.
+
+    PyTorch's default (variance 1/(3·fan_in)) shrinks the signal at each of the refinement
+    stage's ~17 layers: its last features started at std ~4e-3, too weak for training to
+    pick up.
+    """
+    if isinstance(module, nn.Conv2d):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def count_parameters(model: nn.Module) -> int:
