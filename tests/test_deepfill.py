@@ -184,6 +184,16 @@ def test_l2_hole_loss_is_the_hole_mse_when_undiscounted() -> None:
         reconstruction_loss((out,), target, mask, uniform, hole_loss="l3")
 
 
+def test_a_zero_known_weight_leaves_the_known_pixels_free() -> None:
+    """Residual outputs are composited, so their known pixels may be anything."""
+    target, mask = torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 8, 8)
+    mask[..., 2:4, 2:4] = 1
+    out = target.clone()
+    out[..., 6:, 6:] = 0.3  # error on known pixels only
+    assert float(reconstruction_loss((out,), target, mask, mask)) > 0.01
+    assert float(reconstruction_loss((out,), target, mask, mask, known_weight=0.0)) == 0.0
+
+
 @pytest.fixture(scope="module", params=["zeros", "telea"])
 def tiny_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)

@@ -123,6 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hole-loss", choices=HOLE_LOSSES, default="l1",
                    help="the hole's reconstruction term: the paper's (discounted) L1, or L2 for a "
                    "PSNR fine-tune (see shared.models.deepfill_critics.reconstruction_loss)")
+    p.add_argument("--known-weight", type=float, default=1.2,
+                   help="weight of the L1 on known pixels (release: 1.2); 0 suits residual "
+                        "outputs, whose known pixels are never used and which that L1 pins at 0")
     p.add_argument("--adversarial", action="store_true", help="stage 2: add WGAN-GP critics")
     p.add_argument("--gan-weight", type=float, default=0.001)
     p.add_argument("--critic-width", type=int, default=32, help="critics' c (paper: 64)")
@@ -511,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
             coarse, refined = model(to_device(batch.inputs, device), mask)
         outputs = (coarse.float(), refined.float())
         loss = reconstruction_loss(
-            outputs, target, mask, discount, hole_loss=args.hole_loss
+            outputs, target, mask, discount, hole_loss=args.hole_loss,
+            known_weight=args.known_weight,
         )
         losses = {"rec": float(loss.detach())}
         if critics is not None:
