@@ -44,11 +44,13 @@ train() {
                 --hours "$hours" --val-every 1000 --threads 2 --export "$work/$name.safetensors" \
                 $(init "$name") ;;
         deepfill)
-            # From shipped weights: widened to cnum 32 (Net2WiderNet), whatever their width.
+            # From shipped weights: widened to cnum 32 (Net2WiderNet), whatever their width, and
+            # a fresh refinement stage (the shipped one collapsed; see the README).
             local start shape="--width 32"; start=$(init deepfill-contextual-attention)
-            [ -n "$start" ] && shape="$start --widen-to 32"
+            [ -n "$start" ] && shape="$start --widen-to 32 --fresh-refinement"
             "$python" -m training.train_deepfill --run-dir "$run" --batch 16 --size 256 $shape \
-                --prefill telea --output residual --hole-loss l2 --gamma 1 --ema 0.999 \
+                --prefill telea --output residual --hole-loss l2 --gamma 1 --known-weight 0 \
+                --ema 0.999 \
                 --lr 2e-4 --steps 100000 --hours "$hours" --val-every 1000 --log-every 100 \
                 --threads 2
             "$python" -m training.train_deepfill --run-dir "$run" \
