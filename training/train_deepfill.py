@@ -58,6 +58,7 @@ from shared.models.deepfill_critics import (
     DISCOUNT_GAMMA,
     GP_LAMBDA,
     HOLE_LOSSES,
+    RELEASE_KNOWN_WEIGHT,
     global_critic,
     gradient_penalty,
     local_critic,
@@ -123,9 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hole-loss", choices=HOLE_LOSSES, default="l1",
                    help="the hole's reconstruction term: the paper's (discounted) L1, or L2 for a "
                    "PSNR fine-tune (see shared.models.deepfill_critics.reconstruction_loss)")
-    p.add_argument("--known-weight", type=float, default=1.2,
-                   help="weight of the L1 on known pixels (release: 1.2); 0 suits residual "
-                        "outputs, whose known pixels are never used and which that L1 pins at 0")
+    p.add_argument("--known-weight", type=float, default=RELEASE_KNOWN_WEIGHT,
+                   help="weight of the L1 on known pixels (default: the release's); 0 suits "
+                        "residual outputs, whose known pixels are never used and which that L1 "
+                        "pins at 0")
     p.add_argument("--adversarial", action="store_true", help="stage 2: add WGAN-GP critics")
     p.add_argument("--gan-weight", type=float, default=0.001)
     p.add_argument("--critic-width", type=int, default=32, help="critics' c (paper: 64)")
@@ -310,10 +312,9 @@ def restart_refinement(model: DeepFillV1, seed: int) -> None:
     was given a zeroed hole (fixed since), had inner features of std ~1e-3 and an output layer
     of ~1e-4, a flat spot that a fix of the input alone does not leave.
     """
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    fresh = DeepFillV1(model.config)  # zeroes the output layers when residual
-    torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng():  # the run's own generator stream is left untouched
+        torch.manual_seed(seed)
+        fresh = DeepFillV1(model.config)  # zeroes the output layers when residual
     model.refine.load_state_dict(fresh.refine.state_dict())
 
 

@@ -126,11 +126,13 @@ def spatial_discount(mask: np.ndarray, gamma: float = DISCOUNT_GAMMA) -> np.ndar
 
 
 HOLE_LOSSES = ("l1", "l2")
+RELEASE_HOLE_WEIGHT = RELEASE_KNOWN_WEIGHT = 1.2  # inpaint.yml: L1_LOSS_ALPHA, AE_LOSS_ALPHA
 
 
 def reconstruction_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
                         mask: torch.Tensor, discount: torch.Tensor,
-                        hole_weight: float = 1.2, known_weight: float = 1.2,
+                        hole_weight: float = RELEASE_HOLE_WEIGHT,
+                        known_weight: float = RELEASE_KNOWN_WEIGHT,
                         hole_loss: str = "l1") -> torch.Tensor:
     """The release's ``l1_loss`` + ``ae_loss`` summed over the coarse and refined outputs.
 
