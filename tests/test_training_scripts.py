@@ -199,6 +199,11 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     assert _checkpoint(run / "last.pt")["step"] == 3
     config = _checkpoint(run / "last.pt")["extra"]["config"]
     assert (config["prefill"], config["output"]) == (prefill, output)
+    assert _adam_betas(run) == train_deepfill.PAPER_BETAS
+
+
+def _adam_betas(run: Path) -> tuple[float, ...]:
+    return tuple(_checkpoint(run / "last.pt")["optimizer"]["param_groups"][0]["betas"])
 
 
 def test_a_fresh_refinement_keeps_the_coarse_stage_and_returns_its_fill() -> None:
@@ -239,8 +244,9 @@ def test_deepfill_ema_run_validates_and_exports_the_average(
     run = tmp_path / "run"
     args = ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",
             "--log-every", "1", "--val-every", "3", "--warmup", "1", "--lr", "1e-2",
-            "--ema", "0.9"]
+            "--ema", "0.9", "--betas", "0.9", "0.999"]
     assert train_deepfill.main([*args, "--steps", "3"]) == 0
+    assert _adam_betas(run) == (0.9, 0.999)
     best = _assert_ema_checkpoints(run, updates=3)
     average = _checkpoint(run / "last.pt")["extra"]["weight_average"]["model"]
     assert all(torch.equal(best["model"][k], average[k]) for k in average)

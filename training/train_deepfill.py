@@ -100,6 +100,8 @@ VAL_BANDS = ("10-20", "20-30", "30-40")
 VAL_SEED = 2018
 VAL_MASKS_PER_BAND = 4
 VAL_MASK_SEED_STRIDE = 1000
+#: Adam's betas in the paper (and the release), for the generator and the critics.
+PAPER_BETAS = (0.5, 0.9)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,7 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "follows max(step/steps, elapsed/hours)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=128, help="crop side, 128..256, multiple of 8")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam, betas (0.5, 0.9) as the paper")
+    p.add_argument("--lr", type=float, default=1e-4, help="the generator's Adam learning rate")
+    p.add_argument("--betas", type=float, nargs=2, default=PAPER_BETAS, metavar=("B1", "B2"),
+                   help="the generator's Adam betas; the paper's (0.5, 0.9) suit its GAN stage, "
+                        "(0.9, 0.999) average more over the small CPU batches of stage 1")
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--gamma", type=float, default=DISCOUNT_GAMMA)
@@ -334,7 +339,7 @@ class Critics:
         self.global_ = global_critic(size, width).to(device)
         self.local = local_critic(self.local_size, width).to(device)
         params = [*self.global_.parameters(), *self.local.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
+        self.optimizer = torch.optim.Adam(params, lr=lr, betas=PAPER_BETAS)
 
     def scores(self, images: torch.Tensor, boxes: list[tuple[int, int, int]]) -> torch.Tensor:
         return self.global_(images) + self.local(local_crops(images, boxes, self.local_size))
@@ -448,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = DeepFillV1(config)  # random, or the resumed weights loaded below
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas))
     schedule = Schedule(args.steps, args.hours)
     scheduler = schedule.lr_scheduler(optimizer, args.warmup, args.min_lr_ratio)
     critics = Critics(args.size, args.critic_width, args.lr, device) if args.adversarial else None
