@@ -117,7 +117,69 @@ def _fill_to_band(canvas: np.ndarray, low: float, high: float,
 
 
 def random_mask(height: int, width: int, rng: np.random.Generator,
-                bands: Sequence[str] = TRAINING_BANDS) -> np.ndarray:
-    """A training mask: a band drawn uniformly from ``bands``, then :func:`free_form_mask`."""
+                bands: Sequence[str] = TRAINING_BANDS, contour_share: float = 0.0) -> np.ndarray:
+    """A training mask: a band drawn uniformly from ``bands``, then :func:`contour_mask` with
+    probability ``contour_share``, else :func:`free_form_mask`."""
     band = bands[int(rng.integers(len(bands)))]
+    if contour_share > 0 and rng.random() < contour_share:
+        return contour_mask(height, width, band, rng)
     return free_form_mask(height, width, band, rng)
+
+
+def contour_mask(height: int, width: int, band: str | tuple[float, float] = "20-30",
+                 seed: int | np.random.Generator = 0) -> np.ndarray:
+    """A bool H×W mask (True = hole) of irregular bands along the level lines of a smooth random
+    field, of varying width, gathered in one part of the image, plus specks: the look of
+    occlusion masks such as the NVIDIA irregular set (thin, curved, fragmented holes, every hole
+    pixel near known ones), which brush strokes and rectangles do not have. Same (size, band,
+    seed), same mask.
+
+    The bands' half-width is found by bisection: coverage grows with it, so any band is hit.
+    """
+    low, high = _resolve_band(band)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    side = min(height, width)
+    distance = _level_line_distance(height, width, rng, rng.uniform(0.03, 0.10) * side)
+    # Wider in some places than others, and only where a coarse field says "here".
+    distance /= np.exp(0.5 * _smooth_field(height, width, rng, 0.15 * side))
+    region = _smooth_field(height, width, rng, 0.25 * side)
+    distance[region < np.quantile(region, rng.uniform(0.0, 0.5))] = np.inf
+    specks = _specks(height, width, rng, rng.uniform(0.0, 0.3) * (low + high) / 2,
+                     rng.uniform(0.008, 0.02) * side) & (region > np.quantile(region, 0.3))
+    target = rng.uniform(low, high)
+    narrow, wide = 0.0, float(side)
+    for _ in range(40):  # bisection on the half-width, in pixels
+        half_width = (narrow + wide) / 2
+        current = coverage((distance < half_width) | specks)
+        if low <= current < high and abs(current - target) < (high - low) / 4:
+            break
+        narrow, wide = (half_width, wide) if current < target else (narrow, half_width)
+    canvas = ((distance < half_width) | specks).astype(np.uint8) * 255
+    if low <= coverage(canvas) < high:
+        return canvas > 0
+    return _fill_to_band(canvas, low, high, rng)
+
+
+def _smooth_field(height: int, width: int, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    noise = rng.standard_normal((height, width)).astype(np.float32)
+    field = cv2.GaussianBlur(noise, (0, 0), sigmaX=max(sigma, 0.5), borderType=cv2.BORDER_REFLECT)
+    return (field - field.mean()) / (field.std() + 1e-12)
+
+
+def _level_line_distance(height: int, width: int, rng: np.random.Generator,
+                         sigma: float) -> np.ndarray:
+    """Approximate distance (px) of each pixel to the field's level lines at a random level:
+    |f − t| / |∇f|, to first order."""
+    field = _smooth_field(height, width, rng, sigma)
+    level = rng.uniform(-0.6, 0.6)
+    gy, gx = np.gradient(field)
+    return np.abs(field - level) / (np.hypot(gx, gy) + 1e-6)
+
+
+def _specks(height: int, width: int, rng: np.random.Generator, share: float,
+            size: float) -> np.ndarray:
+    """Blobs of about `size` px covering about `share` of the image (debris near occlusions)."""
+    if share <= 0:
+        return np.zeros((height, width), bool)
+    field = _smooth_field(height, width, rng, size)
+    return field > np.quantile(field, 1.0 - share)

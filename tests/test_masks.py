@@ -1,11 +1,12 @@
-"""Seeded free-form masks: deterministic and inside their coverage band."""
+"""Seeded masks (free-form strokes and rectangles; contour bands): deterministic, in band."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from shared.masks import COVERAGE_BANDS, coverage, free_form_mask, random_mask
+from shared.masks import COVERAGE_BANDS, contour_mask, coverage, free_form_mask, random_mask
 
 
 @pytest.mark.parametrize("band", sorted(COVERAGE_BANDS))
@@ -39,3 +40,38 @@ def test_random_mask_follows_the_generator() -> None:
 def test_bad_band_is_rejected() -> None:
     with pytest.raises(ValueError):
         free_form_mask(32, 32, (0.5, 0.2), 0)
+
+
+@pytest.mark.parametrize("band", sorted(COVERAGE_BANDS))
+def test_contour_masks_are_deterministic_and_within_band(band: str) -> None:
+    low, high = COVERAGE_BANDS[band]
+    for seed in range(4):
+        for height, width in ((64, 64), (96, 160)):
+            first = contour_mask(height, width, band, seed)
+            assert first.dtype == bool and first.shape == (height, width)
+            assert np.array_equal(first, contour_mask(height, width, band, seed))
+            assert low <= coverage(first) < high
+
+
+def _mean_distance_to_known(mask: np.ndarray) -> float:
+    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    return float(distance[mask].mean())
+
+
+def test_contour_holes_are_thinner_than_strokes_and_rectangles() -> None:
+    """What they are for: at the same coverage, hole pixels lie nearer to known pixels."""
+    contour = [_mean_distance_to_known(contour_mask(256, 256, "20-30", s)) for s in range(8)]
+    free = [_mean_distance_to_known(free_form_mask(256, 256, "20-30", s)) for s in range(8)]
+    assert np.median(contour) < 0.75 * np.median(free)
+
+
+def test_random_mask_mixes_styles_and_keeps_old_draws_without_contours() -> None:
+    old, new = np.random.default_rng(1), np.random.default_rng(1)
+    for _ in range(5):  # share 0: the same masks as before the contour style existed
+        band = ("20-30",)[int(old.integers(1))]
+        expected = free_form_mask(64, 64, band, old)
+        assert np.array_equal(random_mask(64, 64, new, ("20-30",)), expected)
+    rng, replay = np.random.default_rng(2), np.random.default_rng(2)
+    mask = random_mask(64, 64, rng, ("20-30",), contour_share=1.0)
+    replay.integers(1), replay.random()  # the band, then the style
+    assert np.array_equal(mask, contour_mask(64, 64, "20-30", replay))

@@ -238,6 +238,19 @@ def test_more_deepfill_validation_masks_keep_the_first_runs_items_and_differ(
     assert len({item.mask.tobytes() for item in more}) == len(more)
 
 
+def test_contour_validation_items_are_scored_apart_and_both_styles_pick_the_best(
+    data_root: Path,
+) -> None:
+    items = train_deepfill.validation_items(data_root, 1, train_deepfill.MASK_STYLES)
+    free = [i for i in items if ":" not in i.band]
+    contour = [i for i in items if i.band.startswith("contour:")]
+    assert len(free) == len(contour) == len(items) // 2
+    assert {i.mask.tobytes() for i in free}.isdisjoint({i.mask.tobytes() for i in contour})
+    scores = {"all": {"psnr": 20.0}, "contour:all": {"psnr": 22.0}}
+    assert train_deepfill.selection_score(scores) == 21.0
+    assert train_deepfill.selection_score({"all": {"psnr": 20.0}}) == 20.0
+
+
 def test_deepfill_ema_run_validates_and_exports_the_average(
     data_root: Path, tmp_path: Path
 ) -> None:
