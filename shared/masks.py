@@ -117,17 +117,19 @@ def _fill_to_band(canvas: np.ndarray, low: float, high: float,
 
 
 def random_mask(height: int, width: int, rng: np.random.Generator,
-                bands: Sequence[str] = TRAINING_BANDS, contour_share: float = 0.0) -> np.ndarray:
-    """A training mask: a band drawn uniformly from ``bands``, then :func:`contour_mask` with
-    probability ``contour_share``, else :func:`free_form_mask`."""
+                bands: Sequence[str] = TRAINING_BANDS, contour_share: float = 0.0,
+                contour_side: int | None = None) -> np.ndarray:
+    """A training mask: a band drawn uniformly from ``bands``, then :func:`contour_mask` (shapes
+    proportioned to ``contour_side``) with probability ``contour_share``, else
+    :func:`free_form_mask`."""
     band = bands[int(rng.integers(len(bands)))]
     if contour_share > 0 and rng.random() < contour_share:
-        return contour_mask(height, width, band, rng)
+        return contour_mask(height, width, band, rng, contour_side)
     return free_form_mask(height, width, band, rng)
 
 
 def contour_mask(height: int, width: int, band: str | tuple[float, float] = "20-30",
-                 seed: int | np.random.Generator = 0) -> np.ndarray:
+                 seed: int | np.random.Generator = 0, shape_side: int | None = None) -> np.ndarray:
     """A bool H×W mask (True = hole) of irregular bands along the level lines of a smooth random
     field, of varying width, gathered in one part of the image, plus specks: the look of
     occlusion masks such as the NVIDIA irregular set (thin, curved, fragmented holes, every hole
@@ -135,10 +137,12 @@ def contour_mask(height: int, width: int, band: str | tuple[float, float] = "20-
     seed), same mask.
 
     The bands' half-width is found by bisection: coverage grows with it, so any band is hit.
+    ``shape_side``: the image side the shapes are proportioned to (default: this one's), so
+    that a crop can get the holes, in pixels, of a larger image.
     """
     low, high = _resolve_band(band)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    side = min(height, width)
+    side = shape_side or min(height, width)
     distance = _level_line_distance(height, width, rng, rng.uniform(0.03, 0.10) * side)
     # Wider in some places than others, and only where a coarse field says "here".
     distance /= np.exp(0.5 * _smooth_field(height, width, rng, 0.15 * side))

@@ -75,3 +75,12 @@ def test_random_mask_mixes_styles_and_keeps_old_draws_without_contours() -> None
     mask = random_mask(64, 64, rng, ("20-30",), contour_share=1.0)
     replay.integers(1), replay.random()  # the band, then the style
     assert np.array_equal(mask, contour_mask(64, 64, "20-30", replay))
+
+
+def test_contour_shapes_follow_the_side_they_are_proportioned_to() -> None:
+    """A 256 crop with shapes for 512 px gets the wider holes of a 512 image, still in band."""
+    own = [contour_mask(128, 128, "20-30", s) for s in range(6)]
+    larger = [contour_mask(128, 128, "20-30", s, shape_side=256) for s in range(6)]
+    assert all(0.2 <= coverage(m) < 0.3 for m in larger)
+    assert np.median([_mean_distance_to_known(m) for m in larger]) > 1.3 * np.median(
+        [_mean_distance_to_known(m) for m in own])
