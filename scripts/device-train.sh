@@ -50,6 +50,7 @@ train() {
             [ -n "$start" ] && shape="$start --widen-to 32 --fresh-refinement"
             "$python" -m training.train_deepfill --run-dir "$run" --batch 16 --size 256 $shape \
                 --prefill telea --output residual --hole-loss l2 --gamma 1 --known-weight 0 \
+                --contour-masks 0.5 --val-contour \
                 --ema 0.999 --lr 2e-4 --steps 100000 --hours "$hours" --val-every 1000 \
                 --log-every 100 --threads 2
             "$python" -m training.train_deepfill --run-dir "$run" \
