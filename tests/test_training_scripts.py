@@ -202,6 +202,20 @@ def test_deepfill_training_validates_against_telea_and_stops_on_time(
     assert _adam_betas(run) == train_deepfill.PAPER_BETAS
 
 
+def test_deepfill_contour_run_trains_on_them_and_keeps_the_best_of_both_styles(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",
+            "--log-every", "1", "--val-every", "2", "--warmup", "1", "--steps", "2",
+            "--contour-masks", "1", "--val-contour", "--val-masks", "1"]
+    assert train_deepfill.main(args) == 0
+    (val,) = _log_events(run, "val")
+    assert {"all", "contour:all", "contour:20-30"} <= set(val["scores"])
+    assert val["best"] == train_deepfill.selection_score(val["scores"])
+    assert _checkpoint(run / "last.pt")["step"] == 2
+
+
 def _adam_betas(run: Path) -> tuple[float, ...]:
     return tuple(_checkpoint(run / "last.pt")["optimizer"]["param_groups"][0]["betas"])
 
