@@ -154,14 +154,14 @@ def contour_mask(height: int, width: int, band: str | tuple[float, float] = "20-
     narrow, wide = 0.0, float(side)
     for _ in range(40):  # bisection on the half-width, in pixels
         half_width = (narrow + wide) / 2
-        current = coverage((distance < half_width) | specks)
+        hole = (distance < half_width) | specks
+        current = coverage(hole)
         if low <= current < high and abs(current - target) < (high - low) / 4:
             break
         narrow, wide = (half_width, wide) if current < target else (narrow, half_width)
-    canvas = ((distance < half_width) | specks).astype(np.uint8) * 255
-    if low <= coverage(canvas) < high:
-        return canvas > 0
-    return _fill_to_band(canvas, low, high, rng)
+    if low <= current < high:
+        return hole
+    return _fill_to_band(hole.astype(np.uint8) * 255, low, high, rng)
 
 
 def _smooth_field(height: int, width: int, rng: np.random.Generator, sigma: float) -> np.ndarray:

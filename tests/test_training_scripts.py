@@ -206,14 +206,19 @@ def test_deepfill_contour_run_trains_on_them_and_keeps_the_best_of_both_styles(
     data_root: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    args = ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",
-            "--log-every", "1", "--val-every", "2", "--warmup", "1", "--steps", "2",
+    args = [*_tiny_deepfill_args(run, val_every=2), "--steps", "2",
             "--contour-masks", "1", "--val-contour", "--val-masks", "1"]
     assert train_deepfill.main(args) == 0
     (val,) = _log_events(run, "val")
     assert {"all", "contour:all", "contour:20-30"} <= set(val["scores"])
     assert val["best"] == train_deepfill.selection_score(val["scores"])
     assert _checkpoint(run / "last.pt")["step"] == 2
+
+
+def _tiny_deepfill_args(run: Path, val_every: int) -> list[str]:
+    """A width-4 generator on 64² crops, logging every step: seconds per run."""
+    return ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",
+            "--log-every", "1", "--val-every", str(val_every), "--warmup", "1"]
 
 
 def _adam_betas(run: Path) -> tuple[float, ...]:
@@ -269,8 +274,7 @@ def test_deepfill_ema_run_validates_and_exports_the_average(
     data_root: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    args = ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",
-            "--log-every", "1", "--val-every", "3", "--warmup", "1", "--lr", "1e-2",
+    args = [*_tiny_deepfill_args(run, val_every=3), "--lr", "1e-2",
             "--ema", "0.9", "--betas", "0.9", "0.999"]
     assert train_deepfill.main([*args, "--steps", "3"]) == 0
     assert _adam_betas(run) == (0.9, 0.999)

@@ -99,6 +99,7 @@ VAL_SIZE = 256
 VAL_BANDS = ("10-20", "20-30", "30-40")
 VAL_SEED = 2018
 VAL_MASKS_PER_BAND = 4
+VAL_MASK_SEED_STRIDE = 1000
 #: Validation mask styles; "contour" items are scored under "contour:<band>" keys.
 MASK_STYLES = ("free-form", "contour")
 CONTOUR_SEED_OFFSET = 500
@@ -106,7 +107,6 @@ CONTOUR_SEED_OFFSET = 500
 #: window), also on 256 crops: their distances to known pixels then match the NVIDIA masks' at
 #: 512 (quartiles 4.0 / 7.8 / 13.2 px against 4.0 / 7.6 / 13.2; shaped for 256: 2.0 / 4.0 / 6.6).
 CONTOUR_SHAPE_SIDE = 512
-VAL_MASK_SEED_STRIDE = 1000
 #: Adam's betas in the paper (and the release), for the generator and the critics.
 PAPER_BETAS = (0.5, 0.9)
 
@@ -198,7 +198,8 @@ class Batch:
 
 
 class InpaintSampler:
-    """Random crops (flipped/rotated) with a free-form mask and its discount weights each."""
+    """Random crops (flipped/rotated) with a mask (free-form, or contour for `contour_share` of
+    them) and its discount weights each."""
 
     def __init__(self, images: list[np.ndarray], size: int, rng: np.random.Generator,
                  gamma: float, prefill: str = "zeros", contour_share: float = 0.0) -> None:
@@ -228,10 +229,16 @@ def training_images(root: Path, size: int) -> list[np.ndarray]:
 @dataclass
 class ValItem:
     name: str
-    band: str
+    band: str  # the score key: the band, as score_key(style, band)
     image: np.ndarray  # uint8 (S, S, 3)
     mask: np.ndarray  # bool (S, S)
     telea: np.ndarray  # uint8 (S, S, 3), OpenCV Telea on the same input
+    style: str = "free-form"
+
+
+def score_key(style: str, band: str) -> str:
+    """Free-form scores keep the first runs' keys ("20-30", "all"); others get "style:band"."""
+    return band if style == "free-form" else f"{style}:{band}"
 
 
 def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -258,8 +265,8 @@ def validation_items(root: Path, masks_per_band: int = VAL_MASKS_PER_BAND,
             for b, band in enumerate(VAL_BANDS):
                 for k in range(masks_per_band):
                     mask = validation_mask(style, band, validation_seed(i, b, k))
-                    key = band if style == "free-form" else f"{style}:{band}"
-                    items.append(ValItem(name, key, image, mask, telea_fill(image, mask)))
+                    items.append(ValItem(name, score_key(style, band), image, mask,
+                                         telea_fill(image, mask), style))
     return items
 
 
@@ -273,8 +280,9 @@ def validation_mask(style: str, band: str, seed: int) -> np.ndarray:
 def selection_score(scores: dict[str, Any]) -> float:
     """What ``best.pt`` maximises: the hole PSNR over free-form items, or its mean with the
     contour items' when those are validated too (``--val-contour``)."""
-    if "contour:all" in scores:
-        return round((scores["all"]["psnr"] + scores["contour:all"]["psnr"]) / 2, 3)
+    contour = score_key("contour", "all")
+    if contour in scores:
+        return round((scores["all"]["psnr"] + scores[contour]["psnr"]) / 2, 3)
     return float(scores["all"]["psnr"])
 
 
@@ -300,8 +308,7 @@ def validate(model: DeepFillV1, items: list[ValItem], device: torch.device) -> d
         ours = hole_scores(out, item.image, item.mask)
         base = hole_scores(item.telea, item.image, item.mask)
         rows.setdefault(item.band, []).append((*ours, *base))
-        style_all = item.band.rpartition(":")[0] + ":all" if ":" in item.band else "all"
-        rows.setdefault(style_all, []).append((*ours, *base))
+        rows.setdefault(score_key(item.style, "all"), []).append((*ours, *base))
     model.train(was_training)
     scores = {}
     for band, values in rows.items():
@@ -577,8 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     def validate_at(at_step: int) -> dict[str, Any]:
         nonlocal best, best_scores
         scores = validate(validated_model(model, average), val_items, device)
-        if selection_score(scores) > best:
-            best, best_scores = selection_score(scores), scores
+        score = selection_score(scores)
+        if score > best:
+            best, best_scores = score, scores
             checkpoint_best(at_step)
         return {"scores": scores, "best": best}
 
