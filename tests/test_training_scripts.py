@@ -215,6 +215,27 @@ def test_deepfill_contour_run_trains_on_them_and_keeps_the_best_of_both_styles(
     assert _checkpoint(run / "last.pt")["step"] == 2
 
 
+def test_deepfill_frozen_coarse_run_trains_the_refinement_stage_alone(
+    data_root: Path, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    tiny = ["--prefill", "telea", "--output", "residual", "--no-val", "--steps", "2"]
+    assert train_deepfill.main([*_tiny_deepfill_args(first, val_every=2), *tiny]) == 0
+    init = _checkpoint(first / "last.pt")["model"]
+    assert train_deepfill.main([*_tiny_deepfill_args(second, val_every=2), *tiny,
+                                "--init", str(first / "last.pt"), "--fresh-refinement",
+                                "--freeze-coarse", "--known-weight", "0", "--lr", "1e-2"]) == 0
+    trained = _checkpoint(second / "last.pt")["model"]
+    coarse = [k for k in init if k.startswith("coarse.")]
+    refine = [k for k in init if k.startswith("refine.")]
+    assert coarse and refine
+    assert all(torch.equal(init[k], trained[k]) for k in coarse)
+    output_layer = [k for k in refine if k.endswith(".weight")][-1]
+    assert float(trained[output_layer].abs().max()) > 0  # moved off its zero start
+    with pytest.raises(SystemExit, match="--freeze-coarse needs --init"):
+        train_deepfill.main([*_tiny_deepfill_args(second, val_every=2), "--freeze-coarse"])
+
+
 def _tiny_deepfill_args(run: Path, val_every: int) -> list[str]:
     """A width-4 generator on 64² crops, logging every step: seconds per run."""
     return ["--run-dir", str(run), "--width", "4", "--batch", "2", "--size", "64",

@@ -156,6 +156,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "its function (Net2WiderNet, training/net2wider.py); sets --width")
     p.add_argument("--fresh-refinement", action="store_true",
                    help="with --init: re-initialise the refinement stage (coarse stage kept)")
+    p.add_argument("--freeze-coarse", action="store_true",
+                   help="with --init: train the refinement stage alone (the coarse stage's "
+                   "weights fixed, the loss on the refined output only)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate, keep as best.pt and ship an exponential moving average of the "
@@ -481,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--widen-to needs --init (the model to widen)")
     if args.fresh_refinement and not args.init:
         raise SystemExit("--fresh-refinement needs --init (the coarse stage to keep)")
+    if args.freeze_coarse and not args.init:
+        raise SystemExit("--freeze-coarse needs --init (the coarse stage to keep)")
     width = args.widen_to or args.width
     config = DeepFillConfig(width=width, prefill=args.prefill, output=args.output)
     if args.init and not (args.resume and last.exists()):
@@ -493,7 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = DeepFillV1(config)  # random, or the resumed weights loaded below
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas))
+    if args.freeze_coarse:
+        model.coarse.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trained, lr=args.lr, betas=tuple(args.betas))
     schedule = Schedule(args.steps, args.hours)
     scheduler = schedule.lr_scheduler(optimizer, args.warmup, args.min_lr_ratio)
     critics = Critics(args.size, args.critic_width, args.lr, device) if args.adversarial else None
@@ -560,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         discount = to_device(batch.discount, device)
         with autocast_for(device):
             coarse, refined = model(to_device(batch.inputs, device), mask)
-        outputs = (coarse.float(), refined.float())
+        # A frozen coarse stage's term would be a constant: only the refined output is scored.
+        outputs = (refined.float(),) if args.freeze_coarse else (coarse.float(), refined.float())
         loss = reconstruction_loss(
             outputs, target, mask, discount, hole_loss=args.hole_loss,
             known_weight=args.known_weight,
