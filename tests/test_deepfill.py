@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from shared.models.deepfill_contextual_attention import (
     config_from_metadata,
 )
 from shared.models.deepfill_critics import (
+    PSNR_LOSS_EPS,
     global_critic,
     gradient_penalty,
     local_critic,
@@ -182,6 +184,23 @@ def test_l2_hole_loss_is_the_hole_mse_when_undiscounted() -> None:
     assert float(l1) == pytest.approx(0.5) and float(l2) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="hole_loss"):
         reconstruction_loss((out,), target, mask, uniform, hole_loss="l3")
+
+
+def test_psnr_hole_loss_is_minus_the_mean_hole_psnr_and_favours_the_well_filled_image() -> None:
+    target = torch.zeros(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    out = target.clone()
+    out[0, :, 2:6, 2:6] = 0.1  # hole MSE 0.01: 20 dB
+    out[1, :, 2:6, 2:6] = 0.5  # hole MSE 0.25: ~6 dB
+    out.requires_grad_(True)
+    loss = reconstruction_loss((out,), target, mask, mask.clone(), hole_weight=1.0,
+                               known_weight=0.0, hole_loss="psnr")
+    psnrs = [-10 * math.log10(mse + PSNR_LOSS_EPS) for mse in (0.01, 0.25)]
+    assert float(loss) == pytest.approx(-sum(psnrs) / 2, rel=1e-5)
+    loss.backward()
+    grad = out.grad.abs().sum(dim=(1, 2, 3))
+    assert grad[0] > 4 * grad[1]  # a pooled MSE would push the worse image 5x harder
 
 
 def test_a_zero_known_weight_leaves_the_known_pixels_free() -> None:

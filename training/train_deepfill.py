@@ -135,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma", type=float, default=DISCOUNT_GAMMA)
     p.add_argument("--hole-loss", choices=HOLE_LOSSES, default="l1",
                    help="the hole's reconstruction term: the paper's (discounted) L1, or L2 for a "
-                   "PSNR fine-tune (see shared.models.deepfill_critics.reconstruction_loss)")
+                   "PSNR fine-tune, or psnr: each image's hole PSNR (see "
+                   "shared.models.deepfill_critics.reconstruction_loss)")
     p.add_argument("--known-weight", type=float, default=RELEASE_KNOWN_WEIGHT,
                    help="weight of the L1 on known pixels (default: the release's); 0 suits "
                         "residual outputs, whose known pixels are never used and which that L1 "

@@ -125,7 +125,8 @@ def spatial_discount(mask: np.ndarray, gamma: float = DISCOUNT_GAMMA) -> np.ndar
     return np.where(hole > 0, np.power(gamma, distance), 0.0).astype(np.float32)
 
 
-HOLE_LOSSES = ("l1", "l2")
+HOLE_LOSSES = ("l1", "l2", "psnr")
+PSNR_LOSS_EPS = 1e-6  # caps a hole's PSNR at 60 dB, so a perfect fill cannot dominate the batch
 RELEASE_HOLE_WEIGHT = RELEASE_KNOWN_WEIGHT = 1.2  # inpaint.yml: L1_LOSS_ALPHA, AE_LOSS_ALPHA
 
 
@@ -149,7 +150,19 @@ def reconstruction_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
     total = target.new_zeros(())
     for out in outputs:
         diff = (out - target).abs()
-        hole_error = diff.square() if hole_loss == "l2" else diff
-        total = total + hole_weight * (hole_error * discount).sum() / holes
+        if hole_loss == "psnr":
+            total = total + hole_weight * _mean_log_hole_mse(diff, mask, discount)
+        else:
+            hole_error = diff.square() if hole_loss == "l2" else diff
+            total = total + hole_weight * (hole_error * discount).sum() / holes
         total = total + known_weight * (diff * (1 - mask)).sum() / known
     return total
+
+
+def _mean_log_hole_mse(diff: torch.Tensor, mask: torch.Tensor,
+                       discount: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of each image's 10·log10(discounted hole MSE): minus its hole PSNR."""
+    channels = diff.shape[1]
+    per_image = (diff.square() * discount).sum(dim=(1, 2, 3))
+    holes = (mask.sum(dim=(1, 2, 3)) * channels).clamp_min(1.0)
+    return (10 * torch.log10(per_image / holes + PSNR_LOSS_EPS)).mean()
