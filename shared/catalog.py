@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.degradations import JPEG_QUALITY_RANGE, SIGMA_RANGE
+from shared.errors import UnprocessableInput
 from shared.hashing import cached_file_sha256
 
 SCALES: tuple[int, ...] = (4,)
@@ -64,6 +65,7 @@ CATALOG: dict[str, tuple[ModelEntry, ...]] = {
             "deepfill",
             "contextual attention (Yu et al. 2018) over a Telea prefill",
             ("deepfill-contextual-attention.safetensors",),
+            ensemble=True,
         ),
         ModelEntry("classic", "Telea fast marching (OpenCV)"),
         _DIP,
@@ -87,6 +89,12 @@ def models_for(task: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> list[str]:
 
 def offers_ensemble(task: str, model: str) -> bool:
     return any(m.name == model and m.ensemble for m in CATALOG[task])
+
+
+def require_ensemble_offered(task: str, model: str, ensemble: bool) -> None:
+    """A model service's own check (the gateway rejects it earlier, with a 400)."""
+    if ensemble and not offers_ensemble(task, model):
+        raise UnprocessableInput(f"{task} model {model!r} has no ensemble mode")
 
 
 def offers_strength(task: str, model: str, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> bool:
@@ -113,4 +121,5 @@ __all__ = [
     "models_for",
     "offers_ensemble",
     "offers_strength",
+    "require_ensemble_offered",
 ]

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from services.inpaint.networks import inpaint_deepfill
-from shared.catalog import CATALOG
+from services.inpaint.core import inpaint
+from services.inpaint.networks import inpaint_deepfill, load_deepfill, run_deepfill
+from shared.catalog import CATALOG, offers_ensemble
+from shared.errors import UnprocessableInput
 from shared.inference import clear_precision_cache, save_safetensors_fp16
 from shared.inpaint_window import context_window, telea_fill
 from shared.models.deepfill_contextual_attention import (
@@ -236,6 +238,44 @@ def test_inpaint_deepfill_changes_only_masked_pixels(tiny_weights: Path, gray: b
     assert np.array_equal(out[~mask], image[~mask])
     assert not np.array_equal(out[mask], image[mask])
     assert progress[-1] == 1.0
+
+
+def test_the_ensemble_fill_is_flip_and_rotation_invariant(tiny_weights: Path) -> None:
+    """The 8 fills are mapped back before averaging: filling a flipped or rotated photo gives
+    the flipped or rotated fill (sides kept to multiples of 8, so no padding breaks symmetry)."""
+    model = load_deepfill(tiny_weights)
+    if model.config.prefill == "telea":
+        pytest.skip("OpenCV's Telea fill is itself not flip-invariant")
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    mask = np.zeros((40, 56), bool)
+    mask[8:20, 30:46] = True
+    plain = run_deepfill(model, image, mask)
+    ensembled = run_deepfill(model, image, mask, ensemble=True)
+    assert not np.array_equal(plain, ensembled)
+    flipped = run_deepfill(model, image[:, ::-1].copy(), mask[:, ::-1].copy(), ensemble=True)
+    turned = run_deepfill(model, np.rot90(image).copy(), np.rot90(mask).copy(), ensemble=True)
+    for other in (flipped[:, ::-1], np.rot90(turned, -1)):
+        assert np.abs(other.astype(int) - ensembled).max() <= 1  # up to rounding
+
+
+def test_the_ensemble_fills_only_the_hole_at_any_size(tiny_weights: Path) -> None:
+    image = np.random.default_rng(4).integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    mask = np.zeros((37, 50), bool)
+    mask[10:25, 5:20] = True
+    out = inpaint_deepfill(image, mask, tiny_weights, ensemble=True)
+    assert out.shape == image.shape
+    assert np.array_equal(out[~mask], image[~mask])
+    assert not np.array_equal(out[mask], image[mask])
+
+
+def test_only_deepfill_offers_the_ensemble() -> None:
+    assert offers_ensemble("inpaint", "deepfill") and not offers_ensemble("inpaint", "classic")
+    image = np.zeros((16, 16, 3), np.uint8)
+    mask = np.zeros((16, 16), bool)
+    mask[4:8, 4:8] = True
+    with pytest.raises(UnprocessableInput, match="no ensemble"):
+        inpaint(image, mask, "classic", ensemble=True)
 
 
 def test_inpaint_deepfill_cancels(tiny_weights: Path) -> None:

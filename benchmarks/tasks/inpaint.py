@@ -39,6 +39,8 @@ from benchmarks.metrics import inpaint_scores, to_uint8
 from benchmarks.tasks.common import (
     Options,
     Setup,
+    ensemble_choices,
+    ensemble_label,
     include_classic,
     list_images,
     model_limits,
@@ -160,10 +162,10 @@ def _navier_stokes(sample: Sample) -> np.ndarray:
     )
 
 
-def _ours(model: str, sample: Sample) -> np.ndarray:
+def _ours(model: str, sample: Sample, ensemble: bool = False) -> np.ndarray:
     if model == "dip":  # served by its own service (queue), not by the inpaint core
         return to_uint8(dip_restore("inpaint", sample["input"], sample["mask"]))
-    return to_uint8(inpaint(sample["input"], sample["mask"], model))
+    return to_uint8(inpaint(sample["input"], sample["mask"], model, ensemble=ensemble))
 
 
 def build_rows(options: Options) -> list[Row]:
@@ -186,15 +188,17 @@ def build_rows(options: Options) -> list[Row]:
             )
         )
     for model in our_models("inpaint", options):
-        rows.append(
-            Row(
-                model,
-                model,
-                functools.partial(_ours, model),
-                **model_limits(model, options, SLOW_COLUMNS),
-                kind="model",
+        for ensemble in ensemble_choices("inpaint", model, options):
+            name = f"{model}{ensemble_label(ensemble)}"
+            rows.append(
+                Row(
+                    name,
+                    name,
+                    functools.partial(_ours, model, ensemble=ensemble),
+                    **model_limits(model, options, SLOW_COLUMNS),
+                    kind="model",
+                )
             )
-        )
     return rows
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from services.denoise.classic import nlm_deblock, nlm_denoise
 from services.denoise.networks import mwcnn_deblock, mwcnn_denoise
-from shared.catalog import JPEG_QUALITY_RANGE, SIGMA_RANGE
+from shared.catalog import JPEG_QUALITY_RANGE, SIGMA_RANGE, require_ensemble_offered
 from shared.errors import UnprocessableInput
 from shared.noise_estimation import estimate_noise_sigma
 
@@ -30,11 +30,6 @@ def resolve_quality(quality: int | None) -> int:
     return int(np.clip(value, *JPEG_QUALITY_RANGE))
 
 
-def _no_ensemble(task: str, model: str, ensemble: bool) -> None:
-    if ensemble:
-        raise UnprocessableInput(f"{task} model {model!r} has no ensemble mode")
-
-
 def denoise(
     image: np.ndarray,
     sigma: float | None = None,
@@ -53,7 +48,7 @@ def denoise(
         return mwcnn_denoise(
             image, level, on_progress=on_progress, should_cancel=should_cancel, ensemble=ensemble
         )[0]
-    _no_ensemble("denoise", model, ensemble)
+    require_ensemble_offered("denoise", model, ensemble)
     if model == "classic":
         return nlm_denoise(image, level)
     raise UnprocessableInput(f"denoise has no model {model!r}")
@@ -74,7 +69,7 @@ def remove_artifacts(
         return mwcnn_deblock(
             image, level, on_progress=on_progress, should_cancel=should_cancel, ensemble=ensemble
         )[0]
-    _no_ensemble("artifacts", model, ensemble)
+    require_ensemble_offered("artifacts", model, ensemble)
     if model == "classic":
         return nlm_deblock(image, level)
     raise UnprocessableInput(f"artifacts has no model {model!r}")

@@ -22,6 +22,7 @@ from shared.inference import (
     precision_for,
     prepare_for_inference,
     probe_image,
+    self_ensemble,
 )
 from shared.inpaint_window import FEATHER_PX, fill_through_window, telea_fill
 from shared.models.deepfill_contextual_attention import (
@@ -86,19 +87,29 @@ def uses_bf16(model: DeepFillV1, weights_id: str) -> bool:
 
 
 def run_deepfill(
-    model: DeepFillV1, image: np.ndarray, mask: np.ndarray, *, bf16: bool = False
+    model: DeepFillV1, image: np.ndarray, mask: np.ndarray, *, bf16: bool = False,
+    ensemble: bool = False,
 ) -> np.ndarray:
-    """The refined output (uint8 H×W×3) for a uint8 H×W×3 image and bool mask, any size."""
+    """The refined output (uint8 H×W×3) for a uint8 H×W×3 image and bool mask, any size.
+
+    ``ensemble`` averages the fills of the 8 flips/rotations of the image and its mask.
+    """
     device = next(model.parameters()).device
     height, width = mask.shape
     if model.config.prefill == "telea":  # weights trained on Telea-prefilled holes
         image = telea_fill(image, mask)
     x = _pad_to_multiple(numpy_to_tensor(image), SIZE_MULTIPLE)
     m = _pad_to_multiple(torch.from_numpy(mask.astype(np.float32))[None, None], SIZE_MULTIPLE)
-    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    # One tensor (image channels, then the mask) so a flip or rotation moves both together.
+    image_and_mask = torch.cat([x, m], dim=1).to(device).contiguous(
+        memory_format=torch.channels_last)
+
+    def refined(batch: torch.Tensor) -> torch.Tensor:
+        return model(batch[:, :3], batch[:, 3:])[1].float()
+
     with torch.inference_mode(), accel.autocast_for(device, enabled=bf16):
-        _, refined = model(x, m.to(device))
-    out = refined[0, :, :height, :width].float().clamp(0, 1).mul(255).round()
+        out = (self_ensemble(refined) if ensemble else refined)(image_and_mask)
+    out = out[0, :, :height, :width].clamp(0, 1).mul(255).round()
     return out.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
@@ -106,10 +117,12 @@ def inpaint_deepfill(image: np.ndarray, mask: np.ndarray, weights_path: str | Pa
                      on_progress: ProgressFn | None = None,
                      should_cancel: CancelFn | None = None, *,
                      max_side: int = DEEPFILL_MAX_SIDE, feather: float = FEATHER_PX,
-                     device: torch.device | None = None) -> np.ndarray:
+                     device: torch.device | None = None,
+                     ensemble: bool = False) -> np.ndarray:
     """Fill the True pixels of ``mask`` in the uint8 ``image`` (H×W or H×W×3) with DeepFill v1.
 
-    Pixels outside the mask are returned unchanged, bit for bit.
+    Pixels outside the mask are returned unchanged, bit for bit. ``ensemble`` averages the
+    fills of 8 flips/rotations (8× the time).
     """
     on_progress, should_cancel = on_progress or _noop_progress, should_cancel or _never
     model = load_deepfill(weights_path, device)
@@ -121,7 +134,7 @@ def inpaint_deepfill(image: np.ndarray, mask: np.ndarray, weights_path: str | Pa
         if should_cancel():
             raise Cancelled()
         rgb = np.repeat(window[..., None], 3, axis=2) if window.ndim == 2 else window
-        filled = run_deepfill(model, rgb, hole, bf16=bf16)
+        filled = run_deepfill(model, rgb, hole, bf16=bf16, ensemble=ensemble)
         on_progress(0.9)
         if is_gray(window):
             # A black-and-white photo (one channel, or three equal ones) was filled as colour:

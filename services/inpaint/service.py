@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.inpaint.core import inpaint
 from shared import topology
 from shared.blobstore import BlobStore
+from shared.catalog import weights_sha256
 from shared.errors import UnprocessableInput
 from shared.eventbus import EventBus
 from shared.model_service import ModelService, RestoreInput, RestoreOutput
@@ -13,8 +14,12 @@ from shared.model_service import ModelService, RestoreInput, RestoreOutput
 def restore(job: RestoreInput) -> RestoreOutput:
     if job.mask is None:
         raise UnprocessableInput("inpaint needs a mask")
-    filled = inpaint(job.pixels, job.mask, job.options.model, job.on_progress, job.should_cancel)
-    return RestoreOutput(filled, job.options.model)
+    options = job.options
+    filled = inpaint(job.pixels, job.mask, options.model, job.on_progress, job.should_cancel,
+                     ensemble=options.ensemble)
+    details = {"ensemble": options.ensemble,
+               "weights_sha256": weights_sha256("inpaint", options.model)}
+    return RestoreOutput(filled, options.model, details)
 
 
 def build(bus: EventBus, store: BlobStore, device: str = "cpu") -> ModelService:

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from services.superres.networks import esrgan_upscale
+from shared.catalog import require_ensemble_offered
 from shared.errors import UnprocessableInput
 
 
@@ -43,8 +44,7 @@ def upscale(
             should_cancel=should_cancel,
             ensemble=ensemble,
         )[0]
-    if ensemble:
-        raise UnprocessableInput(f"superres model {model!r} has no ensemble mode")
+    require_ensemble_offered("superres", model, ensemble)
     if model == "classic":
         return bicubic_upscale(image, scale)
     raise UnprocessableInput(f"superres has no model {model!r}")
