@@ -113,6 +113,7 @@ def test_options_validation() -> None:
     assert parse_options("superres", {"ensemble": "TRUE"}).ensemble is True
     assert parse_options("artifacts", {"ensemble": "off"}).ensemble is False
     assert parse_options("denoise", {}).ensemble is False
+    assert parse_options("inpaint", {"ensemble": "1"}).ensemble is True  # DeepFill, the default
     for task, fields, fragment in [
         ("", {}, "required"),
         ("blur", {}, "unknown task"),
@@ -125,7 +126,7 @@ def test_options_validation() -> None:
         ("denoise", {"max_side": "2"}, "out of range"),
         ("denoise", {"ensemble": "maybe"}, "yes/no"),
         ("denoise", {"model": "classic", "ensemble": "true"}, "use model mwcnn"),
-        ("inpaint", {"ensemble": "1"}, "not offered"),
+        ("inpaint", {"model": "classic", "ensemble": "1"}, "use model deepfill"),
     ]:
         with pytest.raises(InvalidRequest, match=fragment):
             parse_options(task, fields)
