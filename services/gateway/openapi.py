@@ -62,8 +62,9 @@ def openapi_document() -> dict[str, Any]:
                 "type": "string",
                 "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"],
                 "default": "false",
-                "description": "denoise/artifacts (mwcnn), superres (esrgan): average the "
-                "network over 8 flips/rotations; ~0.05–0.1 dB better, 8× slower",
+                "description": "denoise/artifacts (mwcnn), superres (esrgan), inpaint "
+                "(deepfill): average the network over 8 flips/rotations; a few hundredths "
+                "to ~0.1 dB better, 8× slower",
             },
             "iterations": {
                 "type": "integer",
