@@ -141,7 +141,10 @@ def reconstruction_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
     network must also reproduce what it was given). Weights 1.2/1.2 as in the release's config.
     ``hole_loss="l2"`` squares the hole's error instead (a deviation for a PSNR fine-tune: L1's
     optimum is the per-pixel median of the plausible fills, L2's the mean, which is what PSNR
-    rewards; with γ = 1 the hole term is then the hole's MSE).
+    rewards; with γ = 1 the hole term is then the hole's MSE). ``hole_loss="psnr"`` takes the
+    batch mean of each image's 10·log10(hole MSE), minus the hole PSNR that the benchmark
+    averages over images: its gradient scales each image by 1/MSE, so a well filled image counts
+    as much as a hard one, where the batch's pooled MSE is ruled by its worst fills.
     """
     if hole_loss not in HOLE_LOSSES:
         raise ValueError(f"hole_loss must be one of {HOLE_LOSSES}, got {hole_loss!r}")
