@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from services.inpaint.core import inpaint
-from services.inpaint.networks import inpaint_deepfill, load_deepfill, run_deepfill
+from services.inpaint.networks import inpaint_deepfill, run_deepfill
 from shared.catalog import CATALOG, offers_ensemble
 from shared.errors import UnprocessableInput
 from shared.inference import clear_precision_cache, save_safetensors_fp16
@@ -240,12 +240,12 @@ def test_inpaint_deepfill_changes_only_masked_pixels(tiny_weights: Path, gray: b
     assert progress[-1] == 1.0
 
 
-def test_the_ensemble_fill_is_flip_and_rotation_invariant(tiny_weights: Path) -> None:
+def test_the_ensemble_fill_is_flip_and_rotation_invariant() -> None:
     """The 8 fills are mapped back before averaging: filling a flipped or rotated photo gives
-    the flipped or rotated fill (sides kept to multiples of 8, so no padding breaks symmetry)."""
-    model = load_deepfill(tiny_weights)
-    if model.config.prefill == "telea":
-        pytest.skip("OpenCV's Telea fill is itself not flip-invariant")
+    the flipped or rotated fill (sides kept to multiples of 8, so no padding breaks symmetry;
+    zero prefill, since OpenCV's Telea fill is itself not flip-invariant)."""
+    torch.manual_seed(0)
+    model = DeepFillV1(DeepFillConfig(width=4, prefill="zeros")).eval()
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
     mask = np.zeros((40, 56), bool)
