@@ -1,4 +1,4 @@
-"""Check `shared.matlab_resize.imresize` against the benchmark LR images: Set5 and Set14
+"""Check `training.matlab_resize.imresize` against the benchmark LR images: Set5 and Set14
 `LR_bicubic/X4` were made by MATLAB `imresize(hr, 1/4, 'bicubic')` on uint8 HR.
 
     python -m benchmarks.check_matlab_bicubic [--data ../shared/data]
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.matlab_resize import imresize
+from training.matlab_resize import imresize
 
 SCALE = 4
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -24,10 +24,10 @@ from benchmarks.metrics import psnr, to_uint8
 from services.denoise.core import denoise, remove_artifacts
 from services.inpaint.core import inpaint
 from services.superres.core import upscale
-from shared.catalog import models_for
-from shared.degradations import add_gaussian_noise, jpeg_compress
-from shared.masks import free_form_mask
-from shared.matlab_resize import imresize
+from shared.ml.catalog import models_for
+from training.degradations import add_gaussian_noise, jpeg_compress
+from training.masks import free_form_mask
+from training.matlab_resize import imresize
 
 ZOOM = 2
 LABEL_HEIGHT = 18

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.metrics import structural_similarity
 
-from shared.degradations import rgb_to_y
+from training.degradations import rgb_to_y
 
 METRICS_VERSION = "1"
 PEAK = 255.0

@@ -36,7 +36,7 @@ from benchmarks.tasks.common import (
     Options,
     Setup,
 )
-from shared import tiling
+from shared.ml import tiling
 
 TASKS = {
     "denoise": denoise.build,
@@ -45,7 +45,7 @@ TASKS = {
     "inpaint": inpaint.build,
 }
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
-# The CPU cap of shared.tiling's budget: what a machine with ≥ 8 GiB free gets anyway.
+# The CPU cap of shared.ml.tiling's budget: what a machine with ≥ 8 GiB free gets anyway.
 TILE_BUDGET_MB = 2048
 DEFAULT_GRID = REPO_ROOT / "runs" / "bench" / "inpaint_grid.png"
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.blobstore import make_blob_store
-from shared.config import CommonSettings, load_settings
-from shared.records import STAGE_COLUMNS, Filters, RecordStore, to_csv
+from shared.platform.blobstore import make_blob_store
+from shared.platform.config import CommonSettings, load_settings
+from shared.platform.records import STAGE_COLUMNS, Filters, RecordStore, to_csv
 
 STAGE_ORDER = [*STAGE_COLUMNS, "total"]
 

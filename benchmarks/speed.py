@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared import accel
-from shared.catalog import DEFAULT_WEIGHTS_DIR
-from shared.inference import LoadedNetwork, prepare_for_inference, run_network
+from shared.ml import accel
+from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
+from shared.ml.inference import LoadedNetwork, prepare_for_inference, run_network
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def _mwcnn(task: str) -> tuple[torch.nn.Module, Callable, LoadedNetwork]:
     from services.denoise.networks import ARTIFACTS_WEIGHTS, DENOISE_WEIGHTS, MWCNN_PIXEL_COST
-    from shared.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn
+    from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn
 
     name = DENOISE_WEIGHTS if task == "denoise" else ARTIFACTS_WEIGHTS
     path = DEFAULT_WEIGHTS_DIR / name
@@ -54,7 +54,7 @@ def _mwcnn(task: str) -> tuple[torch.nn.Module, Callable, LoadedNetwork]:
 
 def _esrgan() -> tuple[torch.nn.Module, Callable, LoadedNetwork]:
     from services.superres.networks import PSNR_WEIGHTS, RRDBNET_PIXEL_COST
-    from shared.models.esrgan import RRDBNet, load_rrdbnet
+    from shared.ml.models.esrgan import RRDBNet, load_rrdbnet
 
     path = DEFAULT_WEIGHTS_DIR / PSNR_WEIGHTS
     model = load_rrdbnet(path) if path.is_file() else RRDBNet(features=32, blocks=4)

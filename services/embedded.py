@@ -20,13 +20,13 @@ from services.gateway.app import create_app, running_gateway
 from services.inpaint import service as inpaint_service
 from services.preprocess.service import PreprocessService
 from services.superres import service as superres_service
-from shared.accel import device_name
-from shared.blobstore import BlobStore
-from shared.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
-from shared.config import EmbeddedSettings, PreprocessSettings, load_settings
-from shared.eventbus import EventBus
-from shared.inference import inference_lock, set_cpu_threads
-from shared.logging import get_logger
+from shared.ml.accel import device_name
+from shared.ml.inference import inference_lock, set_cpu_threads
+from shared.platform.blobstore import BlobStore
+from shared.platform.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
+from shared.platform.config import EmbeddedSettings, PreprocessSettings, load_settings
+from shared.platform.eventbus import EventBus
+from shared.platform.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Self
 
 # consumer_timeout comes from the one place compose, k8s and the code agree on.
-from shared.topology import CONSUMER_TIMEOUT_MS
+from shared.platform.topology import CONSUMER_TIMEOUT_MS
 
 RABBITMQ_START_TIMEOUT_S = 90.0
 S3_START_TIMEOUT_S = 60.0

@@ -18,10 +18,10 @@ import aiohttp
 
 from services.embedded import start_workers
 from services.gateway.app import create_app, running_gateway
-from shared import topology
-from shared.blobstore import BlobStore, LocalDirBlobStore, S3BlobStore
-from shared.config import GatewaySettings, PreprocessSettings
-from shared.eventbus import EventBus, InProcessBus, RabbitBus, declare_topology
+from shared.platform import topology
+from shared.platform.blobstore import BlobStore, LocalDirBlobStore, S3BlobStore
+from shared.platform.config import GatewaySettings, PreprocessSettings
+from shared.platform.eventbus import EventBus, InProcessBus, RabbitBus, declare_topology
 from tests.servers import S3Endpoint
 
 

@@ -14,8 +14,8 @@ from skimage.metrics import structural_similarity
 from benchmarks import harness, metrics
 from benchmarks.dncnn import DnCNN, run_dncnn
 from benchmarks.tasks.common import Options, model_limits
-from shared import tiling
-from shared.degradations import add_gaussian_noise
+from shared.ml import tiling
+from training.degradations import add_gaussian_noise
 
 
 def _pair(seed: int = 0, shape: tuple[int, ...] = (48, 64)) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +214,7 @@ def test_quality_command_on_a_synthetic_data_folder(
     the JSON, caches the classic row in --cache-dir, and reports the missing calibration
     outputs as a failed row instead of crashing."""
     from benchmarks import quality
-    from shared.matlab_resize import imresize
+    from training.matlab_resize import imresize
 
     monkeypatch.setattr(tiling, "_budget_override_bytes", None)  # restored after the test
     hr = skdata.astronaut()[:96, :128]

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.blobstore import BlobNotFound, BlobStore, LinkOptions, LocalDirBlobStore, S3BlobStore
+from shared.platform.blobstore import (
+    BlobNotFound,
+    BlobStore,
+    LinkOptions,
+    LocalDirBlobStore,
+    S3BlobStore,
+)
 from tests.stack import s3_settings
 
 

@@ -11,17 +11,18 @@ import torch
 
 from services.inpaint.core import inpaint
 from services.inpaint.networks import inpaint_deepfill, run_deepfill
-from shared.catalog import CATALOG, offers_ensemble
 from shared.errors import UnprocessableInput
-from shared.inference import clear_precision_cache, save_safetensors_fp16
-from shared.inpaint_window import context_window, telea_fill
-from shared.models.deepfill_contextual_attention import (
+from shared.ml.catalog import CATALOG, offers_ensemble
+from shared.ml.inference import clear_precision_cache, save_safetensors_fp16
+from shared.ml.inpaint_window import context_window, telea_fill
+from shared.ml.models.deepfill_contextual_attention import (
     ContextualAttention,
     DeepFillConfig,
     DeepFillV1,
     config_from_metadata,
 )
-from shared.models.deepfill_critics import (
+from shared.ml.tiling import Cancelled
+from training.deepfill_critics import (
     PSNR_LOSS_EPS,
     global_critic,
     gradient_penalty,
@@ -31,7 +32,6 @@ from shared.models.deepfill_critics import (
     reconstruction_loss,
     spatial_discount,
 )
-from shared.tiling import Cancelled
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -313,7 +313,7 @@ def test_deepfill_takes_bf16_only_where_native_and_faithful(
     tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from services.inpaint import networks
-    from shared import inference
+    from shared.ml import inference
 
     model = networks.load_deepfill(tiny_weights)
     clear_precision_cache()

@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from shared.degradations import (
+from shared.errors import UnprocessableInput
+from shared.ml.noise_estimation import estimate_noise_sigma
+from training.degradations import (
     add_gaussian_noise,
     jpeg_compress,
     jpeg_quality_from_qtables,
     rgb_to_y,
 )
-from shared.errors import UnprocessableInput
-from shared.noise_estimation import estimate_noise_sigma
 
 
 def test_gaussian_noise_is_seeded_and_has_sigma() -> None:

@@ -11,9 +11,9 @@ from skimage import data
 
 from services.denoise import networks
 from services.denoise.core import denoise, remove_artifacts, resolve_quality, resolve_sigma
-from shared.degradations import jpeg_compress
 from shared.errors import UnprocessableInput
-from shared.models.mwcnn import MWCNN, MWCNNConfig, save_mwcnn
+from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, save_mwcnn
+from training.degradations import jpeg_compress
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,7 +88,7 @@ def test_network_any_size_in_same_size_out(tiny_weights: Path, shape: tuple[int,
 
 
 def test_network_reports_progress_and_cancels(tiny_weights: Path) -> None:
-    from shared.tiling import Cancelled
+    from shared.ml.tiling import Cancelled
 
     image = np.zeros((40, 40), np.uint8)
     fractions: list[float] = []

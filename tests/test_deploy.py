@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shared import config
-from shared.topology import CONSUMER_TIMEOUT_MS, WORK_QUEUES
+from shared.platform import config
+from shared.platform.topology import CONSUMER_TIMEOUT_MS, WORK_QUEUES
 from tests.servers import in_ci
 
 ROOT = Path(__file__).resolve().parent.parent

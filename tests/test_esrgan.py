@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.models.esrgan import (
+from shared.ml.models.esrgan import (
     RRDBNet,
     RRDBNetConfig,
     UnrecognizedCheckpointError,

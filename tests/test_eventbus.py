@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared import topology
-from shared.eventbus import Delivery, EventBus, InProcessBus, RabbitBus, Reject
-from shared.messages import JobOptions, JobStatus, JobSubmitted
+from shared.platform import topology
+from shared.platform.eventbus import Delivery, EventBus, InProcessBus, RabbitBus, Reject
+from shared.platform.messages import JobOptions, JobStatus, JobSubmitted
 from tests.stack import purge_queues
 
 QUEUE = topology.PREPROCESS

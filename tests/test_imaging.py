@@ -1,4 +1,4 @@
-"""Unit tests of shared.imaging: stage PNGs, orientation, result encoding, JPEG quality."""
+"""Unit tests of shared.ml.imaging: stage PNGs, orientation, result encoding, JPEG quality."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from shared.imaging import (
+from shared.ml.imaging import (
     apply_orientation,
     composite_masked,
     decode_mask_png,

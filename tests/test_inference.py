@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from shared import inference
-from shared.inference import (
+from shared.ml import inference
+from shared.ml.inference import (
     InferenceGate,
     WeightsMismatchError,
     load_safetensors_strict,
@@ -27,7 +27,7 @@ from shared.inference import (
     tensor_to_numpy,
     tile_fn,
 )
-from shared.tiling import run_tiled
+from shared.ml.tiling import run_tiled
 
 
 def _net() -> nn.Module:

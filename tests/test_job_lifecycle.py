@@ -17,14 +17,14 @@ from skimage import data
 from services.gateway.app import create_app, running_gateway
 from services.gateway.maintenance import sweep
 from services.preprocess.service import PreprocessService
-from shared import topology
-from shared.blobstore import LinkOptions, LocalDirBlobStore
-from shared.config import PreprocessSettings
-from shared.eventbus import InProcessBus, RabbitBus
-from shared.jobs import JobKeys, JobLog, JobSpec, StatusReporter
-from shared.messages import JobOptions, JobStatus, RestoreRequested
-from shared.model_service import ModelService, RestoreInput, RestoreOutput
-from shared.tiling import Cancelled
+from shared.ml.tiling import Cancelled
+from shared.platform import topology
+from shared.platform.blobstore import LinkOptions, LocalDirBlobStore
+from shared.platform.config import PreprocessSettings
+from shared.platform.eventbus import InProcessBus, RabbitBus
+from shared.platform.jobs import JobKeys, JobLog, JobSpec, StatusReporter
+from shared.platform.messages import JobOptions, JobStatus, RestoreRequested
+from shared.platform.model_service import ModelService, RestoreInput, RestoreOutput
 from tests.pipeline_helpers import png_bytes
 from tests.stack import Stack, follow_events, free_port, running_stack, submit, wait_for_state
 

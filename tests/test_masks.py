@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.masks import COVERAGE_BANDS, contour_mask, coverage, free_form_mask, random_mask
+from training.masks import COVERAGE_BANDS, contour_mask, coverage, free_form_mask, random_mask
 
 
 @pytest.mark.parametrize("band", sorted(COVERAGE_BANDS))

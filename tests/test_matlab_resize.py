@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.matlab_resize import cubic, imresize, imresize_torch, resize_matrix
+from training.matlab_resize import cubic, imresize, imresize_torch, resize_matrix
 
 
 def test_cubic_kernel_values() -> None:

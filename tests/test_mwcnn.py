@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.models.mwcnn import (
+from shared.ml.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
     fold_batchnorm,

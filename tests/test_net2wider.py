@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.models.deepfill_contextual_attention import DeepFillConfig, DeepFillV1
-from shared.models.mwcnn import MWCNN, MWCNNConfig
+from shared.ml.models.deepfill_contextual_attention import DeepFillConfig, DeepFillV1
+from shared.ml.models.mwcnn import MWCNN, MWCNNConfig
 from training.net2wider import widen_deepfill, widen_mwcnn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

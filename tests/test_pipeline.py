@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from PIL import Image
 from skimage import data
 
-from shared.catalog import models_for
-from shared.telemetry import setup_tracing
+from shared.ml.catalog import models_for
+from shared.platform.telemetry import setup_tracing
 from tests.pipeline_helpers import decode_image, png_bytes
 from tests.stack import Stack, download, follow_events, running_stack, submit, wait_for_state
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from services.preprocess.core import InvalidInput, Limits, NormalizedInput, normalize
-from shared.imaging import apply_orientation, encode_result, srgb_icc_profile
+from shared.ml.imaging import apply_orientation, encode_result, srgb_icc_profile
 
 LIMITS = Limits(max_upload_bytes=50 * 2**20, max_input_pixels=40_000_000)
 RNG = np.random.default_rng(7)

@@ -24,15 +24,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from skimage import data
 
 from services.gateway.app import create_app, running_gateway
-from shared import records, topology
-from shared.blobstore import BlobStore, LocalDirBlobStore
-from shared.config import GatewaySettings
-from shared.eventbus import InProcessBus
-from shared.health import health_app
-from shared.jobs import JobLog, JobSpec, StatusReporter
-from shared.messages import JobOptions
-from shared.records import Filters, RecordStore, build_record, record_key
-from shared.telemetry import setup_tracing
+from shared.platform import records, topology
+from shared.platform.blobstore import BlobStore, LocalDirBlobStore
+from shared.platform.config import GatewaySettings
+from shared.platform.eventbus import InProcessBus
+from shared.platform.health import health_app
+from shared.platform.jobs import JobLog, JobSpec, StatusReporter
+from shared.platform.messages import JobOptions
+from shared.platform.records import Filters, RecordStore, build_record, record_key
+from shared.platform.telemetry import setup_tracing
 from tests.pipeline_helpers import png_bytes
 from tests.servers import S3Endpoint
 from tests.stack import Stack, follow_events, free_port, running_stack, submit
@@ -437,7 +437,7 @@ async def test_each_task_is_one_trace_with_the_expected_span_tree(
 
 
 def test_build_record_needs_a_final_state() -> None:
-    from shared.jobs import fold
+    from shared.platform.jobs import fold
 
     spec = JobSpec("c" * 32, "denoise", JobOptions("classic"), 1.0, 10)
     assert build_record(fold(spec, []), "test", None) is None

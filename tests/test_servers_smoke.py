@@ -12,7 +12,7 @@ import pytest
 from minio import Minio
 from pamqp.commands import Basic
 
-from shared.topology import CONSUMER_TIMEOUT_MS
+from shared.platform.topology import CONSUMER_TIMEOUT_MS
 from tests.servers import RabbitMQServer, S3Endpoint
 
 pytestmark = pytest.mark.servers

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from services.gateway.validation import InvalidRequest, parse_options
-from shared import messages
-from shared.config import GatewaySettings, PreprocessSettings, load_settings
-from shared.jobs import JobSpec, fold, is_valid_job_id, new_job_id
-from shared.messages import JobOptions, JobStatus, JobSubmitted, RestoreRequested
-from shared.topology import queue_for_task
+from shared.platform import messages
+from shared.platform.config import GatewaySettings, PreprocessSettings, load_settings
+from shared.platform.jobs import JobSpec, fold, is_valid_job_id, new_job_id
+from shared.platform.messages import JobOptions, JobStatus, JobSubmitted, RestoreRequested
+from shared.platform.topology import queue_for_task
 
 
 def test_settings_from_environment() -> None:

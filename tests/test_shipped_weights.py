@@ -26,12 +26,12 @@ from services.inpaint.core import DEEPFILL_WEIGHTS
 from services.inpaint.networks import inpaint_deepfill, load_deepfill
 from services.superres.core import bicubic_upscale
 from services.superres.networks import GAN_WEIGHTS, PSNR_WEIGHTS, esrgan_upscale
-from shared.catalog import DEFAULT_WEIGHTS_DIR
-from shared.degradations import jpeg_compress
-from shared.inpaint_window import telea_fill
-from shared.matlab_resize import imresize
-from shared.models.esrgan import load_rrdbnet
-from shared.models.mwcnn import load_mwcnn
+from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
+from shared.ml.inpaint_window import telea_fill
+from shared.ml.models.esrgan import load_rrdbnet
+from shared.ml.models.mwcnn import load_mwcnn
+from training.degradations import jpeg_compress
+from training.matlab_resize import imresize
 from training.sr_degradations import DegradationConfig, degrade
 
 MAX_WEIGHTS_BYTES = 16 * 1024 * 1024

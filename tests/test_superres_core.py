@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from services.superres import networks
 from services.superres.core import upscale
 from shared.errors import UnprocessableInput
-from shared.models.esrgan import RRDBNet, config_metadata
+from shared.ml.models.esrgan import RRDBNet, config_metadata
 
 
 def save_tiny(path: Path, seed: int) -> None:
@@ -52,7 +52,7 @@ def test_strength_interpolates_between_psnr_and_gan(weights: Path, tmp_path: Pat
 
 
 def test_operator_checkpoint_in_the_official_layout(weights: Path, tmp_path: Path) -> None:
-    from shared.models.esrgan import load_rrdbnet, to_layout
+    from shared.ml.models.esrgan import load_rrdbnet, to_layout
 
     model = load_rrdbnet(weights / networks.PSNR_WEIGHTS)
     official = tmp_path / "RRDB_ESRGAN_x4.pth"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.tiling import (
+from shared.ml.tiling import (
     Cancelled,
     TilePlan,
     axis_weights,

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from skimage import data
 
-from shared.inference import save_safetensors_fp16
-from shared.models.deepfill_contextual_attention import DeepFillConfig, DeepFillV1
-from shared.models.esrgan import load_rrdbnet
-from shared.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn, save_mwcnn
+from shared.ml.inference import save_safetensors_fp16
+from shared.ml.models.deepfill_contextual_attention import DeepFillConfig, DeepFillV1
+from shared.ml.models.esrgan import load_rrdbnet
+from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn, save_mwcnn
 from training import train_deepfill, train_esrgan, train_mwcnn
 from training.common import Schedule, WeightAverage, training_lineage
 from training.data import VALIDATION, PatchSampler, TrainingImages

@@ -14,7 +14,7 @@ Nothing here knows about a particular network. The pieces:
   on SIGTERM/SIGINT or after ``--max-minutes``); the script supplies one optimisation step.
 * :class:`WeightAverage`: an exponential moving average of the weights (validated and shipped
   in place of the raw weights when a script offers ``--ema``).
-* :func:`machine_summary`: CPU model, flags, threads, bf16 decision (from ``shared.accel``).
+* :func:`machine_summary`: CPU model, flags, threads, bf16 decision (from ``shared.ml.accel``).
 * :func:`export_fp16_safetensors` / :func:`write_provenance` / :func:`git_commit`: shipping.
 * :func:`psnr`: the plain PSNR used for validation logging.
 """
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.accel import cpu_flags, cpu_model, describe_accelerator
+from shared.ml.accel import cpu_flags, cpu_model, describe_accelerator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.degradations import (
+from shared.ml.models.mwcnn import level_from_quality, level_from_sigma
+from training.degradations import (
     JPEG_QUALITY_RANGE,
     SIGMA_RANGE,
     add_gaussian_noise,
     jpeg_compress,
 )
-from shared.models.mwcnn import level_from_quality, level_from_sigma
 
 GRAY_SOURCES = ("Train400",)
 COLOUR_SOURCES = ("BSD200", "T91")

@@ -6,7 +6,7 @@
 Before writing, the validation PSNR of the fp32 weights is compared with that of the same
 weights rounded to fp16 (both run in fp32); the export fails if the change exceeds
 ``--max-drop-db`` (0.01 dB by default) or the file would exceed ``--max-mb`` (16 MB).
-The written file is read back with :func:`shared.models.mwcnn.load_mwcnn` (strict keys).
+The written file is read back with :func:`shared.ml.models.mwcnn.load_mwcnn` (strict keys).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from shared.models.mwcnn import (
+from shared.ml.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
     count_parameters,
@@ -86,7 +86,7 @@ def provenance(state: dict[str, Any], model: MWCNN, out: Path, checks: dict[str,
         "file": out.name,
         "sha256": sha256_of(out),
         "bytes": out.stat().st_size,
-        "network": "MWCNN (Liu et al., CVPRW 2018), see shared/models/mwcnn.py",
+        "network": "MWCNN (Liu et al., CVPRW 2018), see shared/ml/models/mwcnn.py",
         "config": model.config.to_json(),
         "parameters": count_parameters(model),
         "task": task,

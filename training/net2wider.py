@@ -13,7 +13,7 @@ channels (all LL, then HL, LH, HH), the IWT turns ``4w`` back into ``w``, and th
 ``IWT(bottom) + e2`` and ``IWT(dec2) + e1`` need both terms in the same space. So one map per
 level serves the encoder output, the IWT output added to it and the decoder input; the
 band-major expansion of a map serves the 4w-channel sides. Works on a BatchNorm-free network
-(fold BN first with :func:`shared.models.mwcnn.fold_batchnorm`).
+(fold BN first with :func:`shared.ml.models.mwcnn.fold_batchnorm`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from shared.models.deepfill_contextual_attention import DeepFillV1
-from shared.models.mwcnn import MWCNN
+from shared.ml.models.deepfill_contextual_attention import DeepFillV1
+from shared.ml.models.mwcnn import MWCNN
 
 
 def widen_mwcnn(model: MWCNN, widths: tuple[int, int, int], *, noise: float = 1e-3,

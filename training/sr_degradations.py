@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.ndimage import gaussian_filter
 
-from shared.degradations import jpeg_compress
-from shared.matlab_resize import imresize
+from training.degradations import jpeg_compress
+from training.matlab_resize import imresize
 
 
 @dataclass(frozen=True)

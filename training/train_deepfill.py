@@ -7,17 +7,17 @@
 
 Stage 1 (default): the reconstruction loss alone, the spatially discounted L1 (γ = 0.99, from a
 distance transform of the free-form mask) on the hole plus L1 on the known pixels, for the coarse
-and the refined output (``shared.models.deepfill_critics.reconstruction_loss``). Stage 2
+and the refined output (``training.deepfill_critics.reconstruction_loss``). Stage 2
 (``--adversarial``, usually with ``--init`` from stage 1): adds the paper's global and local
 WGAN-GP critics (generator weight ``--gan-weight`` 0.001 as in the release, λ = 10,
 ``--d-steps`` critic updates per generator update).
 
 ``--prefill telea`` gives the coarse network an OpenCV Telea fill of the hole instead of the
-paper's zeros (a deviation, argued in ``shared/models/deepfill_contextual_attention.py``); it is
+paper's zeros (a deviation, argued in ``shared/ml/models/deepfill_contextual_attention.py``); it is
 stored in the weights' config, and inference prefills the same way.
 
 Data: random crops (``--size`` 128–256, random flips/rotations) of ``train/BSD200`` and
-``train/T91`` (images smaller than the crop are skipped); masks from ``shared.masks`` (free-form
+``train/T91`` (images smaller than the crop are skipped); masks from ``training.masks`` (free-form
 strokes + rectangles, bands 1–50 %). Validation: the held-out BSD200 images of
 ``training.data.VALIDATION`` (centre 256² crops), each with ``--val-masks`` seeded masks at
 each of 10–20, 20–30 and 30–40 %: PSNR and L1 inside the hole, for the network (composited) and
@@ -42,10 +42,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from shared.accel import autocast_for, best_device, use_bf16
-from shared.inpaint_window import telea_fill
-from shared.masks import TRAINING_BANDS, contour_mask, free_form_mask, random_mask
-from shared.models.deepfill_contextual_attention import (
+from shared.ml.accel import autocast_for, best_device, use_bf16
+from shared.ml.inpaint_window import telea_fill
+from shared.ml.models.deepfill_contextual_attention import (
     OUTPUTS,
     PREFILLS,
     SIZE_MULTIPLE,
@@ -53,19 +52,6 @@ from shared.models.deepfill_contextual_attention import (
     DeepFillV1,
     config_from_metadata,
     count_parameters,
-)
-from shared.models.deepfill_critics import (
-    DISCOUNT_GAMMA,
-    GP_LAMBDA,
-    HOLE_LOSSES,
-    RELEASE_KNOWN_WEIGHT,
-    global_critic,
-    gradient_penalty,
-    local_critic,
-    local_crops,
-    mask_boxes,
-    reconstruction_loss,
-    spatial_discount,
 )
 from training.common import (
     LoopSettings,
@@ -93,6 +79,20 @@ from training.data import (
     read_image,
     to_chw3,
 )
+from training.deepfill_critics import (
+    DISCOUNT_GAMMA,
+    GP_LAMBDA,
+    HOLE_LOSSES,
+    RELEASE_KNOWN_WEIGHT,
+    global_critic,
+    gradient_penalty,
+    local_critic,
+    local_crops,
+    mask_boxes,
+    reconstruction_loss,
+    spatial_discount,
+)
+from training.masks import TRAINING_BANDS, contour_mask, free_form_mask, random_mask
 from training.net2wider import widen_deepfill
 
 VAL_SIZE = 256
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=16, help="the paper's cnum (paper: 32)")
     p.add_argument("--prefill", choices=PREFILLS, default="zeros",
                    help="what the coarse network sees in the hole: the paper's zeros, or an "
-                        "OpenCV Telea fill (see shared/models/deepfill_contextual_attention.py)")
+                        "OpenCV Telea fill (see shared/ml/models/deepfill_contextual_attention.py)")
     p.add_argument("--output", choices=OUTPUTS, default="image",
                    help="residual: each stage corrects the Telea prefill (needs --prefill telea)")
     p.add_argument("--steps", type=int, default=20000, help="total steps of the cosine schedule")
@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hole-loss", choices=HOLE_LOSSES, default="l1",
                    help="the hole's reconstruction term: the paper's (discounted) L1, or L2 for a "
                    "PSNR fine-tune, or psnr: each image's hole PSNR (see "
-                   "shared.models.deepfill_critics.reconstruction_loss)")
+                   "training.deepfill_critics.reconstruction_loss)")
     p.add_argument("--known-weight", type=float, default=RELEASE_KNOWN_WEIGHT,
                    help="weight of the L1 on known pixels (default: the release's); 0 suits "
                         "residual outputs, whose known pixels are never used and which that L1 "
@@ -169,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-masks", type=int, default=VAL_MASKS_PER_BAND,
                    help="validation masks per band per held-out image (1 = the first runs' 12)")
     p.add_argument("--contour-masks", type=float, default=0.0, metavar="SHARE",
-                   help="share of training masks drawn by shared.masks.contour_mask (thin curved "
+                   help="share of training masks drawn by training.masks.contour_mask (thin curved "
                         "occlusion-like holes) instead of strokes and rectangles")
     p.add_argument("--val-contour", action="store_true",
                    help="validate on contour masks too; best.pt then keeps the best mean of both")
@@ -330,7 +330,7 @@ def load_init(model: DeepFillV1, path: Path) -> None:
     """Weights to start from; an image-output init of a residual model keeps its features but
     not its output layers, which are zeroed so that training starts from the Telea fill."""
     if path.suffix == ".safetensors":
-        from shared.inference import load_safetensors_strict
+        from shared.ml.inference import load_safetensors_strict
 
         metadata = load_safetensors_strict(model, path)
         init_output = config_from_metadata(metadata).output
@@ -431,7 +431,7 @@ def export(run_dir: Path, out: Path) -> int:
         print(f"FAIL: {out} is {size / 1e6:.1f} MB > 16 MB", file=sys.stderr)
         return 1
     model = DeepFillV1(config)
-    from shared.inference import load_safetensors_strict
+    from shared.ml.inference import load_safetensors_strict
 
     load_safetensors_strict(model, out)  # strict keys: proves the shipped file loads
     record = {
@@ -439,7 +439,7 @@ def export(run_dir: Path, out: Path) -> int:
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "bytes": size,
         "network": "DeepFill v1 generator (Yu et al., CVPR 2018), see "
-                   "shared/models/deepfill_contextual_attention.py",
+                   "shared/ml/models/deepfill_contextual_attention.py",
         "config": config.to_json(),
         "parameters": count_parameters(model),
         "input": "RGB in [0, 1] and mask (1 = hole), H and W multiples of 8",

@@ -8,7 +8,7 @@
         --export-only weights/esrgan-psnr.safetensors
 
 Data: HR crops from T91 + BSD200 (the classic "291" set); 10 BSD200 images are held out for
-validation. LR is MATLAB-bicubic ×4 (`shared.matlab_resize`, bit-exact to the benchmark LR
+validation. LR is MATLAB-bicubic ×4 (`training.matlab_resize`, bit-exact to the benchmark LR
 files). The psnr stage downsizes every full training image once and cuts aligned LR/HR crops,
 exactly the benchmark's input convention. The gan stage degrades each HR crop on the fly
 (`training.sr_degradations`: blur, ×4 downscale, noise, JPEG; a share stays clean).
@@ -29,7 +29,7 @@ does, so high-frequency detail carries real weight, and it was shown to give sha
 than pixel losses. It is no substitute for VGG's texture tolerance: the adversarial term has to
 provide that, so expect the GAN weights to be less photo-realistic than the paper's.
 
-Runtime. Channels-last, CUDA when present, bf16 autocast only where `shared.accel` says the
+Runtime. Channels-last, CUDA when present, bf16 autocast only where `shared.ml.accel` says the
 hardware does it natively; resumable atomic checkpoints (`last.pt`), best validation model
 (`best_model.pth`, psnr stage), progress bar, `train.log` with JSON lines. `--hours` bounds the
 run by wall-clock: the cosine schedule then follows max(step/steps, elapsed/hours), so a run
@@ -55,10 +55,8 @@ from numpy.typing import NDArray
 from PIL import Image
 from torch import Tensor, nn
 
-from shared.accel import autocast_for, best_device, use_bf16
-from shared.degradations import rgb_to_y
-from shared.matlab_resize import imresize
-from shared.models.esrgan import (
+from shared.ml.accel import autocast_for, best_device, use_bf16
+from shared.ml.models.esrgan import (
     RRDBNet,
     config_metadata,
     init_rrdbnet_,
@@ -80,6 +78,8 @@ from training.common import (
     training_lineage,
     write_provenance,
 )
+from training.degradations import rgb_to_y
+from training.matlab_resize import imresize
 from training.sr_degradations import DegradationConfig, degrade
 
 SCALE = 4

@@ -14,7 +14,7 @@ the weights instead of the last iterate; ``last.pt`` holds both, so a resume con
 ``--fold-bn`` (with ``--init``) folds the initial model's BatchNorm into its convs and trains on
 without it: one set of running statistics cannot serve every level of a level-conditioned
 network, so BN's eval-mode output swings from checkpoint to checkpoint (see
-:func:`shared.models.mwcnn.fold_batchnorm`).
+:func:`shared.ml.models.mwcnn.fold_batchnorm`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.accel import autocast_for, best_device, use_bf16
-from shared.models.mwcnn import (
+from shared.ml.accel import autocast_for, best_device, use_bf16
+from shared.ml.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
     count_parameters,
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "from its function (Net2WiderNet, training/net2wider.py)")
     p.add_argument("--gray", action="store_true",
                    help="a one-channel (gray) network trained on gray patches only; a colour "
-                        "--init is converted to it exactly (shared.models.mwcnn.gray_from_colour)")
+                        "--init is converted to it exactly (mwcnn.gray_from_colour)")
     p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "

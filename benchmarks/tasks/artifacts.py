@@ -34,7 +34,7 @@ from benchmarks.tasks.common import (
 )
 from services.denoise import classic as nlm_module
 from services.denoise.core import remove_artifacts
-from shared.degradations import jpeg_compress
+from training.degradations import jpeg_compress
 
 SETS = ("Classic5", "LIVE1")
 QUALITIES = (10, 20, 30, 40)

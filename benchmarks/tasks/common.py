@@ -15,9 +15,9 @@ from PIL import Image
 
 from benchmarks.harness import Case, Row, RowResult, ScoreFn, View
 from services.dip import core as dip_core
-from shared import inpaint_window
-from shared.catalog import models_for, offers_ensemble
-from shared.models import deep_image_prior
+from shared.ml import inpaint_window
+from shared.ml.catalog import models_for, offers_ensemble
+from shared.ml.models import deep_image_prior
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"

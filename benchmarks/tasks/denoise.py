@@ -50,7 +50,7 @@ from benchmarks.tasks.common import (
 from services.denoise import classic as nlm_module
 from services.denoise.core import denoise
 from services.dip.core import dip_restore
-from shared.degradations import add_gaussian_noise
+from training.degradations import add_gaussian_noise
 
 NOISE_SEED = 20180618
 NOISE_VERSION = "1"  # bump when the noise recipe above changes (part of the cache keys)

@@ -52,8 +52,8 @@ from benchmarks.tasks.common import (
 from services.dip.core import dip_restore
 from services.inpaint import core as inpaint_core
 from services.inpaint.core import inpaint
-from shared.imaging import composite_masked
-from shared.inpaint_window import TELEA_RADIUS
+from shared.ml.imaging import composite_masked
+from shared.ml.inpaint_window import TELEA_RADIUS
 
 MASKS = Path("inpaint/nvidia_irregular_masks_subset")
 BANDS = {"(0.1,0.2]": "holes 10–20%", "(0.2,0.3]": "holes 20–30%", "(0.3,0.4]": "holes 30–40%"}

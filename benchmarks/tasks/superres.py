@@ -33,9 +33,9 @@ from benchmarks.tasks.common import (
 from services.superres import core as superres_core
 from services.superres.core import upscale
 from services.superres.networks import GAN_WEIGHTS
-from shared import matlab_resize
-from shared.catalog import DEFAULT_WEIGHTS_DIR
-from shared.matlab_resize import imresize
+from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
+from training import matlab_resize
+from training.matlab_resize import imresize
 
 SCALE = 4
 BORDER = 4

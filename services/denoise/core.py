@@ -8,9 +8,9 @@ import numpy as np
 
 from services.denoise.classic import nlm_deblock, nlm_denoise
 from services.denoise.networks import mwcnn_deblock, mwcnn_denoise
-from shared.catalog import JPEG_QUALITY_RANGE, SIGMA_RANGE, require_ensemble_offered
 from shared.errors import UnprocessableInput
-from shared.noise_estimation import estimate_noise_sigma
+from shared.ml.catalog import JPEG_QUALITY_RANGE, SIGMA_RANGE, require_ensemble_offered
+from shared.ml.noise_estimation import estimate_noise_sigma
 
 # Without quantisation tables (a PNG of a once-JPEG image) we assume a typical web quality.
 DEFAULT_QUALITY_WITHOUT_TABLES = 50

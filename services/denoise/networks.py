@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.catalog import DEFAULT_WEIGHTS_DIR
-from shared.hashing import file_sha256
-from shared.imaging import is_gray
-from shared.inference import LoadedNetwork, load_once, prepare_for_inference, run_network
-from shared.models.mwcnn import (
+from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
+from shared.ml.hashing import file_sha256
+from shared.ml.imaging import is_gray
+from shared.ml.inference import LoadedNetwork, load_once, prepare_for_inference, run_network
+from shared.ml.models.mwcnn import (
     SIZE_MULTIPLE,
     fold_batchnorm,
     level_from_quality,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from services.denoise.core import denoise, remove_artifacts, resolve_quality, resolve_sigma
 from services.denoise.networks import denoiser_for
-from shared import topology
-from shared.blobstore import BlobStore
-from shared.catalog import weights_sha256
-from shared.eventbus import EventBus
-from shared.hashing import cached_file_sha256
-from shared.model_service import ModelService, RestoreInput, RestoreOutput
+from shared.ml.catalog import weights_sha256
+from shared.ml.hashing import cached_file_sha256
+from shared.platform import topology
+from shared.platform.blobstore import BlobStore
+from shared.platform.eventbus import EventBus
+from shared.platform.model_service import ModelService, RestoreInput, RestoreOutput
 
 
 def _weights_sha256(job: RestoreInput) -> str | None:

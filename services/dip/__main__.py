@@ -3,8 +3,8 @@
 import asyncio
 
 from services.dip.service import build
-from shared.bootstrap import run_model_service
-from shared.config import ModelServiceSettings, load_settings
+from shared.platform.bootstrap import run_model_service
+from shared.platform.config import ModelServiceSettings, load_settings
 
 if __name__ == "__main__":
     asyncio.run(run_model_service("dip", build, load_settings(ModelServiceSettings)))

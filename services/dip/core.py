@@ -11,10 +11,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from shared import accel
 from shared.errors import UnprocessableInput
-from shared.inpaint_window import FEATHER_PX, fill_through_window
-from shared.models.deep_image_prior import DIPConfig, denoise_dip, fit_dip
+from shared.ml import accel
+from shared.ml.inpaint_window import FEATHER_PX, fill_through_window
+from shared.ml.models.deep_image_prior import DIPConfig, denoise_dip, fit_dip
 
 ProgressFn = Callable[[float], None]
 CancelFn = Callable[[], bool]

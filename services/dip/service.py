@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from services.dip.core import dip_restore
-from shared import topology
-from shared.blobstore import BlobStore
-from shared.eventbus import EventBus
-from shared.inference import InferenceGate
-from shared.model_service import ModelService, RestoreInput, RestoreOutput
+from shared.ml.inference import InferenceGate
+from shared.platform import topology
+from shared.platform.blobstore import BlobStore
+from shared.platform.eventbus import EventBus
+from shared.platform.model_service import ModelService, RestoreInput, RestoreOutput
 
 # Its own gate: in the embedded mode a long DIP fit shares the cores with the fast networks
 # instead of holding their one inference slot for minutes.

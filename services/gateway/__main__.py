@@ -3,8 +3,8 @@
 import asyncio
 
 from services.gateway.app import create_app, running_gateway
-from shared.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
-from shared.config import GatewaySettings, load_settings
+from shared.platform.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
+from shared.platform.config import GatewaySettings, load_settings
 
 
 async def main() -> None:

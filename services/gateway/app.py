@@ -15,11 +15,12 @@ from services.gateway import maintenance, openapi, records_api
 from services.gateway.events import StatusBroadcaster, event_id
 from services.gateway.uploads import UploadForm, check_mask_matches, read_upload, sniff_image
 from services.gateway.validation import InvalidRequest, parse_options
-from shared import catalog, messages, metrics, telemetry, topology
-from shared.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
-from shared.config import GatewaySettings
-from shared.eventbus import EventBus
-from shared.jobs import (
+from shared.ml import catalog
+from shared.platform import messages, metrics, telemetry, topology
+from shared.platform.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
+from shared.platform.config import GatewaySettings
+from shared.platform.eventbus import EventBus
+from shared.platform.jobs import (
     JobKeys,
     JobLog,
     JobSpec,
@@ -28,8 +29,8 @@ from shared.jobs import (
     is_valid_job_id,
     new_job_id,
 )
-from shared.logging import get_logger
-from shared.messages import JobStatus, JobSubmitted
+from shared.platform.logging import get_logger
+from shared.platform.messages import JobStatus, JobSubmitted
 
 log = get_logger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"

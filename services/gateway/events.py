@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from shared.messages import JobStatus
+from shared.platform.messages import JobStatus
 
 
 class StatusBroadcaster:

@@ -11,9 +11,9 @@ import contextlib
 import time
 from collections import defaultdict
 
-from shared.blobstore import BlobStore
-from shared.jobs import JobKeys, JobLog, JobView, StatusReporter
-from shared.logging import get_logger
+from shared.platform.blobstore import BlobStore
+from shared.platform.jobs import JobKeys, JobLog, JobView, StatusReporter
+from shared.platform.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from services.gateway.records_api import MAX_BUCKETS, MAX_LIMIT
-from shared import catalog
-from shared.messages import OUTPUT_FORMATS, TASKS
-from shared.records import RECORDED_OUTCOMES
+from shared.ml import catalog
+from shared.platform.messages import OUTPUT_FORMATS, TASKS
+from shared.platform.records import RECORDED_OUTCOMES
 
 
 def openapi_document() -> dict[str, Any]:

@@ -20,12 +20,12 @@ from typing import Any
 
 from aiohttp import web
 
-from shared import metrics
-from shared.blobstore import BlobStore
-from shared.eventbus import EventBus
-from shared.logging import get_logger
-from shared.messages import TASKS
-from shared.records import RECORDED_OUTCOMES, Filters, RecordStore, to_csv
+from shared.platform import metrics
+from shared.platform.blobstore import BlobStore
+from shared.platform.eventbus import EventBus
+from shared.platform.logging import get_logger
+from shared.platform.messages import TASKS
+from shared.platform.records import RECORDED_OUTCOMES, Filters, RecordStore, to_csv
 
 log = get_logger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"

@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, UnidentifiedImageError
 
 from services.gateway.validation import InvalidRequest
-from shared.imaging import oriented_size
+from shared.ml.imaging import oriented_size
 
 FILE_FIELDS = ("image", "mask")
 TEXT_FIELD_LIMIT = 1024

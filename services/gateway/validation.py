@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from shared import catalog
-from shared.messages import OUTPUT_FORMATS, TASKS, JobOptions
+from shared.ml import catalog
+from shared.platform.messages import OUTPUT_FORMATS, TASKS, JobOptions
 
 
 class InvalidRequest(ValueError):

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shared.catalog import DEFAULT_WEIGHTS_DIR, require_ensemble_offered
 from shared.errors import UnprocessableInput
-from shared.imaging import composite_masked
-from shared.inpaint_window import telea_fill
+from shared.ml.catalog import DEFAULT_WEIGHTS_DIR, require_ensemble_offered
+from shared.ml.imaging import composite_masked
+from shared.ml.inpaint_window import telea_fill
 
 DEEPFILL_WEIGHTS = "deepfill-contextual-attention.safetensors"
 

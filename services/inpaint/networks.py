@@ -1,6 +1,6 @@
 """The inpaint service's network path: DeepFill v1 (contextual attention), a pure function.
 
-It works on a window around the mask (see `shared.inpaint_window`) and writes back only the
+It works on a window around the mask (see `shared.ml.inpaint_window`) and writes back only the
 hole: every pixel outside the mask is returned bit for bit.
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from shared import accel
-from shared.imaging import is_gray
-from shared.inference import (
+from shared.ml import accel
+from shared.ml.imaging import is_gray
+from shared.ml.inference import (
     load_safetensors_strict,
     numpy_to_tensor,
     precision_for,
@@ -24,13 +24,13 @@ from shared.inference import (
     probe_image,
     self_ensemble,
 )
-from shared.inpaint_window import FEATHER_PX, fill_through_window, telea_fill
-from shared.models.deepfill_contextual_attention import (
+from shared.ml.inpaint_window import FEATHER_PX, fill_through_window, telea_fill
+from shared.ml.models.deepfill_contextual_attention import (
     SIZE_MULTIPLE,
     DeepFillV1,
     config_from_metadata,
 )
-from shared.tiling import Cancelled
+from shared.ml.tiling import Cancelled
 
 ProgressFn = Callable[[float], None]
 CancelFn = Callable[[], bool]
@@ -77,7 +77,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def uses_bf16(model: DeepFillV1, weights_id: str) -> bool:
-    """The precision policy every network follows (:func:`shared.inference.precision_for`): bf16
+    """The precision policy every network follows (:func:`shared.ml.inference.precision_for`): bf16
     only where the hardware has it natively and the fill stays within 50 dB of fp32's."""
     device = next(model.parameters()).device
     probe = probe_image(3)

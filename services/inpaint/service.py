@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from services.inpaint.core import inpaint
-from shared import topology
-from shared.blobstore import BlobStore
-from shared.catalog import weights_sha256
 from shared.errors import UnprocessableInput
-from shared.eventbus import EventBus
-from shared.model_service import ModelService, RestoreInput, RestoreOutput
+from shared.ml.catalog import weights_sha256
+from shared.platform import topology
+from shared.platform.blobstore import BlobStore
+from shared.platform.eventbus import EventBus
+from shared.platform.model_service import ModelService, RestoreInput, RestoreOutput
 
 
 def restore(job: RestoreInput) -> RestoreOutput:

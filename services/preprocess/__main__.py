@@ -3,9 +3,9 @@
 import asyncio
 
 from services.preprocess.service import PreprocessService
-from shared.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
-from shared.config import PreprocessSettings, load_settings
-from shared.health import serve_health
+from shared.platform.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
+from shared.platform.config import PreprocessSettings, load_settings
+from shared.platform.health import serve_health
 
 
 async def main() -> None:

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from shared.imaging import (
+from shared.ml.imaging import (
     apply_orientation,
     estimate_jpeg_quality,
     icc_colour_space,

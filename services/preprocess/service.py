@@ -7,13 +7,14 @@ import dataclasses
 import time
 
 from services.preprocess.core import InvalidInput, Limits, NormalizedInput, normalize
-from shared import imaging, metrics, telemetry, topology
-from shared.blobstore import BlobNotFound, BlobStore
-from shared.config import PreprocessSettings
-from shared.eventbus import Delivery, EventBus, Reject
-from shared.jobs import JobKeys, JobLog, StatusReporter
-from shared.logging import get_logger
-from shared.messages import JobSubmitted, RestoreRequested
+from shared.ml import imaging
+from shared.platform import metrics, telemetry, topology
+from shared.platform.blobstore import BlobNotFound, BlobStore
+from shared.platform.config import PreprocessSettings
+from shared.platform.eventbus import Delivery, EventBus, Reject
+from shared.platform.jobs import JobKeys, JobLog, StatusReporter
+from shared.platform.logging import get_logger
+from shared.platform.messages import JobSubmitted, RestoreRequested
 
 log = get_logger(__name__)
 

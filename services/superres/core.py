@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from services.superres.networks import esrgan_upscale
-from shared.catalog import require_ensemble_offered
 from shared.errors import UnprocessableInput
+from shared.ml.catalog import require_ensemble_offered
 
 
 def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.catalog import DEFAULT_WEIGHTS_DIR
-from shared.hashing import cached_file_sha256
-from shared.inference import LoadedNetwork, prepare_for_inference, run_network
-from shared.models.esrgan import RRDBNet, interpolate_state_dicts, load_rrdbnet
+from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
+from shared.ml.hashing import cached_file_sha256
+from shared.ml.inference import LoadedNetwork, prepare_for_inference, run_network
+from shared.ml.models.esrgan import RRDBNet, interpolate_state_dicts, load_rrdbnet
 
 PSNR_WEIGHTS = "esrgan-psnr.safetensors"
 GAN_WEIGHTS = "esrgan-gan.safetensors"

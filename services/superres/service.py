@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from services.superres.core import upscale
-from shared import topology
-from shared.blobstore import BlobStore
-from shared.catalog import weights_sha256
-from shared.config import ModelServiceSettings, load_settings
-from shared.eventbus import EventBus
-from shared.model_service import ModelService, RestoreInput, RestoreOutput, Restorer
+from shared.ml.catalog import weights_sha256
+from shared.platform import topology
+from shared.platform.blobstore import BlobStore
+from shared.platform.config import ModelServiceSettings, load_settings
+from shared.platform.eventbus import EventBus
+from shared.platform.model_service import ModelService, RestoreInput, RestoreOutput, Restorer
 
 
 def restorer(weights_override: str = "") -> Restorer:

@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 
 import pytest
 
-from shared.blobstore import LocalDirBlobStore, make_blob_store
-from shared.config import CommonSettings, load_settings
-from shared.jobs import JobKeys
+from shared.platform.blobstore import LocalDirBlobStore, make_blob_store
+from shared.platform.config import CommonSettings, load_settings
+from shared.platform.jobs import JobKeys
 from tests.servers import free_ports, in_ci
 
 ROOT = Path(__file__).resolve().parents[2]

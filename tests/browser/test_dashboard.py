@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.blobstore import make_blob_store
-from shared.config import CommonSettings, load_settings
-from shared.records import RecordStore
+from shared.platform.blobstore import make_blob_store
+from shared.platform.config import CommonSettings, load_settings
+from shared.platform.records import RecordStore
 from tests.browser.conftest import Restora
 from tests.test_records import synthetic
 

@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
-from shared.catalog import DEFAULT_WEIGHTS_DIR
+from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
 from tests.browser.conftest import Restora
 
 pytestmark = pytest.mark.browser

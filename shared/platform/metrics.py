@@ -32,7 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
-from shared.logging import get_logger
+from shared.platform.logging import get_logger
 
 log = get_logger(__name__)
 

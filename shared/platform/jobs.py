@@ -15,11 +15,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared import messages, records
-from shared.blobstore import BlobNotFound, BlobStore
-from shared.eventbus import EventBus
-from shared.logging import get_logger
-from shared.messages import FINAL_STATES, STATE_RANK, JobOptions, JobStatus
+from shared.platform import messages, records
+from shared.platform.blobstore import BlobNotFound, BlobStore
+from shared.platform.eventbus import EventBus
+from shared.platform.logging import get_logger
+from shared.platform.messages import FINAL_STATES, STATE_RANK, JobOptions, JobStatus
 
 logger = get_logger(__name__)
 # A record is written before the job's end is announced: never hold that up for long.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from shared.imaging import composite_masked
+from shared.ml.imaging import composite_masked
 
 #: Feather width (pixels at the network's scale) of the blend into Telea at the hole's edge.
 FEATHER_PX = 2.0

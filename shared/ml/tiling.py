@@ -272,7 +272,7 @@ def run_tiled(
 
     `net` maps a B×C×h×w batch (channels-last, on `device`, default the image's device) to
     B×C'×(h·scale)×(w·scale). It is called under ``torch.inference_mode``; autocast and locking
-    are the caller's (see :mod:`shared.inference`). `should_cancel` is polled before every batch
+    are the caller's (see :mod:`shared.ml.inference`). `should_cancel` is polled before every batch
     (raises :class:`Cancelled`), `on_progress` gets the done fraction after every batch.
     """
     if image.ndim != 4 or not image.is_floating_point():

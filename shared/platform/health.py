@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from shared import metrics
+from shared.platform import metrics
 
 Check = Callable[[], Awaitable[bool]]
 

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shared.inference import numpy_to_tensor, tensor_to_numpy
-from shared.tiling import Cancelled
+from shared.ml.inference import numpy_to_tensor, tensor_to_numpy
+from shared.ml.tiling import Cancelled
 
 ProgressFn = Callable[[float], None]
 CancelFn = Callable[[], bool]
@@ -201,7 +201,7 @@ def fit_dip(
     ``mask`` (bool H×W, True = hole): inpainting, the loss covers the other pixels. Without a
     mask: denoising; pass ``early_stop`` (and optionally ``average``, the paper's exponential
     average of outputs, 0.99) to stop before the noise is fitted. Calls ``on_progress(fraction)``
-    about 100 times and raises :class:`shared.tiling.Cancelled` as soon as ``should_cancel()``.
+    about 100 times and raises :class:`shared.ml.tiling.Cancelled` as soon as ``should_cancel()``.
     Deterministic for a given ``seed`` on one machine and thread count.
     """
     device = torch.device(device)

@@ -42,15 +42,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared import metrics, telemetry, topology
-from shared.blobstore import BlobNotFound, BlobStore
-from shared.logging import get_logger
+from shared.platform import metrics, telemetry, topology
+from shared.platform.blobstore import BlobNotFound, BlobStore
+from shared.platform.logging import get_logger
 
 if TYPE_CHECKING:
     import duckdb
 
-    from shared.jobs import JobView
-    from shared.messages import JobStatus
+    from shared.platform.jobs import JobView
+    from shared.platform.messages import JobStatus
 
 log = get_logger(__name__)
 
@@ -118,7 +118,7 @@ def service_version() -> str:
 
 def _checkout_commit() -> str:
     """HEAD of the source checkout, read from .git without running git (absent in images)."""
-    git = Path(__file__).resolve().parents[1] / ".git"
+    git = Path(__file__).resolve().parents[2] / ".git"
     try:
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):

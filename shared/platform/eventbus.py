@@ -34,10 +34,10 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from shared import messages, telemetry, topology
-from shared.logging import get_logger
-from shared.messages import JobStatus, Message
-from shared.topology import QueueSpec
+from shared.platform import messages, telemetry, topology
+from shared.platform.logging import get_logger
+from shared.platform.messages import JobStatus, Message
+from shared.platform.topology import QueueSpec
 
 log = get_logger(__name__)
 

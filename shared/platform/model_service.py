@@ -18,16 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from shared import imaging, metrics, telemetry
-from shared.blobstore import BlobNotFound, BlobStore
 from shared.errors import UnprocessableInput
-from shared.eventbus import Delivery, EventBus, Reject
-from shared.inference import InferenceGate, inference_lock
-from shared.jobs import CONTENT_TYPES, JobKeys, JobLog, StatusReporter
-from shared.logging import get_logger
-from shared.messages import JobOptions, RestoreRequested
-from shared.tiling import Cancelled
-from shared.topology import QueueSpec
+from shared.ml import imaging
+from shared.ml.inference import InferenceGate, inference_lock
+from shared.ml.tiling import Cancelled
+from shared.platform import metrics, telemetry
+from shared.platform.blobstore import BlobNotFound, BlobStore
+from shared.platform.eventbus import Delivery, EventBus, Reject
+from shared.platform.jobs import CONTENT_TYPES, JobKeys, JobLog, StatusReporter
+from shared.platform.logging import get_logger
+from shared.platform.messages import JobOptions, RestoreRequested
+from shared.platform.topology import QueueSpec
 
 log = get_logger(__name__)
 

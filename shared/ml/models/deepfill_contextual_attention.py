@@ -26,7 +26,7 @@ Deviations, kept small:
 * **Width** (the paper's ``cnum`` = 32) is a constructor argument; the shipped model is narrower
   (what a CPU budget trains) and records its width in the weights' metadata.
 * **Prefilled holes** (``prefill="telea"``, a config field stored in the weights' metadata): the
-  caller fills the hole with OpenCV's Telea inpainting (:func:`shared.inpaint_window.telea_fill`)
+  caller fills the hole with OpenCV's Telea inpainting (:func:`shared.ml.inpaint_window.telea_fill`)
   and the coarse network sees that fill instead of zeros. The paper's zeros (``"zeros"``, the
   default) make the network learn the colours and smooth continuation Telea already gives, which
   its 1M-iteration GPU schedule affords and a few thousand CPU steps do not: from the prefill it

@@ -11,15 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.degradations import JPEG_QUALITY_RANGE, SIGMA_RANGE
 from shared.errors import UnprocessableInput
-from shared.hashing import cached_file_sha256
+from shared.ml.hashing import cached_file_sha256
 
 SCALES: tuple[int, ...] = (4,)
+JPEG_QUALITY_RANGE = (10, 90)  # what the artifact-removal model is trained on and the API serves
+SIGMA_RANGE = (0.0, 75.0)  # what the denoising model is trained on and the API serves
 STRENGTH_RANGE = (0.0, 1.0)
 MAX_SIDE_RANGE = (16, 16384)
 DIP_ITERATIONS_RANGE = (10, 5000)
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class ModelEntry:
     name: str
     description: str
     weights: tuple[str, ...] = ()  # files under weights/ that must exist
-    # Offers ensemble=true: the network averaged over 8 flips/rotations (shared.inference).
+    # Offers ensemble=true: the network averaged over 8 flips/rotations (shared.ml.inference).
     ensemble: bool = False
     # Weights that `strength` blends toward (ESRGAN's GAN stage); offered when present.
     strength_weights: str | None = None

@@ -1,6 +1,6 @@
 """The inference runtime every network shares: placement, precision, weights, conversion, locking.
 
-Precision policy: bf16 autocast is used only where :func:`shared.accel.use_bf16` says the
+Precision policy: bf16 autocast is used only where :func:`shared.ml.accel.use_bf16` says the
 hardware does it natively *and* the model's bf16 output matches its fp32 output at
 >= 50 dB PSNR on a probe image (:func:`precision_for`). Everything else runs fp32.
 """
@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from shared import accel
-from shared.tiling import DEFAULT_PIXEL_COST, run_tiled
+from shared.ml import accel
+from shared.ml.tiling import DEFAULT_PIXEL_COST, run_tiled
 
 #: bf16 is accepted only when its output is at least this close to fp32's.
 BF16_MIN_PSNR_DB = 50.0
@@ -40,7 +40,7 @@ def prepare_for_inference(module: torch.nn.Module, device: torch.device) -> torc
 def tile_fn(
     model: Callable[[torch.Tensor], torch.Tensor], device: torch.device, *, bf16: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap `model` for :func:`shared.tiling.run_tiled`: autocast as decided, fp32 out."""
+    """Wrap `model` for :func:`shared.ml.tiling.run_tiled`: autocast as decided, fp32 out."""
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         with accel.autocast_for(device, enabled=bf16):
@@ -186,7 +186,7 @@ def precision_for(
 ) -> bool:
     """True when `model` should run under bf16 autocast on `device`.
 
-    Needs native bf16 (`bf16_capable`, default :func:`shared.accel.use_bf16`) and a bf16 output
+    Needs native bf16 (`bf16_capable`, default :func:`shared.ml.accel.use_bf16`) and a bf16 output
     within `min_psnr_db` of fp32 on `probe_input`. Decisions are cached per (`model_id`, device);
     without a `model_id` the cache entry lives as long as the model object.
     """

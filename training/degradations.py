@@ -1,4 +1,4 @@
-"""Synthetic degradations shared by training and benchmarks (pure numpy + Pillow).
+"""Synthetic degradations for training and benchmarks (pure numpy + Pillow).
 
 Conventions: images are numpy arrays, (H, W) gray or (H, W, 3) RGB, on the 0–255 scale.
 ``sigma`` is the Gaussian noise std on that scale. Every random draw comes from the
@@ -13,8 +13,7 @@ import io
 import numpy as np
 from PIL import Image
 
-JPEG_QUALITY_RANGE = (10, 90)  # what the artifact-removal model is trained on and the API serves
-SIGMA_RANGE = (0.0, 75.0)  # what the denoising model is trained on and the API serves
+from shared.ml.catalog import JPEG_QUALITY_RANGE, SIGMA_RANGE
 
 
 def add_gaussian_noise(

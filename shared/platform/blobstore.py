@@ -26,8 +26,8 @@ from minio.commonconfig import ENABLED, Filter
 from minio.error import S3Error
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
-from shared.config import CommonSettings
-from shared.logging import get_logger
+from shared.platform.config import CommonSettings
+from shared.platform.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -13,17 +13,17 @@ from collections.abc import Awaitable, Callable
 
 import torch
 
-from shared.accel import device_name
-from shared.blobstore import BlobStore, S3BlobStore, make_blob_store
-from shared.config import CommonSettings, ModelServiceSettings
-from shared.eventbus import EventBus, make_event_bus
-from shared.health import serve_health
-from shared.inference import inference_lock, set_cpu_threads
-from shared.logging import configure_logging, get_logger
-from shared.metrics import setup_metrics
-from shared.telemetry import setup_tracing
-from shared.tiling import set_memory_budget
-from shared.topology import CONSUMER_TIMEOUT_MS
+from shared.ml.accel import device_name
+from shared.ml.inference import inference_lock, set_cpu_threads
+from shared.ml.tiling import set_memory_budget
+from shared.platform.blobstore import BlobStore, S3BlobStore, make_blob_store
+from shared.platform.config import CommonSettings, ModelServiceSettings
+from shared.platform.eventbus import EventBus, make_event_bus
+from shared.platform.health import serve_health
+from shared.platform.logging import configure_logging, get_logger
+from shared.platform.metrics import setup_metrics
+from shared.platform.telemetry import setup_tracing
+from shared.platform.topology import CONSUMER_TIMEOUT_MS
 
 log = get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""Machine learning: models, model runtime, registry of restorers, inference, imaging."""

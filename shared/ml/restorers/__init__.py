@@ -1,0 +1,1 @@
+"""One restore function per model family (arrays in, arrays out); the registry names them."""

@@ -1,0 +1,1 @@
+"""Platform: event bus, object store, jobs, records, settings, telemetry, service bootstrap."""
