@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Train networks on a lent GPU for a few minutes, all at once on the one GPU, and bring their
-# fp16 weights back under $OUT, with their provenance JSONs and logs in one tarball (the device
-# tool returns at most 8 files). Prepared on the CPU machine with
+# Train networks on a CUDA machine for a few minutes, all at once on its one GPU, and write
+# their fp16 weights to $OUT (default runs/device-out), with their provenance JSONs and logs in
+# one tarball. First copy the training images into the checkout, for a machine that cannot
+# see ../shared:
 #
 #   bash scripts/stage-device-data.sh
 #
-# then one device call (the device tool's `run`), well inside its 10-minute limit:
+# then, on the CUDA machine, with .device-data/ copied along with the checkout:
 #
 #   bash scripts/device-train.sh 7 mwcnn-denoise mwcnn-denoise-gray mwcnn-artifacts esrgan-psnr deepfill
-#   carry: [".device-data"]
 #
-# Copy what comes back into weights/ after checking its numbers (`make bench-quality`); set
-# INIT_DIR=weights to start from the shipped weights instead of from scratch (the widths must
-# then match theirs). Needs only torch, numpy, Pillow, SciPy, OpenCV and tqdm: the device image
-# holds them (its python3), so nothing is installed there.
+# The first argument is the training time in minutes. Copy what comes back into weights/ after
+# checking its numbers (`make bench-quality`); set INIT_DIR=weights to start from the shipped
+# weights instead of from scratch (the widths must then match theirs). Needs only torch, numpy,
+# Pillow, SciPy, OpenCV and tqdm in the machine's python3 ($PYTHON), so nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=$1
@@ -45,7 +45,7 @@ train() {
                 $(init "$name") ;;
         deepfill)
             # From shipped weights: widened to cnum 32 (Net2WiderNet), whatever their width, and
-            # a fresh refinement stage (the shipped one collapsed; see the README).
+            # a fresh refinement stage (the shipped one collapsed; see docs/training.md).
             local start shape="--width 32"; start=$(init deepfill-contextual-attention)
             [ -n "$start" ] && shape="$start --widen-to 32 --fresh-refinement"
             "$python" -m training.train_deepfill --run-dir "$run" --batch 16 --size 256 $shape \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Copy the training images into .device-data/ (git-ignored) so a lent GPU machine gets them:
-# the device tool sends the checkout and the paths named in `carry`, never ../shared, and at
-# most 64 MiB in all. Train400 and T91 go whole; BSD200 keeps every held-out validation image
-# (MWCNN/DeepFill's and ESRGAN's) and as many of the others as the budget allows.
+# Copy the training images into .device-data/ (git-ignored) for a CUDA machine that cannot see
+# ../shared and receives only the checkout, kept small (about 50 MiB by default). Train400 and
+# T91 go whole; BSD200 keeps every held-out validation image (MWCNN/DeepFill's and ESRGAN's)
+# and as many of the others as the budget allows.
 #
 #   bash scripts/stage-device-data.sh [MiB for BSD200, default 32]
 set -euo pipefail
