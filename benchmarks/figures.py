@@ -21,10 +21,8 @@ from PIL import Image, ImageDraw
 from skimage import data
 
 from benchmarks.metrics import psnr, to_uint8
-from services.denoise.core import denoise, remove_artifacts
-from services.inpaint.core import inpaint
-from services.superres.core import upscale
-from shared.ml.catalog import models_for
+from benchmarks.tasks.common import restore, runtime
+from shared.ml import registry
 from training.degradations import add_gaussian_noise, jpeg_compress
 from training.masks import free_form_mask
 from training.matlab_resize import imresize
@@ -83,21 +81,26 @@ def examples() -> list[Example]:
     bricks = np.stack([data.brick()[:256, :256]] * 3, axis=-1)
     hole = _hole_mask(bricks)
     # The network when its weights are shipped, even while Telea is still the default.
-    inpaint_model = "deepfill" if "deepfill" in models_for("inpaint") else "classic"
+    installed = registry.models_for("inpaint", runtime().weights_dir)
+    inpaint_model = "deepfill" if "deepfill" in installed else "classic"
     inpaint_label = "DeepFill" if inpaint_model == "deepfill" else "Telea (no DeepFill yet)"
     return [
         Example("denoise sigma=25", astronaut, (slice(40, 168), slice(160, 288)), _noisy,
-                lambda x: denoise(x, 25.0, "classic"), lambda x: denoise(x, 25.0, "mwcnn"),
+                lambda x: restore("denoise", "classic", x, sigma=25.0),
+                lambda x: restore("denoise", "mwcnn", x, sigma=25.0),
                 ("noisy", "NLM", "MWCNN")),
         Example("JPEG quality 10", cat, (slice(60, 188), slice(140, 268)),
-                lambda x: jpeg_compress(x, 10), lambda x: remove_artifacts(x, 10, "classic"),
-                lambda x: remove_artifacts(x, 10, "mwcnn"), ("JPEG Q10", "NLM", "MWCNN")),
+                lambda x: jpeg_compress(x, 10),
+                lambda x: restore("artifacts", "classic", x, quality=10),
+                lambda x: restore("artifacts", "mwcnn", x, quality=10),
+                ("JPEG Q10", "NLM", "MWCNN")),
         Example("4x super-resolution", coffee, (slice(96, 224), slice(200, 328)), _lr,
-                lambda x: upscale(x, 4, "classic"), lambda x: upscale(x, 4, "esrgan"),
+                lambda x: restore("superres", "classic", x, scale=4),
+                lambda x: restore("superres", "esrgan", x, scale=4),
                 ("input (x4 nearest)", "bicubic", "ESRGAN"), _nearest_x4),
         Example("inpainting 20-30 %", bricks, (slice(64, 192), slice(64, 192)), _with_hole,
-                lambda _: inpaint(bricks, hole, "classic"),
-                lambda _: inpaint(bricks, hole, inpaint_model),
+                lambda _: restore("inpaint", "classic", bricks, mask=hole),
+                lambda _: restore("inpaint", inpaint_model, bricks, mask=hole),
                 ("hole (white)", "Telea", inpaint_label)),
     ]
 

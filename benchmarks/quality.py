@@ -35,8 +35,8 @@ from benchmarks.tasks.common import (
     REPO_ROOT,
     Options,
     Setup,
+    configure_runtime,
 )
-from shared.ml import tiling
 
 TASKS = {
     "denoise": denoise.build,
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, object], bool]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
-    tiling.set_memory_budget(args.tile_budget_mb)
+    configure_runtime(args.tile_budget_mb)
     text, data, _ = run(args)
     print(text)
     if args.json:

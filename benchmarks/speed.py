@@ -2,7 +2,7 @@
 
 `python -m benchmarks.speed --task denoise [--sizes 256,512] [--repeats 3] [--json PATH]`
 
-Rows, for the task's shipped network (random weights of the shipped shape when none ship):
+Rows, from the registry, for the task's installed network and its classic method:
 - `reference`: what the papers' test scripts do: the whole image in one eager fp32 NCHW call
   under `torch.no_grad()`;
 - `restora`: the service's path: `inference_mode`, channels-last, the shared tiler with
@@ -25,52 +25,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.ml import accel
-from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
-from shared.ml.inference import LoadedNetwork, prepare_for_inference, run_network
+from shared.ml import accel, registry
+from shared.ml.restorers.common import RestoreJob
+from shared.ml.runtime import ModelRuntime
 
 Runner = Callable[[np.ndarray], np.ndarray]
+#: The options every row runs with: one noise level, one JPEG quality, ×4.
+TASK_OPTIONS: dict[str, dict[str, object]] = {
+    "denoise": {"sigma": 25.0},
+    "artifacts": {"quality": 20},
+    "superres": {"scale": 4},
+}
 
 
-def _mwcnn(task: str) -> tuple[torch.nn.Module, Callable, LoadedNetwork]:
-    from services.denoise.networks import ARTIFACTS_WEIGHTS, DENOISE_WEIGHTS, MWCNN_PIXEL_COST
-    from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn
-
-    name = DENOISE_WEIGHTS if task == "denoise" else ARTIFACTS_WEIGHTS
-    path = DEFAULT_WEIGHTS_DIR / name
-    model = load_mwcnn(path) if path.is_file() else MWCNN(MWCNNConfig(widths=(32, 64, 64)))
-    model.eval()
-    network = LoadedNetwork(
-        prepare_for_inference(model, torch.device("cpu")),
-        torch.device("cpu"),
-        "bench",
-        3,
-        1,
-        8,
-        MWCNN_PIXEL_COST,
-    )
-    return model, lambda x: model(x, 25 / 255), network
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _esrgan() -> tuple[torch.nn.Module, Callable, LoadedNetwork]:
-    from services.superres.networks import PSNR_WEIGHTS, RRDBNET_PIXEL_COST
-    from shared.ml.models.esrgan import RRDBNet, load_rrdbnet
+def _eager_network(
+    runtime: ModelRuntime, task: str
+) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], Forward], int]:
+    """The task's loaded network, how to call a module like it, and its size multiple."""
+    if task == "superres":
+        from shared.ml.restorers import esrgan
 
-    path = DEFAULT_WEIGHTS_DIR / PSNR_WEIGHTS
-    model = load_rrdbnet(path) if path.is_file() else RRDBNet(features=32, blocks=4)
-    network = LoadedNetwork(
-        prepare_for_inference(model, torch.device("cpu")),
-        torch.device("cpu"),
-        "bench",
-        3,
-        4,
-        1,
-        RRDBNET_PIXEL_COST,
-    )
-    return model, model, network
+        return esrgan.load_network(runtime).module, lambda m: m, 1
+    from shared.ml.models.mwcnn import level_from_quality, level_from_sigma
+    from shared.ml.restorers import mwcnn
+
+    weights = mwcnn.DENOISE_WEIGHTS if task == "denoise" else mwcnn.ARTIFACTS_WEIGHTS
+    level = level_from_sigma(25.0) if task == "denoise" else level_from_quality(20)
+    return mwcnn.load_network(runtime, weights).module, lambda m: lambda x: m(x, level), 8
 
 
-def _reference(model: torch.nn.Module, forward: Callable, multiple: int) -> Runner:
+def _reference(forward: Forward, multiple: int) -> Runner:
     def run(image: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(image.astype(np.float32).transpose(2, 0, 1)[None] / 255.0)
         h, w = x.shape[-2:]
@@ -82,37 +69,30 @@ def _reference(model: torch.nn.Module, forward: Callable, multiple: int) -> Runn
     return run
 
 
+def _through_registry(runtime: ModelRuntime, task: str, model: str) -> Runner:
+    options = TASK_OPTIONS[task]
+    return lambda im: registry.restore(runtime, task, model, RestoreJob(im, **options)).pixels
+
+
 def runners(task: str) -> dict[str, Runner]:
-    if task in ("denoise", "artifacts"):
-        from services.denoise.classic import nlm_deblock, nlm_denoise
-
-        model, forward, network = _mwcnn(task)
-        classic: Runner = (
-            (lambda im: nlm_denoise(im, 25))
-            if task == "denoise"
-            else (lambda im: nlm_deblock(im, 20))
-        )
-        plain = prepare_plain(model)
-        return {
-            "reference (eager fp32 NCHW, whole image)": _reference(
-                plain, lambda x: plain(x, 25 / 255), 8
-            ),
-            "restora (tiled, channels-last, inference_mode)": lambda im: run_network(
-                network, im, forward
-            ),
-            "classic (OpenCV NLM)": classic,
-        }
-    if task == "superres":
-        from services.superres.core import bicubic_upscale
-
-        model, _, network = _esrgan()
-        plain = prepare_plain(model)
-        return {
-            "reference (eager fp32 NCHW, whole image)": _reference(plain, plain, 1),
-            "restora (tiled, channels-last, inference_mode)": lambda im: run_network(network, im),
-            "classic (bicubic)": lambda im: bicubic_upscale(im, 4),
-        }
-    raise SystemExit(f"no speed benchmark for {task!r} yet")
+    """Rows for `task`: its installed network (eager reference and Restora's path) and its
+    classic method, all from the registry."""
+    if task not in TASK_OPTIONS:
+        raise SystemExit(f"no speed benchmark for {task!r} yet")
+    runtime = ModelRuntime(registry.SHIPPED_WEIGHTS_DIR, torch.device("cpu"))
+    rows: dict[str, Runner] = {}
+    for entry in registry.restorers(task):
+        if entry.slow or not entry.available(runtime.weights_dir):
+            continue
+        if not entry.weights:
+            rows[f"classic ({entry.description})"] = _through_registry(runtime, task, entry.name)
+            continue
+        module, forward_of, multiple = _eager_network(runtime, task)
+        plain = prepare_plain(module)
+        rows["reference (eager fp32 NCHW, whole image)"] = _reference(forward_of(plain), multiple)
+        rows["restora (tiled, channels-last, inference_mode)"] = _through_registry(
+            runtime, task, entry.name)
+    return rows
 
 
 def prepare_plain(model: torch.nn.Module) -> torch.nn.Module:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
-
-import torch
+from dataclasses import dataclass, replace
 
 from services.denoise import service as denoise_service
 from services.dip import service as dip_service
@@ -20,10 +18,15 @@ from services.gateway.app import create_app, running_gateway
 from services.inpaint import service as inpaint_service
 from services.preprocess.service import PreprocessService
 from services.superres import service as superres_service
-from shared.ml.accel import device_name
-from shared.ml.inference import inference_lock, set_cpu_threads
+from shared.ml.runtime import ModelRuntime
 from shared.platform.blobstore import BlobStore
-from shared.platform.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
+from shared.platform.bootstrap import (
+    build_runtime,
+    configure_process,
+    connect,
+    shutdown,
+    wait_for_shutdown,
+)
 from shared.platform.config import EmbeddedSettings, PreprocessSettings, load_settings
 from shared.platform.eventbus import EventBus
 from shared.platform.logging import get_logger
@@ -39,13 +42,12 @@ class Stack:
 
 
 async def start_workers(
-    bus: EventBus, store: BlobStore, preprocess_settings: PreprocessSettings
+    bus: EventBus, store: BlobStore, preprocess_settings: PreprocessSettings, runtime: ModelRuntime
 ) -> list[object]:
-    """Everything behind the gateway, consuming from `bus`."""
-    device = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    """Everything behind the gateway, consuming from `bus`; the model services share `runtime`."""
     services: list[object] = [PreprocessService(bus, store, preprocess_settings)]
     for module in (denoise_service, superres_service, inpaint_service, dip_service):
-        services.append(module.build(bus, store, device))
+        services.append(module.build(bus, store, runtime))
     for service in services:
         await service.start()  # type: ignore[attr-defined]
     return services
@@ -54,11 +56,14 @@ async def start_workers(
 async def main() -> None:
     settings = load_settings(EmbeddedSettings)
     configure_process("restora", settings)
-    # The services share the cores: one inference at a time, using all of them.
-    set_cpu_threads(settings.threads or os.cpu_count() or 1)
-    inference_lock.configure(1)
+    # The services share the cores and one runtime: one inference at a time, using all of them.
+    runtime = build_runtime(
+        replace(settings, threads=settings.threads or os.cpu_count() or 1,
+                max_concurrent_inferences=1),
+        settings.weights_dir,
+    )
     bus, store = await connect(settings)
-    await start_workers(bus, store, load_settings(PreprocessSettings))
+    await start_workers(bus, store, load_settings(PreprocessSettings), runtime)
     app = create_app(bus, store, settings)
     async with running_gateway(app, settings.host, settings.port):
         log.info("restora_ready", url=f"http://{settings.host}:{settings.port}")

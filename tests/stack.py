@@ -15,9 +15,11 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import torch
 
 from services.embedded import start_workers
 from services.gateway.app import create_app, running_gateway
+from shared.ml.runtime import ModelRuntime
 from shared.platform import topology
 from shared.platform.blobstore import BlobStore, LocalDirBlobStore, S3BlobStore
 from shared.platform.config import GatewaySettings, PreprocessSettings
@@ -90,7 +92,8 @@ async def running_stack(
     await bus.start()
     try:
         if workers:
-            await start_workers(bus, store, PreprocessSettings())
+            runtime = ModelRuntime(settings.weights_dir, torch.device("cpu"))
+            await start_workers(bus, store, PreprocessSettings(), runtime)
         async with running_gateway(create_app(bus, store, settings), "127.0.0.1", port):
             yield Stack(f"http://127.0.0.1:{port}", bus, store, settings)
     finally:

@@ -29,11 +29,11 @@ from benchmarks.tasks.common import (
     model_limits,
     our_models,
     read_image,
+    restore,
     source_version,
     wanted,
 )
-from services.denoise import classic as nlm_module
-from services.denoise.core import remove_artifacts
+from shared.ml.restorers import classic as nlm_module
 from training.degradations import jpeg_compress
 
 SETS = ("Classic5", "LIVE1")
@@ -131,12 +131,12 @@ def _jpeg(sample: Sample) -> np.ndarray:
 
 
 def _nlm(sample: Sample) -> np.ndarray:
-    return to_uint8(remove_artifacts(sample["jpeg"], sample["quality"], "classic"))
+    return to_uint8(restore("artifacts", "classic", sample["jpeg"], quality=sample["quality"]))
 
 
 def _ours(model: str, sample: Sample, ensemble: bool = False) -> np.ndarray:
     extra = {"ensemble": True} if ensemble else {}
-    return to_uint8(remove_artifacts(sample["jpeg"], sample["quality"], model, **extra))
+    return to_uint8(restore("artifacts", model, sample["jpeg"], quality=sample["quality"], **extra))
 
 
 def _official_mwcnn(folder: Path, sample: Sample) -> np.ndarray:

@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from benchmarks.harness import Case, Row, RowResult, ScoreFn, View
-from services.dip import core as dip_core
-from shared.ml import inpaint_window
-from shared.ml.catalog import models_for, offers_ensemble
+from shared.ml import inpaint_window, registry
 from shared.ml.models import deep_image_prior
+from shared.ml.restorers import dip as dip_restorer
+from shared.ml.restorers.common import RestoreJob
+from shared.ml.runtime import ModelRuntime, resolve_device
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -70,8 +71,8 @@ def wanted(options: Options, column: str) -> bool:
 
 
 def our_models(task: str, options: Options) -> list[str]:
-    """Our networks for `task` (catalog order, weights present), minus classic."""
-    available = [m for m in models_for(task) if m != "classic"]
+    """Our networks for `task` (registry order, weights present), minus classic."""
+    available = [m for m in registry.models_for(task, runtime().weights_dir) if m != "classic"]
     if options.models is not None:
         available = [m for m in available if m in options.models]
     if options.slow_limit <= 0:
@@ -81,7 +82,8 @@ def our_models(task: str, options: Options) -> list[str]:
 
 def ensemble_choices(task: str, model: str, options: Options) -> tuple[bool, ...]:
     """Plain, and with ``--ensemble`` also the 8-pass ensemble where `model` offers it."""
-    return (False, True) if options.ensemble and offers_ensemble(task, model) else (False,)
+    offered = registry.offers_ensemble(task, model)
+    return (False, True) if options.ensemble and offered else (False,)
 
 
 def ensemble_label(ensemble: bool) -> str:
@@ -106,7 +108,7 @@ def model_limits(model: str, options: Options, slow_columns: frozenset[str]) -> 
 
 def slow_model_version() -> str:
     """Cache version of the DIP rows: the source of its fit and network, and torch's version."""
-    code = source_version(dip_core, deep_image_prior, inpaint_window)
+    code = source_version(dip_restorer, deep_image_prior, inpaint_window)
     return f"torch{torch.__version__}-{code}"
 
 
@@ -123,3 +125,22 @@ def file_version(path: Path) -> str:
 
 def accepts(func: Callable[..., Any], parameter: str) -> bool:
     return parameter in inspect.signature(func).parameters
+
+
+_runtime: list[ModelRuntime] = []
+
+
+def configure_runtime(tile_budget_mb: int = 0) -> ModelRuntime:
+    """The model runtime every benchmark row runs on: the shipped weights, CUDA when present."""
+    _runtime[:] = [ModelRuntime(registry.SHIPPED_WEIGHTS_DIR, resolve_device("auto"),
+                                tile_budget_mb=tile_budget_mb)]
+    return _runtime[0]
+
+
+def runtime() -> ModelRuntime:
+    return _runtime[0] if _runtime else configure_runtime()
+
+
+def restore(task: str, model: str, image: np.ndarray, **options: Any) -> np.ndarray:
+    """`model`'s output for `task` through the registry, exactly as the service runs it."""
+    return registry.restore(runtime(), task, model, RestoreJob(pixels=image, **options)).pixels

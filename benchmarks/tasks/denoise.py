@@ -44,12 +44,11 @@ from benchmarks.tasks.common import (
     model_limits,
     our_models,
     read_image,
+    restore,
     source_version,
     wanted,
 )
-from services.denoise import classic as nlm_module
-from services.denoise.core import denoise
-from services.dip.core import dip_restore
+from shared.ml.restorers import classic as nlm_module
 from training.degradations import add_gaussian_noise
 
 NOISE_SEED = 20180618
@@ -149,17 +148,16 @@ def _bm3d(sample: Sample) -> np.ndarray:
 
 
 def _nlm(sample: Sample) -> np.ndarray:
-    return to_uint8(denoise(to_uint8(sample["noisy"]), float(sample["sigma"]), "classic"))
+    return to_uint8(restore("denoise", "classic", to_uint8(sample["noisy"]),
+                            sigma=float(sample["sigma"])))
 
 
 def _ours(model: str, sample: Sample, convention: str, ensemble: bool = False) -> np.ndarray:
     noisy = sample["noisy"]
     # float convention: the unclipped noisy image on the [0, 1] scale our networks work in
     image = noisy.astype(np.float32) / 255.0 if convention == "float" else to_uint8(noisy)
-    if model == "dip":  # served by its own service (queue), not by the denoise core
-        return to_uint8(dip_restore("denoise", image, None, sigma=float(sample["sigma"])))
-    extra = {"ensemble": True} if ensemble else {}
-    return to_uint8(denoise(image, float(sample["sigma"]), model, **extra))
+    return to_uint8(restore("denoise", model, image, sigma=float(sample["sigma"]),
+                            ensemble=ensemble))
 
 
 @functools.cache

@@ -46,14 +46,13 @@ from benchmarks.tasks.common import (
     model_limits,
     our_models,
     read_image,
+    restore,
     source_version,
     wanted,
 )
-from services.dip.core import dip_restore
-from services.inpaint import core as inpaint_core
-from services.inpaint.core import inpaint
 from shared.ml.imaging import composite_masked
 from shared.ml.inpaint_window import TELEA_RADIUS
+from shared.ml.restorers import classic
 
 MASKS = Path("inpaint/nvidia_irregular_masks_subset")
 BANDS = {"(0.1,0.2]": "holes 10–20%", "(0.2,0.3]": "holes 20–30%", "(0.3,0.4]": "holes 30–40%"}
@@ -149,7 +148,7 @@ def score(sample: Sample, out: np.ndarray) -> Scores:
 
 
 def _telea(sample: Sample) -> np.ndarray:
-    return to_uint8(inpaint(sample["input"], sample["mask"], "classic"))
+    return to_uint8(restore("inpaint", "classic", sample["input"], mask=sample["mask"]))
 
 
 def _navier_stokes(sample: Sample) -> np.ndarray:
@@ -164,8 +163,9 @@ def _navier_stokes(sample: Sample) -> np.ndarray:
 
 def _ours(model: str, sample: Sample, ensemble: bool = False) -> np.ndarray:
     if model == "dip":  # served by its own service (queue), not by the inpaint core
-        return to_uint8(dip_restore("inpaint", sample["input"], sample["mask"]))
-    return to_uint8(inpaint(sample["input"], sample["mask"], model, ensemble=ensemble))
+        return to_uint8(restore("inpaint", "dip", sample["input"], mask=sample["mask"]))
+    return to_uint8(restore("inpaint", model, sample["input"], mask=sample["mask"],
+                            ensemble=ensemble))
 
 
 def build_rows(options: Options) -> list[Row]:
@@ -176,7 +176,7 @@ def build_rows(options: Options) -> list[Row]:
                 "Telea, classic",
                 "telea",
                 _telea,
-                version=f"{cv2.__version__}-{source_version(inpaint_core)}",
+                version=f"{cv2.__version__}-{source_version(classic.inpaint)}",
             )
         )
         rows.append(

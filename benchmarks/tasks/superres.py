@@ -19,7 +19,6 @@ from benchmarks.metrics import to_uint8, y_psnr_ssim
 from benchmarks.tasks.common import (
     Options,
     Setup,
-    accepts,
     ensemble_choices,
     ensemble_label,
     include_classic,
@@ -27,13 +26,13 @@ from benchmarks.tasks.common import (
     model_limits,
     our_models,
     read_image,
+    restore,
+    runtime,
     source_version,
     wanted,
 )
-from services.superres import core as superres_core
-from services.superres.core import upscale
-from services.superres.networks import GAN_WEIGHTS
-from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
+from shared.ml import registry
+from shared.ml.restorers import classic
 from training import matlab_resize
 from training.matlab_resize import imresize
 
@@ -92,7 +91,7 @@ def score_rcan(sample: Sample, out: np.ndarray) -> Scores:
 
 
 def _classic(sample: Sample) -> np.ndarray:
-    return to_uint8(upscale(sample["lr"], SCALE, "classic"))
+    return to_uint8(restore("superres", "classic", sample["lr"], scale=SCALE))
 
 
 def _matlab_bicubic(sample: Sample) -> np.ndarray:
@@ -105,7 +104,7 @@ def _ours(
     extra: dict[str, object] = {"ensemble": True} if ensemble else {}
     if strength is not None:
         extra["strength"] = strength
-    return to_uint8(upscale(sample["lr"], SCALE, model, **extra))  # type: ignore[arg-type]
+    return to_uint8(restore("superres", model, sample["lr"], scale=SCALE, **extra))
 
 
 def _rcan(folder: Path, sample: Sample) -> np.ndarray:
@@ -116,9 +115,10 @@ def model_rows(options: Options) -> list[Row]:
     rows = []
     for model in our_models("superres", options):
         limit = model_limits(model, options, frozenset({column_name(SETS[0])}))
-        if accepts(upscale, "strength"):  # ESRGAN: PSNR weights at 0, GAN weights at 1
+        entry = registry.find("superres", model)
+        if entry is not None and entry.strength_weights:  # PSNR weights at 0, GAN weights at 1
             # Without shipped GAN weights strength is ignored: one row, not two equal ones.
-            gan_shipped = (DEFAULT_WEIGHTS_DIR / GAN_WEIGHTS).is_file()
+            gan_shipped = entry.offers_strength(runtime().weights_dir)
             strengths = ((0.0, "PSNR"), (1.0, "GAN")) if gan_shipped else ((0.0, "PSNR"),)
             for (strength, tag), ensemble in itertools.product(
                 strengths, ensemble_choices("superres", model, options)
@@ -162,7 +162,7 @@ def build(options: Options) -> Setup:
                 "bicubic, classic (Pillow)",
                 "classic",
                 _classic,
-                version=source_version(superres_core.bicubic_upscale),
+                version=source_version(classic.bicubic_upscale),
             )
         )
     rows += model_rows(options)

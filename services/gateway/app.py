@@ -12,10 +12,10 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway import maintenance, openapi, records_api
-from services.gateway.events import StatusBroadcaster, event_id
+from services.gateway.events import StatusBroadcaster, event_id, follow_statuses
 from services.gateway.uploads import UploadForm, check_mask_matches, read_upload, sniff_image
 from services.gateway.validation import InvalidRequest, parse_options
-from shared.ml import catalog
+from shared.ml import registry
 from shared.platform import messages, metrics, telemetry, topology
 from shared.platform.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
 from shared.platform.config import GatewaySettings
@@ -82,6 +82,7 @@ async def _start_maintenance(app: web.Application) -> None:
             settings.retention_s,
             settings.job_deadline_s,
             settings.maintenance_interval_s,
+            app[records_api.RECORD_WRITER],
         )
     )
 
@@ -94,7 +95,8 @@ async def _stop_maintenance(app: web.Application) -> None:
 
 async def _subscribe(app: web.Application) -> None:
     bus = app[BUS]
-    await bus.subscribe_status(app[BROADCASTER].on_status)
+    # Records first: a client that sees a job end on this replica can read its record.
+    await follow_statuses(bus, app[records_api.RECORD_WRITER].on_status, app[BROADCASTER].on_status)
     jobs = JobLog(app[STORE])
     reporter = StatusReporter(jobs, bus, stage="gateway")
     for queue in topology.WORK_QUEUES:
@@ -137,7 +139,7 @@ async def submit_job(request: web.Request) -> web.Response:
         except InvalidRequest as exc:
             return _error(exc.status, str(exc))
         try:
-            options, task = _validate(form)
+            options, task = _validate(form, settings.weights_dir)
             job_id = new_job_id()
             span.set_attribute("restora.job_id", job_id)
             span.set_attribute("restora.task", task)
@@ -182,11 +184,11 @@ async def submit_job(request: web.Request) -> web.Response:
     )
 
 
-def _validate(form: UploadForm) -> tuple[messages.JobOptions, str]:
+def _validate(form: UploadForm, weights_dir: Path) -> tuple[messages.JobOptions, str]:
     if "image" not in form.files:
         raise InvalidRequest("the form has no file field 'image'")
     task = form.fields.get("task", "")
-    options = parse_options(task, form.fields)
+    options = parse_options(task, form.fields, weights_dir)
     sniff_image(form.files["image"], "image")
     if task == "inpaint":
         if "mask" not in form.files:
@@ -214,11 +216,9 @@ async def _load_view(request: web.Request) -> JobView:
 
 
 async def get_job(request: web.Request) -> web.Response:
+    """Reads only: a stalled job is failed by the maintenance sweeper, not by a GET."""
     view = await _load_view(request)
-    settings = request.app[SETTINGS]
-    if await maintenance.fail_if_stalled(view, _reporter(request.app), settings.job_deadline_s):
-        view = await _load_view(request)
-    return web.json_response(job_document(view, request.app[STORE], settings))
+    return web.json_response(job_document(view, request.app[STORE], request.app[SETTINGS]))
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -345,36 +345,44 @@ async def _send(response: web.StreamResponse, status: JobStatus) -> int:
 
 # ---------------------------------------------------------------------------- misc
 async def list_models(request: web.Request) -> web.Response:
+    """What this installation offers: the registry's restorers whose weights are present, and
+    for the others, why not."""
+    weights_dir = request.app[SETTINGS].weights_dir
     tasks = {}
-    for task in messages.TASKS:
-        offered = catalog.models_for(task)
+    for task in registry.TASKS:
+        entries = registry.restorers(task)
         tasks[task] = {
-            "default": offered[0],
+            "default": registry.default_model(task, weights_dir),
             "models": [
                 {
                     "name": m.name,
                     "description": m.description,
                     "ensemble": m.ensemble,
-                    "strength": catalog.offers_strength(task, m.name),
+                    "strength": m.offers_strength(weights_dir),
                 }
-                for m in catalog.CATALOG[task]
-                if m.name in offered
+                for m in entries
+                if m.available(weights_dir)
+            ],
+            "unavailable": [
+                {"name": m.name, "reason": f"missing weights: {', '.join(m.weights)}"}
+                for m in entries
+                if not m.available(weights_dir)
             ],
         }
     return web.json_response(
         {
             "tasks": tasks,
-            "sigma_range": list(catalog.SIGMA_RANGE),
-            "quality_range": list(catalog.JPEG_QUALITY_RANGE),
-            "scales": list(catalog.SCALES),
+            "sigma_range": list(registry.SIGMA_RANGE),
+            "quality_range": list(registry.JPEG_QUALITY_RANGE),
+            "scales": list(registry.SCALES),
             "formats": list(messages.OUTPUT_FORMATS),
-            "dip_iterations_range": list(catalog.DIP_ITERATIONS_RANGE),
+            "dip_iterations_range": list(registry.DIP_ITERATIONS_RANGE),
         }
     )
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi.openapi_document())
+    return web.json_response(openapi.openapi_document(request.app[SETTINGS].weights_dir))
 
 
 async def local_file(request: web.Request) -> web.StreamResponse:

@@ -1,7 +1,8 @@
-"""Live job events for server-sent events, whichever replica the browser reaches.
+"""Following the status stream: the records writer, then live job events for the browser.
 
-Each replica subscribes once to the status fan-out and hands every status to the SSE
-streams of that job open on this replica.
+Each replica subscribes once to the status fan-out (`follow_statuses`) and hands every
+status first to the records writer, then to the SSE streams of that job open on this
+replica: a client that sees a job end here can read the job's record at once.
 """
 
 from __future__ import annotations
@@ -9,7 +10,25 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+from shared.platform.eventbus import EventBus, StatusHandler
+from shared.platform.logging import get_logger
 from shared.platform.messages import JobStatus
+
+log = get_logger(__name__)
+
+
+async def follow_statuses(bus: EventBus, *handlers: StatusHandler) -> None:
+    """One subscription that runs `handlers` in order for each status; one failing handler
+    never keeps a status from the next."""
+
+    async def on_status(status: JobStatus) -> None:
+        for handler in handlers:
+            try:
+                await handler(status)
+            except Exception:
+                log.exception("status_handler_failed", job_id=status.job_id)
+
+    await bus.subscribe_status(on_status)
 
 
 class StatusBroadcaster:

@@ -1,21 +1,25 @@
-"""The gateway's housekeeping: fail stalled jobs, delete expired ones.
+"""The gateway's housekeeping: fail stalled jobs, record missed ends, delete expired jobs.
 
-Every replica may run it: both actions are idempotent (a final state never changes, and
-deleting a deleted object is a no-op).
+Every replica may run it: every action is idempotent (a final state never changes, a
+record is written only where none exists, and deleting a deleted object is a no-op). It is
+the only place a stalled job is failed: reading a job never writes anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import defaultdict
 
 from shared.platform.blobstore import BlobStore
 from shared.platform.jobs import JobKeys, JobLog, JobView, StatusReporter
 from shared.platform.logging import get_logger
+from shared.platform.records import RECORDED_OUTCOMES, RecordWriter
 
 log = get_logger(__name__)
+# A job that ended this long ago and has no record: its final status went by while no
+# records writer listened (every gateway down). Younger ones are the live writer's.
+RECORD_GRACE_S = 60.0
 
 
 def stalled_reason(view: JobView, deadline_s: float, now: float) -> str | None:
@@ -46,11 +50,16 @@ def group_by_job(keys: list[str]) -> dict[str, list[str]]:
 
 
 async def sweep(
-    store: BlobStore, reporter: StatusReporter, retention_s: float, deadline_s: float
+    store: BlobStore,
+    reporter: StatusReporter,
+    retention_s: float,
+    deadline_s: float,
+    writer: RecordWriter | None = None,
 ) -> dict[str, int]:
-    """One pass over every job: expire old ones, fail stalled ones, drop orphans."""
+    """One pass over every job: expire old ones, fail stalled ones, record ended ones whose
+    record is missing, drop orphans."""
     jobs_log, now = JobLog(store), time.time()
-    counts = {"expired": 0, "stalled": 0, "orphans": 0}
+    counts = {"expired": 0, "stalled": 0, "recorded": 0, "orphans": 0}
     for job_id, keys in group_by_job(await store.list("jobs/")).items():
         spec_key = JobKeys(job_id).spec
         if spec_key not in keys:
@@ -66,8 +75,20 @@ async def sweep(
             await delete_job_objects(store, job_id)
             counts["expired"] += 1
         elif await fail_if_stalled(view, reporter, deadline_s, now):
-            counts["stalled"] += 1
+            counts["stalled"] += 1  # the records writer hears the `failed` on the bus
+        elif writer is not None and await _record_missed_end(writer, view, now):
+            counts["recorded"] += 1
     return counts
+
+
+async def _record_missed_end(writer: RecordWriter, view: JobView, now: float) -> bool:
+    if view.state not in RECORDED_OUTCOMES or now - view.last_event_at < RECORD_GRACE_S:
+        return False
+    try:
+        return await writer.record(view.spec.job_id) is not None
+    except Exception:
+        log.warning("record_not_written", job_id=view.spec.job_id, exc_info=True)
+        return False
 
 
 async def delete_job_objects(store: BlobStore, job_id: str) -> None:
@@ -84,10 +105,14 @@ async def run_periodically(
     retention_s: float,
     deadline_s: float,
     interval_s: float,
+    writer: RecordWriter | None = None,
 ) -> None:
     while True:
-        with contextlib.suppress(Exception):
-            counts = await sweep(store, reporter, retention_s, deadline_s)
+        try:
+            counts = await sweep(store, reporter, retention_s, deadline_s, writer)
+        except Exception:
+            log.warning("maintenance_sweep_failed", exc_info=True)
+        else:
             if any(counts.values()):
                 log.info("maintenance_sweep", **counts)
         await asyncio.sleep(interval_s)

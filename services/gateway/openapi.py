@@ -1,17 +1,18 @@
-"""The OpenAPI document, built from the same catalog and ranges the gateway enforces."""
+"""The OpenAPI document, built from the same registry and ranges the gateway enforces."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from services.gateway.records_api import MAX_BUCKETS, MAX_LIMIT
-from shared.ml import catalog
+from shared.ml import registry
 from shared.platform.messages import OUTPUT_FORMATS, TASKS
 from shared.platform.records import RECORDED_OUTCOMES
 
 
-def openapi_document() -> dict[str, Any]:
-    models = sorted({m.name for entries in catalog.CATALOG.values() for m in entries})
+def openapi_document(weights_dir: Path) -> dict[str, Any]:
+    models = sorted({m.name for m in registry.RESTORERS})
     def auto_or(low: float, high: float) -> dict[str, Any]:
         number = {"type": "number", "minimum": low, "maximum": high}
         return {"oneOf": [{"type": "string", "enum": ["auto"]}, number]}
@@ -33,20 +34,20 @@ def openapi_document() -> dict[str, Any]:
                 "description": "default: the task's best available model",
             },
             "sigma": {
-                **auto_or(*catalog.SIGMA_RANGE),
+                **auto_or(*registry.SIGMA_RANGE),
                 "description": "noise level (0–255 scale) or auto",
-                "x-range": list(catalog.SIGMA_RANGE),
+                "x-range": list(registry.SIGMA_RANGE),
             },
             "quality": {
-                **auto_or(*catalog.JPEG_QUALITY_RANGE),
+                **auto_or(*registry.JPEG_QUALITY_RANGE),
                 "description": "JPEG quality the image was saved at, or auto",
-                "x-range": list(catalog.JPEG_QUALITY_RANGE),
+                "x-range": list(registry.JPEG_QUALITY_RANGE),
             },
-            "scale": {"type": "integer", "enum": list(catalog.SCALES)},
+            "scale": {"type": "integer", "enum": list(registry.SCALES)},
             "max_side": {
                 "type": "integer",
-                "minimum": catalog.MAX_SIDE_RANGE[0],
-                "maximum": catalog.MAX_SIDE_RANGE[1],
+                "minimum": registry.MAX_SIDE_RANGE[0],
+                "maximum": registry.MAX_SIDE_RANGE[1],
                 "description": "shrink so the long side is at most this many pixels first",
             },
             "format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": "png"},
@@ -68,8 +69,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "iterations": {
                 "type": "integer",
-                "minimum": catalog.DIP_ITERATIONS_RANGE[0],
-                "maximum": catalog.DIP_ITERATIONS_RANGE[1],
+                "minimum": registry.DIP_ITERATIONS_RANGE[0],
+                "maximum": registry.DIP_ITERATIONS_RANGE[1],
                 "description": "model=dip only: optimisation steps (early stop may end sooner)",
             },
         },
@@ -135,7 +136,7 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {"get": {"summary": "Broker and store reachable",
                                 "responses": {**ok, "503": {"description": "not ready"}}}},
         },
-        "x-models": {task: catalog.models_for(task) for task in TASKS},
+        "x-models": {task: registry.models_for(task, weights_dir) for task in TASKS},
     }
 
 

@@ -5,6 +5,9 @@ GET /api/v1/records/summary  ?from&to&task&model&outcome&buckets
 GET /dashboard               the charts page (static HTML + JS, drawn as SVG in the browser)
 GET /metrics                 Prometheus text format
 `from`/`to` are epoch seconds or ISO 8601 times (UTC when no offset is given).
+
+Every handler here only reads: records are written by the gateway's `RecordWriter`
+(`RECORD_WRITER`), which follows the status stream, never by a request.
 """
 
 from __future__ import annotations
@@ -23,13 +26,21 @@ from aiohttp import web
 from shared.platform import metrics
 from shared.platform.blobstore import BlobStore
 from shared.platform.eventbus import EventBus
+from shared.platform.jobs import JobLog
 from shared.platform.logging import get_logger
 from shared.platform.messages import TASKS
-from shared.platform.records import RECORDED_OUTCOMES, Filters, RecordStore, to_csv
+from shared.platform.records import (
+    RECORDED_OUTCOMES,
+    Filters,
+    RecordStore,
+    RecordWriter,
+    to_csv,
+)
 
 log = get_logger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 RECORDS: web.AppKey[RecordStore] = web.AppKey("records", RecordStore)
+RECORD_WRITER: web.AppKey[RecordWriter] = web.AppKey("record_writer", RecordWriter)
 DEPTH_SAMPLER: web.AppKey[asyncio.Task[None]] = web.AppKey("depth_sampler", asyncio.Task)
 DEPTH_SOURCE: web.AppKey[metrics.DepthSource] = web.AppKey("depth_source")
 MAX_LIMIT = 10_000
@@ -39,6 +50,8 @@ QUEUE_DEPTH_EVERY_S = 15.0
 
 def add_routes(app: web.Application, store: BlobStore, bus: EventBus | None = None) -> None:
     app[RECORDS] = RecordStore(store)
+    # The app hands it the statuses (before the SSE streams) and the maintenance sweeper.
+    app[RECORD_WRITER] = RecordWriter(JobLog(store), app[RECORDS], recorded_by="gateway")
     app.router.add_get("/api/v1/records", list_records)
     app.router.add_get("/api/v1/records/summary", records_summary)
     app.router.add_get("/dashboard", dashboard)

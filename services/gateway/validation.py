@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from shared.ml import catalog
+from shared.ml import registry
 from shared.platform.messages import OUTPUT_FORMATS, TASKS, JobOptions
 
 
@@ -18,41 +18,41 @@ class InvalidRequest(ValueError):
 
 
 def parse_options(
-    task: str | None, fields: Mapping[str, str], weights_dir: Path = catalog.DEFAULT_WEIGHTS_DIR
+    task: str | None, fields: Mapping[str, str], weights_dir: Path = registry.SHIPPED_WEIGHTS_DIR
 ) -> JobOptions:
     if not task:
         raise InvalidRequest(f"the form field 'task' is required: one of {', '.join(TASKS)}")
     if task not in TASKS:
         raise InvalidRequest(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-    models = catalog.models_for(task, weights_dir)
+    models = registry.models_for(task, weights_dir)
     model = fields.get("model") or models[0]
     if model not in models:
         raise InvalidRequest(
             f"task {task!r} has no model {model!r}: use one of {', '.join(models)}"
         )
     ensemble = _flag(fields, "ensemble")
-    if ensemble and not catalog.offers_ensemble(task, model):
-        offering = [m for m in models if catalog.offers_ensemble(task, m)]
+    if ensemble and not registry.offers_ensemble(task, model):
+        offering = [m for m in models if registry.offers_ensemble(task, m)]
         raise InvalidRequest(
             f"ensemble=true is not offered by {task!r} model {model!r}"
             + (f": use model {', '.join(offering)}" if offering else "")
         )
     return JobOptions(
         model=model,
-        sigma=_auto_or_number(fields, "sigma", float, catalog.SIGMA_RANGE),
-        quality=_auto_or_number(fields, "quality", int, catalog.JPEG_QUALITY_RANGE),
+        sigma=_auto_or_number(fields, "sigma", float, registry.SIGMA_RANGE),
+        quality=_auto_or_number(fields, "quality", int, registry.JPEG_QUALITY_RANGE),
         scale=_scale(fields),
-        max_side=_optional_int(fields, "max_side", catalog.MAX_SIDE_RANGE),
+        max_side=_optional_int(fields, "max_side", registry.MAX_SIDE_RANGE),
         format=_format(fields),
         strength=_strength(task, model, fields, weights_dir),
-        iterations=_optional_int(fields, "iterations", catalog.DIP_ITERATIONS_RANGE),
+        iterations=_optional_int(fields, "iterations", registry.DIP_ITERATIONS_RANGE),
         ensemble=ensemble,
     )
 
 
 def _strength(task: str, model: str, fields: Mapping[str, str], weights_dir: Path) -> float:
-    value = _number(fields, "strength", float, catalog.STRENGTH_RANGE, default=0.0)
-    if value > 0 and not catalog.offers_strength(task, model, weights_dir):
+    value = _number(fields, "strength", float, registry.STRENGTH_RANGE, default=0.0)
+    if value > 0 and not registry.offers_strength(task, model, weights_dir):
         raise InvalidRequest(
             f"strength={value:g} needs GAN weights, which {task!r} model {model!r} does not "
             "have here: leave it out (or 0)"
@@ -104,9 +104,9 @@ def _optional_int(fields: Mapping[str, str], name: str, bounds: tuple) -> int | 
 
 
 def _scale(fields: Mapping[str, str]) -> int:
-    raw = (fields.get("scale") or str(catalog.SCALES[0])).strip()
-    if raw not in {str(s) for s in catalog.SCALES}:
-        raise InvalidRequest(f"scale={raw!r} is not served: use {catalog.SCALES}")
+    raw = (fields.get("scale") or str(registry.SCALES[0])).strip()
+    if raw not in {str(s) for s in registry.SCALES}:
+        raise InvalidRequest(f"scale={raw!r} is not served: use {registry.SCALES}")
     return int(raw)
 
 

@@ -1,26 +1,13 @@
-"""Inpaint service adapter: task `inpaint` on the shared model runtime."""
+"""The inpaint service: consume its queue, run the registry's restorer on the model runtime."""
 
 from __future__ import annotations
 
-from services.inpaint.core import inpaint
-from shared.errors import UnprocessableInput
-from shared.ml.catalog import weights_sha256
+from shared.ml.runtime import ModelRuntime
 from shared.platform import topology
 from shared.platform.blobstore import BlobStore
 from shared.platform.eventbus import EventBus
-from shared.platform.model_service import ModelService, RestoreInput, RestoreOutput
+from shared.platform.model_service import ModelService, serve_with_registry
 
 
-def restore(job: RestoreInput) -> RestoreOutput:
-    if job.mask is None:
-        raise UnprocessableInput("inpaint needs a mask")
-    options = job.options
-    filled = inpaint(job.pixels, job.mask, options.model, job.on_progress, job.should_cancel,
-                     ensemble=options.ensemble)
-    details = {"ensemble": options.ensemble,
-               "weights_sha256": weights_sha256("inpaint", options.model)}
-    return RestoreOutput(filled, options.model, details)
-
-
-def build(bus: EventBus, store: BlobStore, device: str = "cpu") -> ModelService:
-    return ModelService("inpaint", topology.INPAINT, restore, bus, store, device)
+def build(bus: EventBus, store: BlobStore, runtime: ModelRuntime) -> ModelService:
+    return serve_with_registry("inpaint", topology.INPAINT, bus, store, runtime)

@@ -158,10 +158,6 @@ class InferenceGate:
         self._held.stack.pop().release()
 
 
-#: The process-wide gate; the bootstrap sets its slots from RESTORA_MAX_CONCURRENT_INFERENCES.
-inference_lock = InferenceGate(1)
-
-
 # --------------------------------------------------------------------------- precision
 
 _precision_cache: dict[tuple[str, str], bool] = {}
@@ -295,21 +291,6 @@ class LoadedNetwork:
     pixel_cost: int = DEFAULT_PIXEL_COST
 
 
-_loaded: dict[tuple[str, str, float], LoadedNetwork] = {}
-_load_guard = threading.Lock()
-
-
-def load_once(
-    path: Path, device: torch.device, build: Callable[[Path, torch.device], LoadedNetwork]
-) -> LoadedNetwork:
-    """Load a network once per (file, device); a replaced file (new mtime) is reloaded."""
-    key = (str(path.resolve()), str(device), path.stat().st_mtime)
-    with _load_guard:
-        if key not in _loaded:
-            _loaded[key] = build(path, device)
-        return _loaded[key]
-
-
 def run_network(
     network: LoadedNetwork,
     image: np.ndarray,
@@ -318,6 +299,8 @@ def run_network(
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     ensemble: bool = False,
+    bf16_allowed: bool = True,
+    budget_bytes: int | None = None,
 ) -> np.ndarray:
     """uint8 image in, uint8 image out, through the shared tiler on the network's device.
 
@@ -331,7 +314,9 @@ def run_network(
     if gray_through_colour:
         tensor = tensor.expand(-1, 3, -1, -1).contiguous()
     probe = probe_image(network.in_channels)
-    bf16 = precision_for(forward, network.device, probe, model_id=network.weights_id)  # type: ignore[arg-type]
+    bf16 = bf16_allowed and precision_for(
+        forward, network.device, probe, model_id=network.weights_id  # type: ignore[arg-type]
+    )
     per_tile = tile_fn(forward, network.device, bf16=bf16)
     output = run_tiled(
         self_ensemble(per_tile) if ensemble else per_tile,
@@ -342,6 +327,7 @@ def run_network(
         device=network.device,
         on_progress=on_progress,
         should_cancel=should_cancel,
+        budget_bytes=budget_bytes,
     )
     if gray_through_colour:
         output = output.mean(dim=1, keepdim=True)

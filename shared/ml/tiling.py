@@ -114,21 +114,16 @@ def available_memory(device: torch.device | None = None) -> int:
     return min(candidates) if candidates else _FALLBACK_AVAILABLE
 
 
-_budget_override_bytes: int | None = None
-
-
-def set_memory_budget(megabytes: int) -> None:
-    """Pin the tiling budget (RESTORA_TILE_BUDGET_MB) when several workers share a node;
-    0 goes back to sizing from free memory."""
-    global _budget_override_bytes
-    _budget_override_bytes = megabytes * 1024 * 1024 if megabytes > 0 else None
-
-
-def memory_budget(device: torch.device | None = None, available_bytes: int | None = None) -> int:
-    """Bytes one tiled inference may use on `device`."""
+def memory_budget(
+    device: torch.device | None = None,
+    available_bytes: int | None = None,
+    budget_bytes: int | None = None,
+) -> int:
+    """Bytes one tiled inference may use on `device`: `budget_bytes` when the operator pinned
+    it (RESTORA_TILE_BUDGET_MB, several workers on one node), else a share of free memory."""
+    if budget_bytes is not None:
+        return budget_bytes
     kind = "cuda" if device is not None and device.type == "cuda" else "cpu"
-    if _budget_override_bytes is not None:
-        return _budget_override_bytes
     free = available_memory(device) if available_bytes is None else available_bytes
     return max(1, min(int(free * _BUDGET_FRACTION[kind]), _BUDGET_CAP[kind]))
 
@@ -156,6 +151,7 @@ def plan_tiles(
     pixel_cost: int = DEFAULT_PIXEL_COST,
     device: torch.device | None = None,
     available_bytes: int | None = None,
+    budget_bytes: int | None = None,
 ) -> TilePlan:
     """Choose tile side and batch for an image of `height`×`width` input pixels.
 
@@ -165,7 +161,7 @@ def plan_tiles(
     """
     if min(height, width, scale, multiple) < 1 or overlap < 0 or pixel_cost < 1:
         raise ValueError("sizes, scale, multiple and pixel_cost must be positive, overlap >= 0")
-    budget = memory_budget(device, available_bytes)
+    budget = memory_budget(device, available_bytes, budget_bytes)
     padded_h, padded_w = _round_up(height, multiple), _round_up(width, multiple)
     kind = "cuda" if device is not None and device.type == "cuda" else "cpu"
 
@@ -267,6 +263,7 @@ def run_tiled(
     device: torch.device | None = None,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    budget_bytes: int | None = None,
 ) -> torch.Tensor:
     """Run `net` over NCHW float `image` tile by tile; returns N×C'×(H·scale)×(W·scale) fp32 CPU.
 
@@ -289,6 +286,7 @@ def run_tiled(
         batch=batch,
         pixel_cost=pixel_cost,
         device=device,
+        budget_bytes=budget_bytes,
     )
     padded = pad_to_multiple(image, multiple)
     ph, pw = padded.shape[-2:]

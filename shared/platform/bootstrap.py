@@ -9,19 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from pathlib import Path
 
-import torch
-
-from shared.ml.accel import device_name
-from shared.ml.inference import inference_lock, set_cpu_threads
-from shared.ml.tiling import set_memory_budget
+from shared.ml import registry
+from shared.ml.inference import InferenceGate
+from shared.ml.runtime import ModelRuntime
 from shared.platform.blobstore import BlobStore, S3BlobStore, make_blob_store
-from shared.platform.config import CommonSettings, ModelServiceSettings
+from shared.platform.config import CommonSettings, ModelRuntimeSettings, ModelServiceSettings
 from shared.platform.eventbus import EventBus, make_event_bus
 from shared.platform.health import serve_health
 from shared.platform.logging import configure_logging, get_logger
 from shared.platform.metrics import setup_metrics
+from shared.platform.model_service import ModelService
 from shared.platform.telemetry import setup_tracing
 from shared.platform.topology import CONSUMER_TIMEOUT_MS
 
@@ -43,14 +43,22 @@ def configure_process(service: str, settings: CommonSettings) -> None:
     setup_metrics(service)
 
 
-def configure_inference(settings: ModelServiceSettings) -> torch.device:
-    if settings.threads > 0:
-        set_cpu_threads(settings.threads)
-    inference_lock.configure(settings.max_concurrent_inferences)
-    set_memory_budget(settings.tile_budget_mb)
-    if settings.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
+def build_runtime(settings: ModelRuntimeSettings, weights_dir: Path) -> ModelRuntime:
+    """The one model runtime of a process, from its settings (RESTORA_DEVICE, _WEIGHTS_DIR...)."""
+    overrides = {}
+    if settings.esrgan_weights:
+        # The operator's checkpoint is read in place of the shipped PSNR weights.
+        psnr_weights = registry.find("superres", "esrgan").weights[0]  # type: ignore[union-attr]
+        overrides[psnr_weights] = Path(settings.esrgan_weights)
+    return ModelRuntime.create(
+        weights_dir,
+        settings.device,
+        threads=settings.threads,
+        bf16=settings.bf16,
+        tile_budget_mb=settings.tile_budget_mb,
+        gate=InferenceGate(settings.max_concurrent_inferences),
+        weights_overrides=overrides,
+    )
 
 
 # A stopping process finishes the job in hand (never longer than a job may take); the
@@ -75,17 +83,17 @@ async def wait_for_shutdown() -> None:
 
 async def run_model_service(
     name: str,
-    build: Callable[[EventBus, BlobStore, str], Awaitable[object] | object],
+    build: Callable[[EventBus, BlobStore, ModelRuntime], ModelService],
     settings: ModelServiceSettings,
 ) -> None:
     """`python -m services.<name>`: consume the service's queue until SIGTERM."""
     configure_process(name, settings)
-    device = configure_inference(settings)
+    runtime = build_runtime(settings, settings.weights_dir)
     bus, store = await connect(settings)
-    service = build(bus, store, device_name(device))
-    await service.start()  # type: ignore[attr-defined]
+    service = build(bus, store, runtime)
+    await service.start()
     health = await serve_health({"broker": bus.ping, "store": store.ping}, settings.health_port)
-    log.info("service_started", service=name, device=device_name(device))
+    log.info("service_started", service=name, device=runtime.device_name)
     try:
         await wait_for_shutdown()
     finally:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from shared.ml.registry import SHIPPED_WEIGHTS_DIR
+
 ENV_PREFIX = "RESTORA_"
 MiB = 1024 * 1024
 MP = 1_000_000
@@ -41,6 +43,8 @@ class CommonSettings:
     # Secret for signing local-store download links; generated per process when empty.
     link_secret: str = ""
     link_expiry_s: int = 3600
+    # The weights directory: what the models read, and what the gateway offers.
+    weights_dir: Path = SHIPPED_WEIGHTS_DIR
     # Uploads, results and job events are deleted this long after the job was created
     # (an S3 bucket lifecycle rule, plus the gateway's sweeper for the local store).
     retention_s: int = 7 * 24 * 3600
@@ -80,13 +84,15 @@ class PreprocessSettings(CommonSettings):
 
 
 @dataclass(frozen=True)
-class ModelServiceSettings(CommonSettings):
-    health_port: int = 8082
+class ModelRuntimeSettings:
+    """What the model runtime is built from (shared.ml.runtime.ModelRuntime)."""
+
     # torch intra-op threads; 0 = let torch decide (all cores)
     threads: int = 0
     # "auto" (CUDA when present), "cpu" or "cuda"
     device: str = "auto"
-    weights_dir: Path = Path("weights")
+    # bf16 autocast where the hardware has it natively and a network keeps >= 50 dB; off = fp32
+    bf16: bool = True
     # How many inferences may run at once in this process (embedded mode: 1 for 2 cores).
     max_concurrent_inferences: int = 1
     # Memory one tiled inference may use; 0 = a share of the free memory.
@@ -97,8 +103,13 @@ class ModelServiceSettings(CommonSettings):
 
 
 @dataclass(frozen=True)
-class EmbeddedSettings(GatewaySettings):
-    threads: int = 0
+class ModelServiceSettings(CommonSettings, ModelRuntimeSettings):
+    health_port: int = 8082
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings(GatewaySettings, ModelRuntimeSettings):
+    """`make run`: the gateway and every service in one process, sharing one model runtime."""
 
 
 S = TypeVar("S")
@@ -148,6 +159,7 @@ __all__ = [
     "CommonSettings",
     "EmbeddedSettings",
     "GatewaySettings",
+    "ModelRuntimeSettings",
     "ModelServiceSettings",
     "PreprocessSettings",
     "load_settings",

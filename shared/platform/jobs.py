@@ -8,22 +8,16 @@ serves is folded from these events, and a state can only move forward.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.platform import messages, records
+from shared.platform import messages, records, telemetry
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.eventbus import EventBus
-from shared.platform.logging import get_logger
 from shared.platform.messages import FINAL_STATES, STATE_RANK, JobOptions, JobStatus
-
-logger = get_logger(__name__)
-# A record is written before the job's end is announced: never hold that up for long.
-RECORD_TIMEOUT_S = 10.0
 
 
 def new_job_id() -> str:
@@ -186,7 +180,11 @@ class JobLog:
 
 
 class StatusReporter:
-    """Records a status in the job's log, then tells every listener on the bus."""
+    """Appends a status to the job's log, then tells every listener on the bus.
+
+    It writes nothing else: the job's performance record is written by the records writer
+    that follows the statuses (`records.RecordWriter`).
+    """
 
     def __init__(self, log: JobLog, bus: EventBus, stage: str) -> None:
         self.log = log
@@ -195,24 +193,13 @@ class StatusReporter:
 
     async def report(self, job_id: str, state: str, **fields: Any) -> JobStatus:
         if fields.get("progress") is None:
-            # Which build of each service handled the job, for its performance record.
-            versions = {"versions": {self.stage: records.service_version()}}
-            fields["details"] = {**fields.get("details", {}), **versions}
+            # Which build of each service handled the job, and in which trace: the job's
+            # record takes both from its events.
+            extra: dict[str, Any] = {"versions": {self.stage: records.service_version()}}
+            if trace_id := telemetry.current_trace_id():
+                extra["trace_id"] = trace_id
+            fields["details"] = {**fields.get("details", {}), **extra}
         status = JobStatus(job_id=job_id, state=state, stage=self.stage, at=time.time(), **fields)
         await self.log.append(status)
-        if status.state in records.RECORDED_OUTCOMES:
-            # Before the status goes out: whoever sees a job end can read its record.
-            await self._write_record(status)
         await self.bus.publish_status(status)
         return status
-
-    async def _write_record(self, status: JobStatus) -> None:
-        """The finished job's performance record; a failure here never fails the job."""
-        try:
-            view = await self.log.view(status.job_id)
-            if view is not None:
-                deciding = view.stages.get(view.state) == status.at
-                write = records.record_finished_job(self.log.store, view, self.stage, deciding)
-                await asyncio.wait_for(write, RECORD_TIMEOUT_S)
-        except Exception:
-            logger.warning("record_not_written", job_id=status.job_id, exc_info=True)

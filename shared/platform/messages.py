@@ -11,10 +11,11 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from shared.ml.registry import TASKS as TASKS  # re-exported: a job names one of them
+
 SCHEMA_VERSION = 1
 
-Task = Literal["denoise", "artifacts", "superres", "inpaint"]
-TASKS: tuple[str, ...] = ("denoise", "artifacts", "superres", "inpaint")
+Task = Literal["denoise", "artifacts", "superres", "inpaint"]  # registry.TASKS, for type checks
 
 State = Literal["queued", "preprocessing", "running", "done", "failed", "cancelled"]
 # A job's state only moves forward along this order; the three last are final.

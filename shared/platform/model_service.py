@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from shared.errors import UnprocessableInput
-from shared.ml import imaging
-from shared.ml.inference import InferenceGate, inference_lock
+from shared.ml import imaging, registry
+from shared.ml.inference import InferenceGate
+from shared.ml.restorers.common import RestoreJob
+from shared.ml.runtime import ModelRuntime
 from shared.ml.tiling import Cancelled
 from shared.platform import metrics, telemetry
 from shared.platform.blobstore import BlobNotFound, BlobStore
@@ -60,6 +62,34 @@ class RestoreOutput:
 Restorer = Callable[[RestoreInput], RestoreOutput]
 
 
+def registry_restorer(runtime: ModelRuntime) -> Restorer:
+    """Jobs run by the registry's restorer for their (task, model), on `runtime`."""
+
+    def restore(job: RestoreInput) -> RestoreOutput:
+        options = job.options
+        restored = registry.restore(
+            runtime,
+            job.task,
+            options.model,
+            RestoreJob(
+                pixels=job.pixels,
+                mask=job.mask,
+                sigma=options.sigma,
+                quality=options.quality,
+                scale=options.scale,
+                strength=options.strength,
+                iterations=options.iterations,
+                ensemble=options.ensemble,
+                on_progress=job.on_progress,
+                should_cancel=job.should_cancel,
+            ),
+        )
+        details = {"ensemble": options.ensemble, **restored.details}
+        return RestoreOutput(restored.pixels, options.model, details)
+
+    return restore
+
+
 @dataclass
 class _Job:
     """Per-delivery state shared between the event loop and the inference thread."""
@@ -78,10 +108,10 @@ class ModelService:
         bus: EventBus,
         store: BlobStore,
         device: str = "cpu",
-        gate: InferenceGate = inference_lock,
+        gate: InferenceGate | None = None,
     ) -> None:
         self.name = name
-        self.gate = gate
+        self.gate = gate or InferenceGate(1)
         self.queue = queue
         self.restorer = restorer
         self.bus = bus
@@ -248,3 +278,18 @@ def _run_exclusive(
         if restore_input.should_cancel():
             raise Cancelled()
         return restorer(restore_input)
+
+
+def serve_with_registry(
+    name: str,
+    queue: QueueSpec,
+    bus: EventBus,
+    store: BlobStore,
+    runtime: ModelRuntime,
+    gate: InferenceGate | None = None,
+) -> ModelService:
+    """A model service whose jobs run through the registry on `runtime` (its gate by default)."""
+    return ModelService(
+        name, queue, registry_restorer(runtime), bus, store, runtime.device_name,
+        gate=gate or runtime.gate,
+    )

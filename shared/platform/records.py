@@ -7,8 +7,8 @@ the job's end). Why this and not appended JSON-lines or Parquet files:
   every service replica, which loses records under concurrency; one object per job needs
   no coordination at all.
 - The key is a function of the job alone (its id and the time of its first final event),
-  so a redelivered message or a second `failed` report overwrites the same object: writing
-  is idempotent and a job never counts twice.
+  so a redelivered message or a second `failed` report finds the record already there:
+  writing is idempotent and a job never counts twice.
 - `date=` partitions let a query over a time range list only the days it covers, and the
   records live outside `jobs/`, so the retention sweeper and the bucket lifecycle rule that
   delete a job's images leave its record alone.
@@ -20,6 +20,10 @@ the job's end). Why this and not appended JSON-lines or Parquet files:
 Many small objects cost one GET each on a cold cache; at this service's rate (jobs take
 seconds to minutes) a day holds thousands, not millions. Compacting old days into one
 Parquet object per day is the next step if that ever changes.
+
+Who writes: one `RecordWriter` per gateway follows the status stream on the bus and records
+each job when its final status goes by; the services that report statuses never write
+records themselves.
 
 A record is flat (one column per measure) so that CSV export and SQL need no unnesting.
 Stage times are seconds; a stage that did not run is null, never 0.
@@ -35,6 +39,7 @@ import json
 import os
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -42,14 +47,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.platform import metrics, telemetry, topology
+from shared.platform import metrics, topology
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.logging import get_logger
 
 if TYPE_CHECKING:
     import duckdb
 
-    from shared.platform.jobs import JobView
+    from shared.platform.jobs import JobLog, JobView
     from shared.platform.messages import JobStatus
 
 log = get_logger(__name__)
@@ -58,6 +63,10 @@ SCHEMA_VERSION = 1
 PREFIX = "records/"
 # Outcomes a record is written for; a cancelled job is the user's choice, not a result.
 RECORDED_OUTCOMES = frozenset({"done", "failed"})
+# A record is written before its replica announces the job's end: never hold that up long.
+RECORD_TIMEOUT_S = 10.0
+# Job ids a writer remembers having recorded; older ones are checked in the store instead.
+REMEMBERED_JOBS = 10_000
 # Stages in pipeline order: (name, column). `queue_*` are waits in a broker queue.
 STAGE_COLUMNS: dict[str, str] = {
     "upload": "upload_s",
@@ -158,11 +167,6 @@ def _first_at(events: Sequence[JobStatus], state: str, **match: Any) -> float | 
     return None
 
 
-def _last_at(events: Sequence[JobStatus], state: str) -> float | None:
-    times = [e.at for e in events if e.state == state]
-    return max(times) if times else None
-
-
 def _gap(later: float | None, earlier: float | None) -> float | None:
     return max(0.0, later - earlier) if later is not None and earlier is not None else None
 
@@ -206,7 +210,7 @@ def _weights_hash(details: dict[str, Any]) -> str | None:
     return str(value) if value else None
 
 
-def build_record(view: JobView, recorded_by: str, trace_id: str | None) -> dict[str, Any] | None:
+def build_record(view: JobView, recorded_by: str) -> dict[str, Any] | None:
     """The record of a finished job, or None when it has not finished (or was cancelled)."""
     if view.state not in RECORDED_OUTCOMES:
         return None
@@ -214,6 +218,9 @@ def build_record(view: JobView, recorded_by: str, trace_id: str | None) -> dict[
     details = _merged_details(events)
     finished_at = view.stages[view.state]
     final_event = next(e for e in events if e.state == view.state and e.at == finished_at)
+    # The trace of the status that ended the job, else the job's (a sweeper's `failed`
+    # is reported outside any trace).
+    trace_id = final_event.details.get("trace_id") or details.get("trace_id")
     try:
         task_service: str | None = topology.queue_for_task(spec.task, spec.options.model).service
     except KeyError:
@@ -254,7 +261,7 @@ def build_record(view: JobView, recorded_by: str, trace_id: str | None) -> dict[
         # Each delivery to the model service reports `running` without progress once.
         "attempts": sum(1 for e in events if e.state == "running" and e.progress is None),
         "versions": json.dumps(details.get("versions") or {}, sort_keys=True),
-        "trace_id": trace_id,
+        "trace_id": str(trace_id) if trace_id else None,
         "recorded_by": recorded_by,
     }
 
@@ -550,18 +557,74 @@ def _series(
 
 
 # ------------------------------------------------------------------------------ writing
-async def record_finished_job(
-    store: BlobStore, view: JobView, recorded_by: str, count: bool = True
-) -> str | None:
-    """Write the record of `view` if it has finished; returns the key written, if any.
+class RecordWriter:
+    """The one writer of records: follows the status stream, records each finished job once.
 
-    `count=False` for a repeated final report (a redelivery): the record is rewritten, the
-    same, but the job is not counted in the metrics again.
+    Status reporters only append a status to the job's log and publish it; on a final
+    status (`RECORDED_OUTCOMES`) this reads the job's view, which already holds that
+    status, and writes its record. A redelivered or repeated final status writes nothing:
+    the key is a function of the job alone, a job recorded by this writer is remembered,
+    and a record already in the store (an earlier run, another gateway replica) is left
+    as it is. Only a record written here is counted in the metrics. A failure to write is
+    logged; it never touches the job.
     """
-    record = build_record(view, recorded_by, telemetry.current_trace_id())
-    if record is None:
-        return None
-    key = await RecordStore(store).write(record)
-    if count:
-        metrics.observe_record(record)
-    return key
+
+    def __init__(
+        self,
+        jobs: JobLog,
+        records: RecordStore,
+        recorded_by: str,
+        timeout_s: float = RECORD_TIMEOUT_S,
+    ) -> None:
+        self.jobs = jobs
+        self.records = records
+        self.recorded_by = recorded_by
+        self.timeout_s = timeout_s
+        self._recorded: OrderedDict[str, None] = OrderedDict()  # job ids, newest last
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # lock, [holders]
+
+    async def on_status(self, status: JobStatus) -> None:
+        """A bus status handler: never raises, never waits longer than `timeout_s`."""
+        if status.state not in RECORDED_OUTCOMES:
+            return
+        try:
+            await asyncio.wait_for(self.record(status.job_id), self.timeout_s)
+        except Exception:
+            log.warning("record_not_written", job_id=status.job_id, exc_info=True)
+
+    async def record(self, job_id: str) -> str | None:
+        """Write the job's record unless it exists; the key written now, else None."""
+        if job_id in self._recorded:
+            return None
+        lock, holders = self._locks.setdefault(job_id, (asyncio.Lock(), [0]))
+        holders[0] += 1
+        try:
+            async with lock:  # duplicates arriving together wait for the first
+                if job_id in self._recorded:
+                    return None
+                return await self._record(job_id)
+        finally:
+            holders[0] -= 1
+            if holders[0] == 0:
+                del self._locks[job_id]
+
+    async def _record(self, job_id: str) -> str | None:
+        view = await self.jobs.view(job_id)
+        if view is None:
+            return None  # deleted since
+        record = build_record(view, self.recorded_by)
+        key = None
+        if record is not None:
+            key = record_key(job_id, record["finished_at"])
+            if await self.records.store.exists(key):
+                key = None
+            else:
+                await self.records.write(record)
+                metrics.observe_record(record)
+        self._remember(job_id)
+        return key
+
+    def _remember(self, job_id: str) -> None:
+        self._recorded[job_id] = None
+        while len(self._recorded) > REMEMBERED_JOBS:
+            self._recorded.popitem(last=False)

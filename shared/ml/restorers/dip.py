@@ -1,4 +1,4 @@
-"""The DIP service's pure functions: Deep Image Prior (Ulyanov et al.) for inpaint and denoise.
+"""Deep Image Prior (Ulyanov et al.) restorers for `inpaint` and `denoise`.
 
 Training-free but slow (an iteration at 256² is ~0.8 s on one AVX2 core for width 32), so it has
 its own queue and worker: a DIP job never waits in front of the fast networks.
@@ -11,10 +11,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from shared.errors import UnprocessableInput
-from shared.ml import accel
 from shared.ml.inpaint_window import FEATHER_PX, fill_through_window
 from shared.ml.models.deep_image_prior import DIPConfig, denoise_dip, fit_dip
+from shared.ml.restorers.common import Restored, RestoreJob, require_mask
+from shared.ml.runtime import ModelRuntime
 
 ProgressFn = Callable[[float], None]
 CancelFn = Callable[[], bool]
@@ -40,7 +40,7 @@ def inpaint_dip(
     config: DIPConfig | None = None,
     seed: int = 0,
     feather: float = FEATHER_PX,
-    device: torch.device | None = None,
+    device: torch.device,
 ) -> np.ndarray:
     """Fill the True pixels of ``mask`` by fitting a Deep Image Prior to the window around them.
 
@@ -48,7 +48,6 @@ def inpaint_dip(
     :data:`DIP_CPU_CONFIG`; on a GPU (or with ``max_side``/``config`` given) as asked — the
     paper's width-128 network at full size by default. Pixels outside the mask are unchanged.
     """
-    device = device or accel.best_device()
     cpu = device.type == "cpu"
     if max_side is None and cpu:
         max_side = DIP_CPU_MAX_SIDE
@@ -68,32 +67,25 @@ def inpaint_dip(
                                feather=feather)
 
 
-def dip_restore(
-    task: str,
-    image: np.ndarray,
-    mask: np.ndarray | None,
-    *,
-    sigma: float | None = None,
-    iterations: int | None = None,
-    on_progress: ProgressFn | None = None,
-    should_cancel: CancelFn | None = None,
-) -> np.ndarray:
-    """DIP for `inpaint` (needs the mask) or `denoise` (σ adds the discrepancy stop)."""
-    if task == "inpaint":
-        if mask is None or not mask.any():
-            raise UnprocessableInput("inpaint needs a mask with something to fill")
-        return inpaint_dip(
-            image, mask, iterations or DIP_DEFAULT_ITERATIONS, on_progress, should_cancel
-        )
-    if task == "denoise":
-        max_side = DIP_CPU_MAX_SIDE if accel.best_device().type == "cpu" else None
-        return denoise_dip(
-            image,
-            iterations or DIP_DENOISE_ITERATIONS,
-            sigma=sigma,
-            max_side=max_side,
-            on_progress=on_progress,
-            should_cancel=should_cancel,
-            device=accel.best_device(),
-        )
-    raise UnprocessableInput(f"Deep Image Prior does not serve the task {task!r}")
+def inpaint(runtime: ModelRuntime, job: RestoreJob) -> Restored:
+    """Fill the mask by fitting a Deep Image Prior to the window around it."""
+    mask = require_mask(job)
+    iterations = job.iterations or DIP_DEFAULT_ITERATIONS
+    pixels = inpaint_dip(job.pixels, mask, iterations, job.on_progress, job.should_cancel,
+                         device=runtime.device)
+    return Restored(pixels, {"iterations": job.iterations})
+
+
+def denoise(runtime: ModelRuntime, job: RestoreJob) -> Restored:
+    """Denoise by fitting a Deep Image Prior; a given σ adds the discrepancy stop."""
+    on_cpu = runtime.device.type == "cpu"
+    pixels = denoise_dip(
+        job.pixels,
+        job.iterations or DIP_DENOISE_ITERATIONS,
+        sigma=job.sigma,
+        max_side=DIP_CPU_MAX_SIDE if on_cpu else None,
+        on_progress=job.on_progress,
+        should_cancel=job.should_cancel,
+        device=runtime.device,
+    )
+    return Restored(pixels, {"iterations": job.iterations})

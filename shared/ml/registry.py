@@ -1,0 +1,200 @@
+"""The one registry of restorers: for every (task, model), what it needs and what it offers.
+
+The gateway validates against it, `/api/v1/models` and the OpenAPI document publish it, the
+page lists its models, the model services dispatch through it and the benchmarks run it.
+Adding a network means one model file in `shared/ml/models/`, one restore function in
+`shared/ml/restorers/` and one entry below.
+
+A network is offered only when its weights are present in the runtime's weights directory,
+so a fresh checkout always has a working default; the first available model of a task is its
+default, so the order says which measured best. Importing this module does not import torch:
+the network restorers are imported when one first runs (the gateway never needs them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.errors import UnprocessableInput
+from shared.ml.restorers import classic
+from shared.ml.restorers.common import (
+    JPEG_QUALITY_RANGE,
+    SCALES,
+    SIGMA_RANGE,
+    Restored,
+    RestoreJob,
+)
+
+if TYPE_CHECKING:
+    from shared.ml.runtime import ModelRuntime
+
+#: The weights shipped with the code (the default weights directory).
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+TASKS: tuple[str, ...] = ("denoise", "artifacts", "superres", "inpaint")
+STRENGTH_RANGE = (0.0, 1.0)
+MAX_SIDE_RANGE = (16, 16384)
+DIP_ITERATIONS_RANGE = (10, 5000)
+
+RestoreFn = Callable[["ModelRuntime", RestoreJob], Restored]
+
+
+@dataclass(frozen=True)
+class Restorer:
+    """One (task, model): its weights, what it offers, and the function that runs it."""
+
+    task: str
+    name: str
+    description: str
+    restore: RestoreFn
+    weights: tuple[str, ...] = ()  # files in the weights directory that must exist
+    # Offers ensemble=true: the network averaged over 8 flips/rotations.
+    ensemble: bool = False
+    # Weights that `strength` blends toward (ESRGAN's GAN stage); offered when present.
+    strength_weights: str | None = None
+    # Which per-task option it reads: "sigma" (denoise), "quality" (artifacts), or none.
+    level_option: str | None = None
+    # Fitted per image for minutes (Deep Image Prior): its own queue, never a default.
+    slow: bool = False
+
+    def available(self, weights_dir: Path) -> bool:
+        return all((weights_dir / w).is_file() for w in self.weights)
+
+    def offers_strength(self, weights_dir: Path) -> bool:
+        return self.strength_weights is not None and (weights_dir / self.strength_weights).is_file()
+
+
+# The network restorers import torch: each is imported on its first job.
+
+
+def _mwcnn_denoise(runtime: ModelRuntime, job: RestoreJob) -> Restored:
+    from shared.ml.restorers import mwcnn
+
+    return mwcnn.denoise(runtime, job)
+
+
+def _mwcnn_deblock(runtime: ModelRuntime, job: RestoreJob) -> Restored:
+    from shared.ml.restorers import mwcnn
+
+    return mwcnn.deblock(runtime, job)
+
+
+def _esrgan_upscale(runtime: ModelRuntime, job: RestoreJob) -> Restored:
+    from shared.ml.restorers import esrgan
+
+    return esrgan.upscale(runtime, job)
+
+
+def _deepfill_inpaint(runtime: ModelRuntime, job: RestoreJob) -> Restored:
+    from shared.ml.restorers import deepfill
+
+    return deepfill.inpaint(runtime, job)
+
+
+def _dip_denoise(runtime: ModelRuntime, job: RestoreJob) -> Restored:
+    from shared.ml.restorers import dip
+
+    return dip.denoise(runtime, job)
+
+
+def _dip_inpaint(runtime: ModelRuntime, job: RestoreJob) -> Restored:
+    from shared.ml.restorers import dip
+
+    return dip.inpaint(runtime, job)
+
+
+_MWCNN = "MWCNN (Liu et al. 2018)"
+_DIP = "Deep Image Prior (Ulyanov et al. 2018), fitted per image; slow"
+
+RESTORERS: tuple[Restorer, ...] = (
+    Restorer("denoise", "mwcnn", _MWCNN, _mwcnn_denoise, ("mwcnn-denoise.safetensors",),
+             ensemble=True, level_option="sigma"),
+    Restorer("denoise", "classic", "non-local means (OpenCV)", classic.denoise,
+             level_option="sigma"),
+    Restorer("denoise", "dip", _DIP, _dip_denoise, level_option="sigma", slow=True),
+    Restorer("artifacts", "mwcnn", _MWCNN, _mwcnn_deblock, ("mwcnn-artifacts.safetensors",),
+             ensemble=True, level_option="quality"),
+    Restorer("artifacts", "classic", "non-local means tuned to the JPEG quality (OpenCV)",
+             classic.deblock, level_option="quality"),
+    Restorer("superres", "esrgan", "ESRGAN RRDBNet (Wang et al. 2018)", _esrgan_upscale,
+             ("esrgan-psnr.safetensors",), ensemble=True,
+             strength_weights="esrgan-gan.safetensors"),
+    Restorer("superres", "classic", "bicubic interpolation", classic.upscale),
+    # DeepFill is the default since its weights beat Telea inside the hole (README table).
+    Restorer("inpaint", "deepfill", "contextual attention (Yu et al. 2018) over a Telea prefill",
+             _deepfill_inpaint, ("deepfill-contextual-attention.safetensors",), ensemble=True),
+    Restorer("inpaint", "classic", "Telea fast marching (OpenCV)", classic.inpaint),
+    Restorer("inpaint", "dip", _DIP, _dip_inpaint, slow=True),
+)
+
+
+def restorers(task: str) -> tuple[Restorer, ...]:
+    """Every restorer of `task`, installed or not, best first."""
+    return tuple(r for r in RESTORERS if r.task == task)
+
+
+def find(task: str, model: str) -> Restorer | None:
+    return next((r for r in RESTORERS if r.task == task and r.name == model), None)
+
+
+def models_for(task: str, weights_dir: Path) -> list[str]:
+    """The models a user may pick for `task` with the weights in `weights_dir`, best first."""
+    return [r.name for r in restorers(task) if r.available(weights_dir)]
+
+
+def default_model(task: str, weights_dir: Path) -> str:
+    return models_for(task, weights_dir)[0]
+
+
+def offers_ensemble(task: str, model: str) -> bool:
+    entry = find(task, model)
+    return entry is not None and entry.ensemble
+
+
+def offers_strength(task: str, model: str, weights_dir: Path) -> bool:
+    entry = find(task, model)
+    return entry is not None and entry.offers_strength(weights_dir)
+
+
+def installed(task: str, model: str, runtime: ModelRuntime) -> Restorer:
+    """The restorer a job asks for, or the reason it cannot run here (a failed job, no retry)."""
+    entry = find(task, model)
+    if entry is None:
+        raise UnprocessableInput(f"{task} has no model {model!r}")
+    if not runtime.has_weights(entry.weights):
+        raise UnprocessableInput(
+            f"model {model!r} is not installed (missing {', '.join(entry.weights)})"
+        )
+    return entry
+
+
+def restore(runtime: ModelRuntime, task: str, model: str, job: RestoreJob) -> Restored:
+    """Run `model` on `job` for `task`: the one dispatch the services and benchmarks share."""
+    entry = installed(task, model, runtime)
+    if job.ensemble and not entry.ensemble:
+        raise UnprocessableInput(f"{task} model {model!r} has no ensemble mode")
+    return entry.restore(runtime, job)
+
+
+__all__ = [
+    "DIP_ITERATIONS_RANGE",
+    "JPEG_QUALITY_RANGE",
+    "MAX_SIDE_RANGE",
+    "RESTORERS",
+    "SCALES",
+    "SHIPPED_WEIGHTS_DIR",
+    "SIGMA_RANGE",
+    "STRENGTH_RANGE",
+    "TASKS",
+    "Restorer",
+    "default_model",
+    "find",
+    "installed",
+    "models_for",
+    "offers_ensemble",
+    "offers_strength",
+    "restore",
+    "restorers",
+]
