@@ -14,7 +14,6 @@ from skimage.metrics import structural_similarity
 from benchmarks import harness, metrics
 from benchmarks.dncnn import DnCNN, run_dncnn
 from benchmarks.tasks.common import Options, model_limits
-from shared.ml import tiling
 from training.degradations import add_gaussian_noise
 
 
@@ -214,9 +213,9 @@ def test_quality_command_on_a_synthetic_data_folder(
     the JSON, caches the classic row in --cache-dir, and reports the missing calibration
     outputs as a failed row instead of crashing."""
     from benchmarks import quality
+    from benchmarks.tasks.common import runtime
     from training.matlab_resize import imresize
 
-    monkeypatch.setattr(tiling, "_budget_override_bytes", None)  # restored after the test
     hr = skdata.astronaut()[:96, :128]
     _save(tmp_path / "data/testsets/Set5/HR/astro.png", hr)
     _save(tmp_path / "data/testsets/Set5/LR_bicubic/X4/astrox4.png", imresize(hr, 0.25))
@@ -232,7 +231,7 @@ def test_quality_command_on_a_synthetic_data_folder(
     assert rows["paper-rrdb"]["mean"]["Set5 ×4"]["psnr"] == 32.73
     assert (tmp_path / "cache" / "superres.json").is_file()
     # Tiles are planned from a fixed budget, not from whatever memory is free right now.
-    assert tiling.memory_budget(available_bytes=1) == quality.TILE_BUDGET_MB * 1024 * 1024
+    assert runtime().tile_budget_bytes == quality.TILE_BUDGET_MB * 1024 * 1024
 
 
 def test_cache_merges_concurrent_writers_and_drops_old_versions(tmp_path: Path) -> None:

@@ -204,4 +204,3 @@ def test_gate_allows_configured_concurrency() -> None:
         for t in threads:
             t.join()
         assert peak[0] == expected
-    assert inference.inference_lock.slots >= 1

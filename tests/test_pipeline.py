@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from PIL import Image
 from skimage import data
 
-from shared.ml.catalog import models_for
+from shared.ml.registry import SHIPPED_WEIGHTS_DIR, models_for
 from shared.platform.telemetry import setup_tracing
 from tests.pipeline_helpers import decode_image, png_bytes
 from tests.stack import Stack, download, follow_events, running_stack, submit, wait_for_state
@@ -97,7 +97,7 @@ async def test_superres_is_four_times_larger(stack: Stack, session: aiohttp.Clie
 
 
 # Every inpainting model with shipped weights (DIP is slow: its own tests cover it).
-INPAINT_MODELS = [m for m in models_for("inpaint") if m != "dip"]
+INPAINT_MODELS = [m for m in models_for("inpaint", SHIPPED_WEIGHTS_DIR) if m != "dip"]
 
 
 @pytest.mark.parametrize("model", INPAINT_MODELS)

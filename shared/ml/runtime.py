@@ -27,9 +27,13 @@ T = TypeVar("T")
 
 
 def resolve_device(
-    requested: str, cuda_available: Callable[[], bool] = torch.cuda.is_available
+    requested: str, cuda_available: Callable[[], bool] | None = None
 ) -> torch.device:
-    """The device for RESTORA_DEVICE: `auto` takes CUDA when present, `cpu` always the CPU."""
+    """The device for RESTORA_DEVICE: `auto` takes CUDA when present, `cpu` always the CPU.
+
+    The one place that chooses a device; `cuda_available` defaults to torch's own check.
+    """
+    cuda_available = cuda_available or torch.cuda.is_available
     if requested not in DEVICE_CHOICES:
         raise ValueError(f"RESTORA_DEVICE={requested!r}: use one of {', '.join(DEVICE_CHOICES)}")
     if requested == "cpu":

@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
-from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
+from shared.ml.registry import SHIPPED_WEIGHTS_DIR
 from tests.browser.conftest import Restora
 
 pytestmark = pytest.mark.browser
@@ -223,8 +223,8 @@ def test_superres_shows_4x_size_and_compares(
     page.select_option("#model", "classic")
     expect(page.locator("#ensemble-row")).to_be_hidden()
     page.select_option("#model", "esrgan")
-    # The strength slider follows the catalog: shown only where GAN weights are installed.
-    gan_shipped = (DEFAULT_WEIGHTS_DIR / "esrgan-gan.safetensors").is_file()
+    # The strength slider follows the registry: shown only where GAN weights are installed.
+    gan_shipped = (SHIPPED_WEIGHTS_DIR / "esrgan-gan.safetensors").is_file()
     strength_row = page.locator("#strength-row")
     if gan_shipped:
         expect(strength_row).to_be_visible()
