@@ -236,10 +236,12 @@ def axis_weights(
 # --------------------------------------------------------------------------- running
 
 
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad NCHW bottom/right to `multiple`: reflect where the side allows it, else replicate."""
+def pad_to_multiple(image: torch.Tensor, multiple: int, min_side: int = 0) -> torch.Tensor:
+    """Pad NCHW bottom/right to `multiple` (and to at least `min_side`): reflect where the side
+    allows it, else replicate. The one padding every network's input goes through."""
     height, width = image.shape[-2:]
-    pad_h, pad_w = _round_up(height, multiple) - height, _round_up(width, multiple) - width
+    pad_h = _round_up(max(height, min_side), multiple) - height
+    pad_w = _round_up(max(width, min_side), multiple) - width
     # Padded per axis so a tall thin image can reflect along one side and replicate the other.
     if pad_h:
         mode = "reflect" if pad_h < height else "replicate"

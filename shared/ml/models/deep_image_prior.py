@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from shared.ml.inference import numpy_to_tensor, tensor_to_numpy
-from shared.ml.tiling import Cancelled
+from shared.ml.tiling import Cancelled, pad_to_multiple
 
 ProgressFn = Callable[[float], None]
 CancelFn = Callable[[], bool]
@@ -168,17 +168,13 @@ class DIPResult:
 
 def _pad_to_multiple(x: torch.Tensor, known: torch.Tensor, multiple: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reflect-pad bottom/right to multiples of ``multiple``, at least two of them, so the
-    deepest level keeps 2×2 pixels (training-mode BatchNorm needs more than one value per
-    channel: a 32² image would leave 1×1). Padded pixels are marked unknown, so they never
-    enter the loss."""
+    """Pad bottom/right to multiples of ``multiple``, at least two of them, so the deepest
+    level keeps 2×2 pixels (training-mode BatchNorm needs more than one value per channel: a
+    32² image would leave 1×1). Padded pixels are marked unknown, so they never enter the loss."""
     height, width = x.shape[-2:]
-    ph = max(-height % multiple, 2 * multiple - height)
-    pw = max(-width % multiple, 2 * multiple - width)
-    if not ph and not pw:
-        return x, known
-    mode = "reflect" if ph < height and pw < width else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode), F.pad(known, (0, pw, 0, ph), value=0.0)
+    padded = pad_to_multiple(x, multiple, min_side=2 * multiple)
+    ph, pw = padded.shape[-2] - height, padded.shape[-1] - width
+    return padded, F.pad(known, (0, pw, 0, ph), value=0.0)
 
 
 def fit_dip(

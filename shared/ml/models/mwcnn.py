@@ -316,17 +316,15 @@ def _fold_block(source: nn.Sequential, target: nn.Sequential) -> None:
 
 
 def run_any_size(model: MWCNN, x: torch.Tensor, level: float | torch.Tensor | None) -> torch.Tensor:
-    """``model(x, level)`` for any H×W: reflect-pads bottom/right to a multiple of 8, then crops.
+    """``model(x, level)`` for any H×W: pads bottom/right to a multiple of 8, then crops.
 
     A convenience for whole-image calls and tests; large images go through the shared tiler,
-    which pads the same way.
+    which pads the same way (:func:`shared.ml.tiling.pad_to_multiple`).
     """
+    from shared.ml.tiling import pad_to_multiple
+
     h, w = x.shape[-2:]
-    ph, pw = -h % SIZE_MULTIPLE, -w % SIZE_MULTIPLE
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"  # reflect needs pad < size
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return model(x, level)[..., :h, :w]
+    return model(pad_to_multiple(x, SIZE_MULTIPLE), level)[..., :h, :w]
 
 
 def count_parameters(model: nn.Module) -> int:
