@@ -13,7 +13,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from shared.ml.catalog import JPEG_QUALITY_RANGE, SIGMA_RANGE
+from shared.ml.registry import JPEG_QUALITY_RANGE, SIGMA_RANGE
 
 
 def add_gaussian_noise(
