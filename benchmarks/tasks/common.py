@@ -1,4 +1,4 @@
-"""What every task's benchmark needs: options, image loading, and our models from the catalog."""
+"""What every task's benchmark needs: options, image loading, and our models from the registry."""
 
 from __future__ import annotations
 
