@@ -161,16 +161,34 @@ async def test_concurrent_status_writers_never_move_a_job_backwards(servers_stac
     assert len(view.events) == len(states)  # no write lost
 
 
-async def test_stalled_job_is_failed_with_a_reason(
+async def test_stalled_job_is_failed_by_the_sweeper_and_recorded(
     servers_stack: Stack, session: aiohttp.ClientSession
 ) -> None:
+    store, settings = servers_stack.store, servers_stack.settings
     job_id = "d" * 32
-    log = JobLog(servers_stack.store)
+    log = JobLog(store)
     await log.create(JobSpec(job_id, "denoise", JobOptions("classic"), time.time() - 7200, 1))
     await log.append(JobStatus(job_id, "running", "denoise", at=time.time() - 7000))
-    async with session.get(f"{servers_stack.url}/api/v1/jobs/{job_id}") as response:
+    url = f"{servers_stack.url}/api/v1/jobs/{job_id}"
+    before = await store.list(JobKeys(job_id).prefix)
+    async with session.get(url) as response:
+        assert (await response.json())["state"] == "running"  # reading fails nothing
+    assert await store.list(JobKeys(job_id).prefix) == before
+    counts = await sweep(store, _reporter(servers_stack), settings.retention_s, 3600)
+    assert counts["stalled"] == 1
+    async with session.get(url) as response:
         doc = await response.json()
     assert doc["state"] == "failed" and "no progress" in doc["error"]
+    # The gateway's records writer heard the sweeper's `failed` on the bus.
+    deadline = time.monotonic() + 20
+    while True:
+        params = {"outcome": "failed"}
+        async with session.get(f"{servers_stack.url}/api/v1/records", params=params) as response:
+            found = [r for r in (await response.json())["records"] if r["job_id"] == job_id]
+        if found or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert len(found) == 1 and found[0]["final_stage"] == "test", found
 
 
 async def test_presigned_links_work_from_a_plain_client(

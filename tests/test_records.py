@@ -30,8 +30,14 @@ from shared.platform.config import GatewaySettings
 from shared.platform.eventbus import InProcessBus
 from shared.platform.health import health_app
 from shared.platform.jobs import JobLog, JobSpec, StatusReporter
-from shared.platform.messages import JobOptions
-from shared.platform.records import Filters, RecordStore, build_record, record_key
+from shared.platform.messages import JobOptions, JobStatus
+from shared.platform.records import (
+    Filters,
+    RecordStore,
+    RecordWriter,
+    build_record,
+    record_key,
+)
 from shared.platform.telemetry import setup_tracing
 from tests.pipeline_helpers import png_bytes
 from tests.servers import S3Endpoint
@@ -82,12 +88,13 @@ async def test_a_done_job_has_a_complete_record(
     async with running_stack(tmp_path) as stack:
         job_id, events = await run_job(session, stack.url, "denoise", sigma="25")
         assert events[-1]["state"] == "done"
-        # Written before `done` went out: readable as soon as the client sees the end.
+        # The gateway writes it before its SSE streams hear `done`: readable at once.
         body = await get_records(session, stack.url)
     (record,) = [r for r in body["records"] if r["job_id"] == job_id]
     assert record["outcome"] == "done" and record["error"] is None
     assert record["task"] == "denoise" and record["model"] == "classic"
-    assert record["device"] and record["recorded_by"] == "denoise"
+    assert record["device"] and record["recorded_by"] == "gateway"
+    assert record["final_stage"] == "denoise"
     for column in PROCESSING + WAITS:
         assert record[column] is not None and record[column] >= 0, column
     assert sum(record[c] for c in PROCESSING + WAITS) <= record["latency_s"] + 1e-6
@@ -143,43 +150,151 @@ async def test_records_survive_a_gateway_restart_on_s3(
     assert [r["job_id"] for r in body["records"]] == [job_id]
 
 
-# ---------------------------------------------------------------------------- building records
-async def _job(store: BlobStore, states: list[tuple[str, dict[str, Any]]]) -> StatusReporter:
-    job_id = "ab" * 16
-    await JobLog(store).create(JobSpec(job_id, "denoise", JobOptions("classic"), time.time(), 10))
-    reporter = StatusReporter(JobLog(store), InProcessBus(), stage="denoise")
-    for state, fields in states:
-        await reporter.report(job_id, state, **fields)
-    return reporter
+# ---------------------------------------------------------------------------- the records writer
+JOB = "ab" * 16
 
 
-async def test_a_redelivered_final_report_rewrites_the_same_record(tmp_path: Path) -> None:
-    store = LocalDirBlobStore(tmp_path, b"secret")
-    await _job(store, [("running", {}), ("done", {}), ("failed", {"error": "again"})])
-    keys = await store.list(records.PREFIX)
-    assert len(keys) == 1
-    (record,) = await RecordStore(store).load()
-    assert record["outcome"] == "done" and record["error"] is None
+class _CountingStore(LocalDirBlobStore):
+    """Counts the records put; a full records bucket when `full`."""
 
+    full = False
 
-async def test_a_cancelled_job_has_no_record(tmp_path: Path) -> None:
-    store = LocalDirBlobStore(tmp_path, b"secret")
-    await _job(store, [("running", {}), ("cancelled", {})])
-    assert await store.list(records.PREFIX) == []
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, b"secret")
+        self.record_puts = 0
 
-
-class _NoRecordsStore(LocalDirBlobStore):
     async def put(self, key: str, data: Any, content_type: str = "") -> None:
         if key.startswith(records.PREFIX):
-            raise OSError("the records bucket is full")
+            if self.full:
+                raise OSError("the records bucket is full")
+            self.record_puts += 1
         await super().put(key, data, content_type)
 
 
+def _writer(store: BlobStore) -> RecordWriter:
+    return RecordWriter(JobLog(store), RecordStore(store), recorded_by="test")
+
+
+async def _job(
+    store: BlobStore, states: list[tuple[str, dict[str, Any]]], writer: RecordWriter | None
+) -> StatusReporter:
+    """Reports `states` for JOB on a bus the writer (if any) follows."""
+    await JobLog(store).create(JobSpec(JOB, "denoise", JobOptions("classic"), time.time(), 10))
+    bus = InProcessBus()
+    if writer is not None:
+        await bus.subscribe_status(writer.on_status)
+    reporter = StatusReporter(JobLog(store), bus, stage="denoise")
+    for state, fields in states:
+        await reporter.report(JOB, state, **fields)
+    return reporter
+
+
+async def test_a_status_reporter_writes_no_record(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path)
+    await _job(store, [("running", {}), ("done", {})], writer=None)
+    assert store.record_puts == 0 and await store.list(records.PREFIX) == []
+
+
+async def test_a_repeated_final_status_writes_no_second_record(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path)
+    writer = _writer(store)
+    await _job(store, [("running", {}), ("done", {}), ("failed", {"error": "again"})], writer)
+    assert store.record_puts == 1
+    (record,) = await RecordStore(store).load()
+    assert record["outcome"] == "done" and record["error"] is None
+    assert record["recorded_by"] == "test" and record["final_stage"] == "denoise"
+    # A redelivery, duplicates arriving together, another writer (a replica, a restart).
+    done = JobStatus(JOB, "done", "denoise", at=time.time())
+    await writer.on_status(done)
+    await asyncio.gather(*(writer.on_status(done) for _ in range(5)))
+    assert await _writer(store).record(JOB) is None
+    assert store.record_puts == 1 and len(await store.list(records.PREFIX)) == 1
+
+
+async def test_concurrent_duplicates_on_a_fresh_writer_write_once(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path)
+    await _job(store, [("running", {}), ("failed", {"error": "boom"})], writer=None)
+    writer = _writer(store)
+    keys = await asyncio.gather(*(writer.record(JOB) for _ in range(5)))
+    assert [k for k in keys if k is not None] == await store.list(records.PREFIX)
+    assert store.record_puts == 1
+
+
+async def test_a_cancelled_job_has_no_record(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path)
+    await _job(store, [("running", {}), ("cancelled", {}), ("failed", {})], _writer(store))
+    assert await store.list(records.PREFIX) == []
+
+
 async def test_a_record_that_cannot_be_written_never_fails_the_job(tmp_path: Path) -> None:
-    store = _NoRecordsStore(tmp_path, b"secret")
-    reporter = await _job(store, [("running", {}), ("done", {})])
-    view = await reporter.log.view("ab" * 16)
+    store = _CountingStore(tmp_path)
+    store.full = True
+    reporter = await _job(store, [("running", {}), ("done", {})], _writer(store))
+    view = await reporter.log.view(JOB)
     assert view is not None and view.state == "done"
+    assert await store.list(records.PREFIX) == []
+
+
+async def test_the_sweeper_records_an_end_no_writer_heard(tmp_path: Path) -> None:
+    from services.gateway.maintenance import RECORD_GRACE_S, sweep
+
+    store = _CountingStore(tmp_path)
+    log, writer = JobLog(store), _writer(store)
+    reporter = StatusReporter(log, InProcessBus(), stage="gateway")  # nobody follows it
+    now = time.time()
+    for job_id, ended in (("1" * 32, now - 2 * RECORD_GRACE_S), ("2" * 32, now)):
+        await log.create(JobSpec(job_id, "denoise", JobOptions("classic"), ended - 5, 10))
+        await log.append(JobStatus(job_id, "running", "denoise", at=ended - 1))
+        await log.append(JobStatus(job_id, "done", "denoise", at=ended))
+    # The job that ended just now is the live writer's; the older one was missed.
+    assert (await sweep(store, reporter, 10**9, 10**9, writer))["recorded"] == 1
+    (record,) = await RecordStore(store).load()
+    assert record["job_id"] == "1" * 32
+    assert (await sweep(store, reporter, 10**9, 10**9, _writer(store)))["recorded"] == 0
+    assert store.record_puts == 1
+
+
+# ---------------------------------------------------------------------------- reads write nothing
+async def test_no_get_writes_to_the_store_or_publishes(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_stack(tmp_path, maintenance_interval_s=10**6) as stack:
+        job_id, _ = await run_job(session, stack.url, "denoise", sigma="25")
+        # A job stalled past its deadline: only the sweeper may fail it.
+        stalled = "d" * 32
+        log = JobLog(stack.store)
+        old = time.time() - 2 * stack.settings.job_deadline_s
+        await log.create(JobSpec(stalled, "denoise", JobOptions("classic"), old, 1))
+        await log.append(JobStatus(stalled, "running", "denoise", at=old))
+        heard: list[JobStatus] = []
+
+        async def hear(status: JobStatus) -> None:
+            heard.append(status)
+
+        await stack.bus.subscribe_status(hear)
+        before = await stack.store.list("")
+        paths = [
+            f"/api/v1/jobs/{job_id}",
+            f"/api/v1/jobs/{stalled}",
+            f"/api/v1/jobs/{job_id}/events",
+            f"/api/v1/jobs/{'0' * 32}",
+            "/api/v1/records",
+            "/api/v1/records?format=csv&outcome=done",
+            "/api/v1/records/summary",
+            "/dashboard",
+            "/metrics",
+            "/readyz",
+            "/healthz",
+            "/api/v1/models",
+        ]
+        for path in paths:
+            async with session.get(stack.url + path) as response:
+                assert response.status in (200, 404), path
+                await response.read()
+        async with session.get(f"{stack.url}/api/v1/jobs/{stalled}") as response:
+            assert (await response.json())["state"] == "running"
+        assert await stack.store.list("") == before
+        assert heard == []
 
 
 # ---------------------------------------------------------------------------- the API
@@ -440,7 +555,7 @@ def test_build_record_needs_a_final_state() -> None:
     from shared.platform.jobs import fold
 
     spec = JobSpec("c" * 32, "denoise", JobOptions("classic"), 1.0, 10)
-    assert build_record(fold(spec, []), "test", None) is None
+    assert build_record(fold(spec, []), "test") is None
 
 
 async def test_the_summary_of_many_records(tmp_path: Path) -> None:
