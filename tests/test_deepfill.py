@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.inpaint.core import inpaint
-from services.inpaint.networks import inpaint_deepfill, run_deepfill
 from shared.errors import UnprocessableInput
-from shared.ml.catalog import CATALOG, offers_ensemble
+from shared.ml import registry
+from shared.ml.hashing import file_sha256
 from shared.ml.inference import clear_precision_cache, save_safetensors_fp16
 from shared.ml.inpaint_window import context_window, telea_fill
 from shared.ml.models.deepfill_contextual_attention import (
@@ -21,6 +20,10 @@ from shared.ml.models.deepfill_contextual_attention import (
     DeepFillV1,
     config_from_metadata,
 )
+from shared.ml.restorers import deepfill
+from shared.ml.restorers.common import RestoreJob
+from shared.ml.restorers.deepfill import inpaint, run_deepfill
+from shared.ml.runtime import ModelRuntime
 from shared.ml.tiling import Cancelled
 from training.deepfill_critics import (
     PSNR_LOSS_EPS,
@@ -217,11 +220,16 @@ def test_a_zero_known_weight_leaves_the_known_pixels_free() -> None:
 
 @pytest.fixture(scope="module", params=["zeros", "telea"])
 def tiny_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights directory holding a tiny random DeepFill under the shipped file name."""
     torch.manual_seed(0)
     config = DeepFillConfig(width=4, prefill=request.param)
-    path = tmp_path_factory.mktemp("deepfill") / "tiny.safetensors"
-    save_safetensors_fp16(DeepFillV1(config), path, config.to_json())
-    return path
+    folder = tmp_path_factory.mktemp("deepfill")
+    save_safetensors_fp16(DeepFillV1(config), folder / deepfill.WEIGHTS, config.to_json())
+    return folder
+
+
+def cpu_runtime(weights_dir: Path, *, bf16: bool = True) -> ModelRuntime:
+    return ModelRuntime(weights_dir, torch.device("cpu"), bf16=bf16)
 
 
 @pytest.mark.parametrize("gray", [False, True])
@@ -233,11 +241,14 @@ def test_inpaint_deepfill_changes_only_masked_pixels(tiny_weights: Path, gray: b
     mask[30:50, 60:75] = True
     mask[52, 10] = True  # a far-away pixel stretches the window
     progress: list[float] = []
-    out = inpaint_deepfill(image, mask, tiny_weights, progress.append, max_side=64)
+    job = RestoreJob(image, mask=mask, on_progress=progress.append)
+    result = inpaint(cpu_runtime(tiny_weights), job, max_side=64)
+    out = result.pixels
     assert out.shape == image.shape and out.dtype == np.uint8
     assert np.array_equal(out[~mask], image[~mask])
     assert not np.array_equal(out[mask], image[mask])
     assert progress[-1] == 1.0
+    assert result.details["weights_sha256"] == file_sha256(tiny_weights / deepfill.WEIGHTS)
 
 
 def test_the_ensemble_fill_is_flip_and_rotation_invariant() -> None:
@@ -263,19 +274,22 @@ def test_the_ensemble_fills_only_the_hole_at_any_size(tiny_weights: Path) -> Non
     image = np.random.default_rng(4).integers(0, 256, (37, 50, 3), dtype=np.uint8)
     mask = np.zeros((37, 50), bool)
     mask[10:25, 5:20] = True
-    out = inpaint_deepfill(image, mask, tiny_weights, ensemble=True)
+    job = RestoreJob(image, mask=mask, ensemble=True)
+    out = registry.restore(cpu_runtime(tiny_weights), "inpaint", "deepfill", job).pixels
     assert out.shape == image.shape
     assert np.array_equal(out[~mask], image[~mask])
     assert not np.array_equal(out[mask], image[mask])
 
 
-def test_only_deepfill_offers_the_ensemble() -> None:
-    assert offers_ensemble("inpaint", "deepfill") and not offers_ensemble("inpaint", "classic")
+def test_only_deepfill_offers_the_ensemble(tmp_path: Path) -> None:
+    assert registry.offers_ensemble("inpaint", "deepfill")
+    assert not registry.offers_ensemble("inpaint", "classic")
     image = np.zeros((16, 16, 3), np.uint8)
     mask = np.zeros((16, 16), bool)
     mask[4:8, 4:8] = True
     with pytest.raises(UnprocessableInput, match="no ensemble"):
-        inpaint(image, mask, "classic", ensemble=True)
+        registry.restore(cpu_runtime(tmp_path), "inpaint", "classic",
+                         RestoreJob(image, mask=mask, ensemble=True))
 
 
 def test_inpaint_deepfill_cancels(tiny_weights: Path) -> None:
@@ -283,7 +297,7 @@ def test_inpaint_deepfill_cancels(tiny_weights: Path) -> None:
     mask = np.zeros((40, 40), bool)
     mask[10:20, 10:20] = True
     with pytest.raises(Cancelled):
-        inpaint_deepfill(image, mask, tiny_weights, should_cancel=lambda: True)
+        inpaint(cpu_runtime(tiny_weights), RestoreJob(image, mask=mask, should_cancel=lambda: True))
 
 
 def test_context_window_is_clipped_to_the_image() -> None:
@@ -295,7 +309,7 @@ def test_context_window_is_clipped_to_the_image() -> None:
 
 def test_dip_is_offered_last_without_weights() -> None:
     for task in ("inpaint", "denoise"):
-        entries = CATALOG[task]
+        entries = registry.restorers(task)
         assert entries[-1].name == "dip" and entries[-1].weights == ()
 
 
@@ -304,7 +318,7 @@ def test_a_black_and_white_photo_stored_as_rgb_gets_a_gray_fill(tiny_weights: Pa
     image = np.repeat(gray[..., None], 3, axis=2)
     mask = np.zeros((64, 80), bool)
     mask[20:40, 30:50] = True
-    out = inpaint_deepfill(image, mask, tiny_weights)
+    out = inpaint(cpu_runtime(tiny_weights), RestoreJob(image, mask=mask)).pixels
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
     assert not np.array_equal(out[mask], image[mask])
 
@@ -312,13 +326,15 @@ def test_a_black_and_white_photo_stored_as_rgb_gets_a_gray_fill(tiny_weights: Pa
 def test_deepfill_takes_bf16_only_where_native_and_faithful(
     tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.inpaint import networks
     from shared.ml import inference
 
-    model = networks.load_deepfill(tiny_weights)
+    runtime = cpu_runtime(tiny_weights)
+    model = deepfill.build_deepfill(str(runtime.weights_path(deepfill.WEIGHTS)), runtime.device)
     clear_precision_cache()
     monkeypatch.setattr(inference.accel, "use_bf16", lambda _d: False)
-    assert not networks.uses_bf16(model, weights_id="tiny")
+    assert not deepfill.uses_bf16(runtime, model, weights_id="tiny")
     monkeypatch.setattr(inference.accel, "use_bf16", lambda _d: True)
-    assert networks.uses_bf16(model, weights_id="tiny")  # bf16 fill within 50 dB of fp32's
+    assert deepfill.uses_bf16(runtime, model, weights_id="tiny")  # bf16 fill within 50 dB of fp32's
+    # A runtime built with bf16 off never takes it, native and faithful (and cached) or not.
+    assert not deepfill.uses_bf16(cpu_runtime(tiny_weights, bf16=False), model, weights_id="tiny")
     clear_precision_cache()

@@ -1,4 +1,4 @@
-"""The denoise service's pure functions: classic and network paths, any size in → same size out."""
+"""The denoise and artifacts restorers: classic and network paths, any size in → same size out."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import pytest
 import torch
 from skimage import data
 
-from services.denoise import networks
-from services.denoise.core import denoise, remove_artifacts, resolve_quality, resolve_sigma
 from shared.errors import UnprocessableInput
+from shared.ml import registry
+from shared.ml.hashing import file_sha256
 from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, save_mwcnn
+from shared.ml.restorers import mwcnn
+from shared.ml.restorers.common import RestoreJob, resolve_quality, resolve_sigma
+from shared.ml.runtime import ModelRuntime
 from training.degradations import jpeg_compress
 
 
@@ -26,13 +29,23 @@ def noisy(clean: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
     return np.clip(clean + rng.normal(0, sigma, clean.shape), 0, 255).astype(np.uint8)
 
 
+def cpu_runtime(weights_dir: Path) -> ModelRuntime:
+    return ModelRuntime(weights_dir, torch.device("cpu"))
+
+
+def denoised(runtime: ModelRuntime, image: np.ndarray, sigma: float) -> tuple[np.ndarray, str]:
+    """The network's output and the sha256 of the weights the job record names."""
+    result = registry.restore(runtime, "denoise", "mwcnn", RestoreJob(image, sigma=sigma))
+    return result.pixels, result.details["weights_sha256"]
+
+
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random MWCNN saved the way shipped weights are, under both task names."""
     torch.manual_seed(0)
     model = MWCNN(MWCNNConfig(widths=(8, 8, 8), block_depth=2, bottom_depth=2)).eval()
     folder = tmp_path_factory.mktemp("weights")
-    for name in (networks.DENOISE_WEIGHTS, networks.ARTIFACTS_WEIGHTS):
+    for name in (mwcnn.DENOISE_WEIGHTS, mwcnn.ARTIFACTS_WEIGHTS):
         save_mwcnn(model, folder / name)
     return folder
 
@@ -47,55 +60,67 @@ def test_a_gray_photo_goes_through_the_gray_network_where_installed(
         gray_model.dec1[-1].weight.normal_(0, 0.05)  # not the identity
     folder = tmp_path / "weights"
     folder.mkdir()
-    (folder / networks.DENOISE_WEIGHTS).write_bytes(
-        (tiny_weights / networks.DENOISE_WEIGHTS).read_bytes())
+    (folder / mwcnn.DENOISE_WEIGHTS).write_bytes(
+        (tiny_weights / mwcnn.DENOISE_WEIGHTS).read_bytes())
+    runtime = cpu_runtime(folder)
     image = data.camera()[:40, :48]
-    colour_out, colour_sha = networks.mwcnn_denoise(image, 25, weights_dir=folder)
-    save_mwcnn(gray_model, folder / networks.DENOISE_GRAY_WEIGHTS)
+    colour_out, colour_sha = denoised(runtime, image, 25)
+    assert colour_sha == file_sha256(folder / mwcnn.DENOISE_WEIGHTS)
+    save_mwcnn(gray_model, folder / mwcnn.DENOISE_GRAY_WEIGHTS)
 
-    gray_out, gray_sha = networks.mwcnn_denoise(image, 25, weights_dir=folder)
+    gray_out, gray_sha = denoised(runtime, image, 25)
+    assert gray_sha == file_sha256(folder / mwcnn.DENOISE_GRAY_WEIGHTS)
     assert gray_sha != colour_sha and not np.array_equal(gray_out, colour_out)
-    as_rgb, rgb_sha = networks.mwcnn_denoise(np.dstack([image] * 3), 25, weights_dir=folder)
+    as_rgb, rgb_sha = denoised(runtime, np.dstack([image] * 3), 25)
     assert rgb_sha == gray_sha and as_rgb.shape == (40, 48, 3)
     assert all(np.array_equal(as_rgb[..., c], gray_out) for c in range(3))
     photo = data.astronaut()[:40, :48]
-    assert networks.mwcnn_denoise(photo, 25, weights_dir=folder)[1] == colour_sha
-    # what the job record names (services/denoise/service.py)
-    assert networks.denoiser_for(image, folder).name == networks.DENOISE_GRAY_WEIGHTS
-    assert networks.denoiser_for(photo, folder).name == networks.DENOISE_WEIGHTS
+    assert denoised(runtime, photo, 25)[1] == colour_sha
+    # what the job record names
+    assert mwcnn.denoiser_for(runtime, image) == mwcnn.DENOISE_GRAY_WEIGHTS
+    assert mwcnn.denoiser_for(runtime, photo) == mwcnn.DENOISE_WEIGHTS
 
 
-def test_classic_denoise_improves_psnr() -> None:
+def test_classic_denoise_improves_psnr(tmp_path: Path) -> None:
     clean = data.camera()[100:228, 100:260]
     degraded = noisy(clean, 25)
-    assert psnr(denoise(degraded, 25, "classic"), clean) > psnr(degraded, clean) + 3
+    out = registry.restore(cpu_runtime(tmp_path), "denoise", "classic",
+                           RestoreJob(degraded, sigma=25)).pixels
+    assert psnr(out, clean) > psnr(degraded, clean) + 3
 
 
-def test_classic_deblocking_keeps_size_and_colour() -> None:
+def test_classic_deblocking_keeps_size_and_colour(tmp_path: Path) -> None:
     clean = data.astronaut()[:72, :88]
-    out = remove_artifacts(jpeg_compress(clean, 10), 10, "classic")
+    out = registry.restore(cpu_runtime(tmp_path), "artifacts", "classic",
+                           RestoreJob(jpeg_compress(clean, 10), quality=10)).pixels
     assert out.shape == clean.shape and out.dtype == np.uint8
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (64, 64), (21, 90, 3), (9, 9, 3)])
 def test_network_any_size_in_same_size_out(tiny_weights: Path, shape: tuple[int, ...]) -> None:
+    runtime = cpu_runtime(tiny_weights)
     image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
-    out, sha = networks.mwcnn_denoise(image, 25, weights_dir=tiny_weights)
+    out, sha = denoised(runtime, image, 25)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert len(sha) == 64
-    out, _ = networks.mwcnn_deblock(image, 20, weights_dir=tiny_weights)
-    assert out.shape == image.shape
+    deblocked = registry.restore(runtime, "artifacts", "mwcnn", RestoreJob(image, quality=20))
+    assert deblocked.pixels.shape == image.shape
+    assert deblocked.details["weights_sha256"] == file_sha256(
+        tiny_weights / mwcnn.ARTIFACTS_WEIGHTS)
 
 
 def test_network_reports_progress_and_cancels(tiny_weights: Path) -> None:
     from shared.ml.tiling import Cancelled
 
+    runtime = cpu_runtime(tiny_weights)
     image = np.zeros((40, 40), np.uint8)
     fractions: list[float] = []
-    networks.mwcnn_denoise(image, 10, tiny_weights, on_progress=fractions.append)
+    registry.restore(runtime, "denoise", "mwcnn",
+                     RestoreJob(image, sigma=10, on_progress=fractions.append))
     assert fractions and fractions[-1] == 1.0
     with pytest.raises(Cancelled):
-        networks.mwcnn_denoise(image, 10, tiny_weights, should_cancel=lambda: True)
+        registry.restore(runtime, "denoise", "mwcnn",
+                         RestoreJob(image, sigma=10, should_cancel=lambda: True))
 
 
 def test_levels_are_resolved_within_the_served_ranges() -> None:
@@ -106,14 +131,22 @@ def test_levels_are_resolved_within_the_served_ranges() -> None:
     assert resolve_quality(None) == 50 and resolve_quality(5) == 10
 
 
-def test_unknown_model_is_a_clear_error() -> None:
+def test_unknown_or_uninstalled_model_is_a_clear_error(tmp_path: Path) -> None:
+    runtime = cpu_runtime(tmp_path)  # no weights at all
+    image = np.zeros((8, 8), np.uint8)
     with pytest.raises(UnprocessableInput, match="no model"):
-        denoise(np.zeros((8, 8), np.uint8), 10, "magic")
+        registry.restore(runtime, "denoise", "magic", RestoreJob(image, sigma=10))
+    with pytest.raises(UnprocessableInput, match="not installed"):
+        registry.restore(runtime, "denoise", "mwcnn", RestoreJob(image, sigma=10))
 
 
-def test_ensemble_is_only_for_the_network() -> None:
+def test_ensemble_is_only_for_the_network(tmp_path: Path) -> None:
+    runtime = cpu_runtime(tmp_path)
     image = np.zeros((16, 16), np.uint8)
     with pytest.raises(UnprocessableInput, match="no ensemble"):
-        denoise(image, 10, "classic", ensemble=True)
+        registry.restore(runtime, "denoise", "classic", RestoreJob(image, sigma=10, ensemble=True))
     with pytest.raises(UnprocessableInput, match="no ensemble"):
-        remove_artifacts(image, 30, "classic", ensemble=True)
+        registry.restore(runtime, "artifacts", "classic",
+                         RestoreJob(image, quality=30, ensemble=True))
+    assert registry.offers_ensemble("denoise", "mwcnn")
+    assert registry.offers_ensemble("artifacts", "mwcnn")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.dip.core import inpaint_dip
 from shared.ml.models.deep_image_prior import DIPConfig, EarlyStop, SkipNet, denoise_dip, fit_dip
+from shared.ml.restorers.dip import inpaint_dip
 from shared.ml.tiling import Cancelled
 
 TINY = DIPConfig(width=8, depth=3, skip=2, input_channels=8)

@@ -12,24 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from skimage import data
 
-from services.denoise.classic import nlm_denoise
-from services.denoise.networks import (
-    ARTIFACTS_WEIGHTS,
-    DENOISE_GRAY_WEIGHTS,
-    DENOISE_WEIGHTS,
-    mwcnn_deblock,
-    mwcnn_denoise,
-)
-from services.inpaint.core import DEEPFILL_WEIGHTS
-from services.inpaint.networks import inpaint_deepfill, load_deepfill
-from services.superres.core import bicubic_upscale
-from services.superres.networks import GAN_WEIGHTS, PSNR_WEIGHTS, esrgan_upscale
-from shared.ml.catalog import DEFAULT_WEIGHTS_DIR
+from shared.ml import registry
 from shared.ml.inpaint_window import telea_fill
 from shared.ml.models.esrgan import load_rrdbnet
 from shared.ml.models.mwcnn import load_mwcnn
+from shared.ml.registry import SHIPPED_WEIGHTS_DIR
+from shared.ml.restorers import deepfill, esrgan
+from shared.ml.restorers.classic import bicubic_upscale, nlm_denoise
+from shared.ml.restorers.common import RestoreJob
+from shared.ml.restorers.deepfill import WEIGHTS as DEEPFILL_WEIGHTS
+from shared.ml.restorers.deepfill import build_deepfill
+from shared.ml.restorers.esrgan import GAN_WEIGHTS, PSNR_WEIGHTS
+from shared.ml.restorers.mwcnn import ARTIFACTS_WEIGHTS, DENOISE_GRAY_WEIGHTS, DENOISE_WEIGHTS
+from shared.ml.runtime import ModelRuntime
 from training.degradations import jpeg_compress
 from training.matlab_resize import imresize
 from training.sr_degradations import DegradationConfig, degrade
@@ -63,17 +61,31 @@ def with_noise(clean: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(clean + rng.normal(0, sigma, clean.shape), 0, 255).astype(np.uint8)
 
 
-def shipped(name: str):  # type: ignore[no-untyped-def]
-    path = DEFAULT_WEIGHTS_DIR / name
+def shipped(name: str) -> Path:
+    path = SHIPPED_WEIGHTS_DIR / name
     if not path.is_file():
         pytest.skip(f"{name} is not shipped yet")
     return path
 
 
+def runtime(weights_dir: Path = SHIPPED_WEIGHTS_DIR) -> ModelRuntime:
+    """The weights in `weights_dir` on the device a service would choose (`auto`)."""
+    return ModelRuntime(weights_dir)
+
+
+def restored(task: str, model: str, job: RestoreJob,
+             weights_dir: Path = SHIPPED_WEIGHTS_DIR) -> np.ndarray:
+    return registry.restore(runtime(weights_dir), task, model, job).pixels
+
+
+def _load_deepfill(path: Path) -> torch.nn.Module:
+    return build_deepfill(str(path), torch.device("cpu"))
+
+
 LOADERS = {DENOISE_WEIGHTS: load_mwcnn, DENOISE_GRAY_WEIGHTS: load_mwcnn,
            ARTIFACTS_WEIGHTS: load_mwcnn,
            PSNR_WEIGHTS: load_rrdbnet, GAN_WEIGHTS: load_rrdbnet,
-           DEEPFILL_WEIGHTS: load_deepfill}
+           DEEPFILL_WEIGHTS: _load_deepfill}
 
 
 @pytest.mark.parametrize("name", list(LOADERS))
@@ -90,7 +102,7 @@ def test_shipped_denoiser_beats_the_noisy_input_and_the_classic_method() -> None
     shipped(DENOISE_WEIGHTS)
     clean = data.camera()[128:384, 128:384]
     noisy = with_noise(clean, 25)
-    ours, _ = mwcnn_denoise(noisy, 25)
+    ours = restored("denoise", "mwcnn", RestoreJob(noisy, sigma=25))
     assert psnr(ours, clean) > psnr(noisy, clean) + NOISY_MARGIN_DB
     assert psnr(ours, clean) > psnr(nlm_denoise(noisy, 25), clean) + CLASSIC_MARGIN_DB
 
@@ -99,12 +111,13 @@ def test_shipped_gray_denoiser_beats_the_colour_one_on_gray_photos(tmp_path: Pat
     gray = shipped(DENOISE_GRAY_WEIGHTS)
     colour_only = tmp_path / "colour-only"
     colour_only.mkdir()
-    (colour_only / DENOISE_WEIGHTS).symlink_to(DEFAULT_WEIGHTS_DIR / DENOISE_WEIGHTS)
+    (colour_only / DENOISE_WEIGHTS).symlink_to(SHIPPED_WEIGHTS_DIR / DENOISE_WEIGHTS)
     gains = []
     for clean in (data.camera()[128:384, 128:384], data.coins(), data.moon()[100:356, 100:356]):
         noisy = with_noise(clean, 25)
-        colour_out, _ = mwcnn_denoise(noisy, 25, weights_dir=colour_only)
-        gray_out, _ = mwcnn_denoise(noisy, 25, weights_dir=gray.parent)
+        job = RestoreJob(noisy, sigma=25)
+        colour_out = restored("denoise", "mwcnn", job, weights_dir=colour_only)
+        gray_out = restored("denoise", "mwcnn", job, weights_dir=gray.parent)
         gains.append(psnr(gray_out, clean) - psnr(colour_out, clean))
     assert np.mean(gains) > GRAY_OVER_COLOUR_MARGIN_DB
 
@@ -113,7 +126,7 @@ def test_shipped_deblocker_beats_the_jpeg() -> None:
     shipped(ARTIFACTS_WEIGHTS)
     clean = data.camera()[128:384, 128:384]
     compressed = jpeg_compress(clean, 10)
-    ours, _ = mwcnn_deblock(compressed, 10)
+    ours = restored("artifacts", "mwcnn", RestoreJob(compressed, quality=10))
     assert psnr(ours, clean) > psnr(compressed, clean) + JPEG_MARGIN_DB
 
 
@@ -121,7 +134,7 @@ def test_shipped_esrgan_beats_bicubic() -> None:
     shipped(PSNR_WEIGHTS)
     hr = data.astronaut()[:256, 128:384]
     lr = imresize(hr, 0.25)
-    ours, _ = esrgan_upscale(lr)
+    ours = restored("superres", "esrgan", RestoreJob(lr))
     assert ours.shape == hr.shape
     assert psnr(ours, hr, shave=4) > psnr(bicubic_upscale(lr, 4), hr, shave=4) + SR_MARGIN_DB
 
@@ -140,8 +153,13 @@ def test_shipped_gan_weights_handle_phone_like_inputs_better() -> None:
     shipped(GAN_WEIGHTS)
     hr = data.astronaut()[:256, 128:384]
     lr = degrade(hr, np.random.default_rng(0), PHONE_LIKE)
-    psnr_only, psnr_id = esrgan_upscale(lr, 0.0)
-    gan, gan_id = esrgan_upscale(lr, 1.0)
+    shipped_runtime = runtime()
+    psnr_only = registry.restore(shipped_runtime, "superres", "esrgan",
+                                 RestoreJob(lr, strength=0.0)).pixels
+    gan = registry.restore(shipped_runtime, "superres", "esrgan",
+                           RestoreJob(lr, strength=1.0)).pixels
+    psnr_id = esrgan.load_network(shipped_runtime, 0.0).weights_id
+    gan_id = esrgan.load_network(shipped_runtime, 1.0).weights_id
     assert psnr_id != gan_id and gan_id.startswith(psnr_id)
     assert psnr(gan, hr, shave=4) > psnr(psnr_only, hr, shave=4) + GAN_DEGRADED_MARGIN_DB
 
@@ -156,14 +174,14 @@ def _grating() -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["grating", "bricks"])
 def test_shipped_deepfill_beats_telea_on_a_textured_hole(name: str) -> None:
-    path = shipped(DEEPFILL_WEIGHTS)
+    shipped(DEEPFILL_WEIGHTS)
     if name == "grating":
         image = _grating()
     else:
         image = np.repeat(data.brick()[:256, :256, None], 3, axis=2)
     mask = np.zeros(image.shape[:2], bool)
     mask[100:140, 90:150] = True
-    ours = inpaint_deepfill(image, mask, path)
+    ours = deepfill.inpaint(runtime(), RestoreJob(image, mask=mask)).pixels
     assert np.array_equal(ours[~mask], image[~mask])
     hole_error = np.abs(ours[mask].astype(float) - image[mask]).mean()
     telea_error = np.abs(telea_fill(image, mask)[mask].astype(float) - image[mask]).mean()
