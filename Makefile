@@ -35,8 +35,9 @@ $(STAMP): pyproject.toml
 system-deps: ## Install the Debian packages the tests need (rabbitmq-server); fast when present
 	@bash scripts/install-system-deps.sh
 
-lint: venv ## ruff + import-linter contracts from pyproject.toml
+lint: venv ## ruff, the type checker (mypy) and the import-linter contracts from pyproject.toml
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 pytest: venv ## Run pytest only (PYTEST_ARGS='-k smoke' to select)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from shared.ml import registry
 from shared.platform import messages, metrics, telemetry, topology
 from shared.platform.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
 from shared.platform.config import GatewaySettings
-from shared.platform.eventbus import EventBus
+from shared.platform.eventbus import DeadLetterHandler, EventBus
 from shared.platform.jobs import (
     JobKeys,
     JobLog,
@@ -36,8 +37,8 @@ log = get_logger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
 
-BUS: web.AppKey[EventBus] = web.AppKey("bus", EventBus)  # type: ignore[type-abstract]
-STORE: web.AppKey[BlobStore] = web.AppKey("store", BlobStore)  # type: ignore[type-abstract]
+BUS: web.AppKey[EventBus] = web.AppKey("bus", EventBus)
+STORE: web.AppKey[BlobStore] = web.AppKey("store", BlobStore)
 SETTINGS = web.AppKey("settings", GatewaySettings)
 BROADCASTER = web.AppKey("broadcaster", StatusBroadcaster)
 
@@ -103,7 +104,7 @@ async def _subscribe(app: web.Application) -> None:
         await bus.consume_dead_letters(queue, _dead_letter_handler(jobs, reporter))
 
 
-def _dead_letter_handler(jobs: JobLog, reporter: StatusReporter):  # type: ignore[no-untyped-def]
+def _dead_letter_handler(jobs: JobLog, reporter: StatusReporter) -> DeadLetterHandler:
     """A message a stage gave up on fails its job, saying which stage and why."""
 
     async def handle(queue: topology.QueueSpec, body: bytes, headers: dict[str, Any]) -> None:
@@ -421,7 +422,9 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(app: web.Application, host: str, port: int):  # type: ignore[no-untyped-def]
+async def running_gateway(
+    app: web.Application, host: str, port: int
+) -> AsyncIterator[web.AppRunner]:
     """Serve `app` until the block exits (tests and the embedded launcher use it)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from shared.ml import registry
 from shared.platform.messages import OUTPUT_FORMATS, TASKS, JobOptions
+
+N = TypeVar("N", int, float)
 
 
 class InvalidRequest(ValueError):
@@ -73,8 +76,8 @@ def _flag(fields: Mapping[str, str], name: str) -> bool:
 
 
 def _auto_or_number(
-    fields: Mapping[str, str], name: str, kind: type, bounds: tuple
-) -> float | None:
+    fields: Mapping[str, str], name: str, kind: type[N], bounds: tuple[N, N]
+) -> N | None:
     raw = (fields.get(name) or "auto").strip().lower()
     if raw == "auto":
         return None
@@ -82,8 +85,9 @@ def _auto_or_number(
 
 
 def _number(
-    fields: Mapping[str, str], name: str, kind: type, bounds: tuple, default: float | None = None
-) -> float:
+    fields: Mapping[str, str], name: str, kind: type[N], bounds: tuple[N, N],
+    default: N | None = None,
+) -> N:
     raw = (fields.get(name) or "").strip()
     if not raw and default is not None:
         return default

@@ -64,9 +64,9 @@ def decode_png(data: bytes) -> np.ndarray:
     """
     with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
         img.load()
-        if img.mode not in ("L", "RGB", "RGBA"):
-            img = img.convert("RGBA" if img.has_transparency_data else "RGB")
-        return np.asarray(img).copy()
+        if img.mode in ("L", "RGB", "RGBA"):
+            return np.asarray(img).copy()
+        return np.asarray(img.convert("RGBA" if img.has_transparency_data else "RGB"))
 
 
 def decode_mask_png(data: bytes) -> np.ndarray:

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -30,11 +31,16 @@ BF16_MIN_PSNR_DB = 50.0
 # --------------------------------------------------------------------------- placement
 
 
-def prepare_for_inference(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def prepare_for_inference(module: ModuleT, device: torch.device) -> ModuleT:
     """eval mode, no grads, channels-last, on `device` (in place; returned for chaining)."""
     module.eval()
     module.requires_grad_(False)
-    return module.to(device=device, memory_format=torch.channels_last)
+    # Module.to takes memory_format (it moves in place); torch's type stubs leave it out.
+    module.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return module
 
 
 def tile_fn(

@@ -140,7 +140,7 @@ def fill_through_window(
     mask = np.asarray(mask, bool)
     window = context_window(mask, min_context)
     crop, crop_mask = image[window.slices], mask[window.slices]
-    size = scaled_size(*crop_mask.shape, max_side)
+    size = scaled_size(crop_mask.shape[0], crop_mask.shape[1], max_side)
     small = resize_hw(crop, size, cv2.INTER_AREA) if size != crop_mask.shape else crop
     filled = fill(small, downscale_mask(crop_mask, size))
     if size != crop_mask.shape:

@@ -69,7 +69,7 @@ class ModelRuntime:
         self.gate = gate or InferenceGate(1)
         # A weights file name → the operator's file used instead (e.g. an official checkpoint).
         self.weights_overrides = dict(weights_overrides or {})
-        self._networks: dict[Hashable, Any] = {}
+        self._networks: dict[tuple[Hashable, ...], Any] = {}
         self._load_guard = threading.Lock()
         if threads > 0:
             set_cpu_threads(threads)
@@ -116,7 +116,7 @@ class ModelRuntime:
                 for stale in [k for k in self._networks if k[0] == key]:
                     del self._networks[stale]
                 self._networks[cache_key] = build()
-            return self._networks[cache_key]  # type: ignore[no-any-return]
+            return self._networks[cache_key]
 
     # ------------------------------------------------------------------ running
 

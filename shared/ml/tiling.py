@@ -90,7 +90,7 @@ def _cgroup_available() -> int | None:
 
 def _host_available() -> int | None:
     try:
-        import psutil  # type: ignore[import-not-found]  # optional
+        import psutil  # optional
 
         return int(psutil.virtual_memory().available)
     except ImportError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import hmac
 import io
@@ -19,7 +20,7 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol, cast
 
 from minio import Minio
 from minio.commonconfig import ENABLED, Filter
@@ -52,7 +53,7 @@ class LinkOptions:
 
 
 class BlobStore(Protocol):
-    async def put(self, key: str, data: bytes | BinaryIO, content_type: str = ...) -> None: ...
+    async def put(self, key: str, data: bytes | IO[bytes], content_type: str = ...) -> None: ...
     async def get(self, key: str) -> bytes: ...
     async def exists(self, key: str) -> bool: ...
     async def list(self, prefix: str) -> list[str]: ...
@@ -67,7 +68,7 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _read_all(data: bytes | BinaryIO) -> bytes:
+def _read_all(data: bytes | IO[bytes]) -> bytes:
     return data if isinstance(data, bytes) else data.read()
 
 
@@ -83,11 +84,11 @@ class LocalDirBlobStore:
         return self.root / _check_key(key)
 
     async def put(
-        self, key: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream"
+        self, key: str, data: bytes | IO[bytes], content_type: str = "application/octet-stream"
     ) -> None:
         await asyncio.to_thread(self._put_sync, key, data)
 
-    def _put_sync(self, key: str, data: bytes | BinaryIO) -> None:
+    def _put_sync(self, key: str, data: bytes | IO[bytes]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: a reader never sees half an object, like on S3.
@@ -111,7 +112,7 @@ class LocalDirBlobStore:
     async def list(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list_sync, prefix)
 
-    def _list_sync(self, prefix: str) -> list[str]:
+    def _list_sync(self, prefix: str) -> builtins.list[str]:  # `list` is the method here
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return []
@@ -217,7 +218,7 @@ class S3BlobStore:
             log.warning("bucket_lifecycle_unsupported", bucket=self.bucket, error=str(exc))
 
     async def put(
-        self, key: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream"
+        self, key: str, data: bytes | IO[bytes], content_type: str = "application/octet-stream"
     ) -> None:
         payload = _read_all(data) if isinstance(data, bytes) else data
         await self.ensure_bucket()
@@ -229,7 +230,8 @@ class S3BlobStore:
                 )
             else:
                 self._client.put_object(
-                    self.bucket, _check_key(key), payload, -1, content_type, part_size=16 << 20
+                    self.bucket, _check_key(key), cast(BinaryIO, payload), -1, content_type,
+                    part_size=16 << 20,
                 )
 
         await asyncio.to_thread(upload)
@@ -288,7 +290,7 @@ class S3BlobStore:
             return False
 
     def link(self, key: str, options: LinkOptions) -> str:
-        headers = {}
+        headers: dict[str, str | list[str] | tuple[str]] = {}
         disposition = options.disposition()
         if disposition:
             headers["response-content-disposition"] = disposition

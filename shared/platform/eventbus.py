@@ -19,7 +19,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,7 +84,7 @@ class _InFlight:
         self._idle.set()
 
     @contextlib.contextmanager
-    def track(self):  # type: ignore[no-untyped-def]
+    def track(self) -> Iterator[None]:
         self.count += 1
         self._idle.clear()
         try:
@@ -381,7 +381,7 @@ class RabbitBus:
         async def on_message(incoming: AbstractIncomingMessage) -> None:
             headers = dict(incoming.headers or {})
             # Quorum queues count earlier failed deliveries in x-delivery-count.
-            attempt = int(headers.get("x-delivery-count") or 0) + 1
+            attempt = int(str(headers.get("x-delivery-count") or 0)) + 1
             with self._in_flight.track():
                 try:
                     await _run_handler(queue, incoming.body, headers, attempt, handler)

@@ -103,7 +103,7 @@ class JobStatus:
 
 
 Message = JobSubmitted | RestoreRequested | JobStatus
-_MESSAGE_TYPES: dict[str, type] = {
+_MESSAGE_TYPES: dict[str, type[JobSubmitted | RestoreRequested | JobStatus]] = {
     cls.TYPE: cls for cls in (JobSubmitted, RestoreRequested, JobStatus)
 }
 

@@ -183,7 +183,7 @@ def _stage_times(
     timings = details.get("timings") or {}
     gateway = timings.get("gateway") or {}
     preprocess = timings.get("preprocess") or {}
-    model = (timings.get(task_service) if task_service else None) or next(
+    model: dict[str, Any] = (timings.get(task_service) if task_service else None) or next(
         (v for k, v in timings.items() if k not in ("gateway", "preprocess")), {}
     )
     queued = _first_at(events, "queued")

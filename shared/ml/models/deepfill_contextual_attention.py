@@ -45,7 +45,7 @@ attention's rate-2 downsampling).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -256,7 +256,7 @@ class RefinementNetwork(nn.Module):
         self.hallucinate = nn.Sequential(encoder(5, c), dilated_stack(4 * c))
         # The attention branch's last encoder conv uses ReLU in the release (pmconv6).
         attn_encoder = encoder(5, c)
-        attn_encoder[-1][1] = nn.ReLU()
+        cast(nn.Sequential, attn_encoder[-1])[1] = nn.ReLU()
         self.attn_encoder = attn_encoder
         self.attention = attention
         self.attn_after = nn.Sequential(conv(4 * c, 4 * c), conv(4 * c, 4 * c))
@@ -294,9 +294,10 @@ class DeepFillV1(nn.Module):
     def zero_output_layers(self) -> None:
         """Zero both stages' last convolution: a residual network then returns its input."""
         for decoder_ in (self.coarse.decoder, self.refine.decoder):
-            last = decoder_[-1][0]
+            last = cast(nn.Conv2d, cast(nn.Sequential, decoder_[-1])[0])
             nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            if last.bias is not None:
+                nn.init.zeros_(last.bias)
 
     @staticmethod
     def _network_input(

@@ -131,7 +131,8 @@ def init_rrdbnet_(model: RRDBNet, dense_scale: float = 0.1) -> RRDBNet:
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, a=0.0, mode="fan_in")
             module.weight.data.mul_(dense_scale)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
     return model
 
 

@@ -216,7 +216,8 @@ class MWCNN(nn.Module):
         last = self.dec1[-1]
         assert isinstance(last, nn.Conv2d)
         nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
 
     def _with_level(self, x: torch.Tensor, level: float | torch.Tensor | None) -> torch.Tensor:
         if not self.config.level_channel:
