@@ -150,13 +150,6 @@ def masked_psnr(reference: Array, output: Array, mask: NDArray[np.bool_]) -> flo
     return psnr_from_mse(float(np.mean((ref - out) ** 2)))
 
 
-def masked_ssim(reference: Array, output: Array, mask: NDArray[np.bool_]) -> float:
-    """Mean of the SSIM map over the pixels where `mask` is True."""
-    if not mask.any():
-        raise ValueError("empty mask")
-    return float(np.mean(ssim_map(reference, output)[mask]))
-
-
 def inpaint_scores(reference: Array, output: Array, mask: NDArray[np.bool_]) -> dict[str, float]:
     """Whole-image and inside-hole PSNR, SSIM and L1 of an inpainting result."""
     full_map = ssim_map(reference, output)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from services.denoise import service as denoise_service
 from services.dip import service as dip_service
@@ -32,13 +32,6 @@ from shared.platform.eventbus import EventBus
 from shared.platform.logging import get_logger
 
 log = get_logger(__name__)
-
-
-@dataclass
-class Stack:
-    bus: EventBus
-    store: BlobStore
-    services: list[object]
 
 
 async def start_workers(

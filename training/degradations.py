@@ -13,8 +13,6 @@ import io
 import numpy as np
 from PIL import Image
 
-from shared.ml.registry import JPEG_QUALITY_RANGE, SIGMA_RANGE
-
 
 def add_gaussian_noise(
     img_float: np.ndarray, sigma: float, rng: np.random.Generator, clip: bool
@@ -62,16 +60,6 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """BT.601 luma as MATLAB's rgb2ycbcr computes it, float64, not rounded (16–235 range)."""
     rgb = np.asarray(img, dtype=np.float64)
     return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
-
-
-def sample_sigma(rng: np.random.Generator, low: float = SIGMA_RANGE[0],
-                 high: float = SIGMA_RANGE[1]) -> float:
-    return float(rng.uniform(low, high))
-
-
-def sample_quality(rng: np.random.Generator, low: int = JPEG_QUALITY_RANGE[0],
-                   high: int = JPEG_QUALITY_RANGE[1]) -> int:
-    return int(rng.integers(low, high + 1))
 
 
 @functools.cache

@@ -123,10 +123,6 @@ def file_version(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def accepts(func: Callable[..., Any], parameter: str) -> bool:
-    return parameter in inspect.signature(func).parameters
-
-
 _runtime: list[ModelRuntime] = []
 
 

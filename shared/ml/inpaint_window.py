@@ -37,10 +37,6 @@ class Window:
     def slices(self) -> tuple[slice, slice]:
         return slice(self.top, self.bottom), slice(self.left, self.right)
 
-    @property
-    def longest(self) -> int:
-        return max(self.bottom - self.top, self.right - self.left)
-
 
 def context_window(mask: np.ndarray, min_context: int = 64) -> Window:
     """The mask's bounding box grown by max(``min_context``, half its longer side) per side."""

@@ -29,7 +29,6 @@ STATE_RANK: dict[str, int] = {
 }
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 
-OutputFormat = Literal["png", "jpeg", "webp"]
 OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 
 
