@@ -22,8 +22,9 @@ from shared.ml.runtime import ModelRuntime, resolve_device
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
-# Models too slow to run on a whole set on a CPU: scored on the first few images per column.
-SLOW_MODELS = frozenset({"dip"})
+# Models too slow to run on a whole set on a CPU (fitted per image, the registry's `slow`):
+# scored on the first few images per column.
+SLOW_MODELS = frozenset(r.name for r in registry.RESTORERS if r.slow)
 # Calibration tolerances: the recipes reproduce the published values to these margins.
 CALIBRATION_TOLERANCE = {"psnr": 0.02, "ssim": 0.0005}
 

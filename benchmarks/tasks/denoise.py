@@ -34,6 +34,7 @@ from benchmarks.dncnn import DnCNN, load_dncnn, run_dncnn
 from benchmarks.harness import Case, Row, Sample, Scores, View
 from benchmarks.metrics import psnr, ssim, to_uint8
 from benchmarks.tasks.common import (
+    SLOW_MODELS,
     Options,
     Setup,
     ensemble_choices,
@@ -194,7 +195,7 @@ def build_rows(options: Options) -> tuple[list[Row], list[str]]:
         rows.append(Row("NLM, classic [uint8]", "nlm[uint8]", _nlm, "uint8", nlm_version))
     for model in our_models("denoise", options):
         # DIP fits the uploaded 8-bit image itself: it has no float-convention row.
-        conventions = ("uint8",) if model == "dip" else ("float", "uint8")
+        conventions = ("uint8",) if model in SLOW_MODELS else ("float", "uint8")
         for conv, ensemble in itertools.product(
             conventions, ensemble_choices("denoise", model, options)
         ):

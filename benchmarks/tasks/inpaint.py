@@ -162,8 +162,6 @@ def _navier_stokes(sample: Sample) -> np.ndarray:
 
 
 def _ours(model: str, sample: Sample, ensemble: bool = False) -> np.ndarray:
-    if model == "dip":  # served by its own service (queue), not by the inpaint core
-        return to_uint8(restore("inpaint", "dip", sample["input"], mask=sample["mask"]))
     return to_uint8(restore("inpaint", model, sample["input"], mask=sample["mask"],
                             ensemble=ensemble))
 

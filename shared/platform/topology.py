@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.ml import registry
+
 JOBS_EXCHANGE = "restora.jobs"  # direct: routing key = service name
 STATUS_EXCHANGE = "restora.status"  # fanout: every gateway replica hears every status
 DEAD_LETTER_EXCHANGE = "restora.dead"  # direct: routing key = service name
@@ -56,5 +58,7 @@ _SERVICE_FOR_TASK = {
 
 
 def queue_for_task(task: str, model: str = "") -> QueueSpec:
-    """The model service's queue that serves `task` with `model`."""
-    return DIP if model == "dip" else _SERVICE_FOR_TASK[task]
+    """The model service's queue that serves `task` with `model`: a slow restorer (one fitted
+    per image) has its own."""
+    restorer = registry.find(task, model)
+    return DIP if restorer is not None and restorer.slow else _SERVICE_FOR_TASK[task]
