@@ -7,6 +7,7 @@ included), and the networks are a few channels wide so a run takes seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from shared.ml.models.deepfill_contextual_attention import DeepFillConfig, DeepF
 from shared.ml.models.esrgan import load_rrdbnet
 from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn, save_mwcnn
 from training import train_deepfill, train_esrgan, train_mwcnn
-from training.common import Schedule, WeightAverage, training_lineage
+from training.common import REPO_ROOT, Schedule, WeightAverage, training_lineage
 from training.data import VALIDATION, PatchSampler, TrainingImages
+from training.export import Provenance
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -307,6 +309,10 @@ def test_deepfill_ema_run_validates_and_exports_the_average(
     out = tmp_path / "ema.safetensors"
     assert train_deepfill.main(["--run-dir", str(run), "--export", str(out)]) == 0
     assert out.is_file()
+    record = Provenance.from_json(json.loads(out.with_suffix(".json").read_text()))
+    best = _checkpoint(run / "best.pt")
+    assert record.task == "inpaint" and record.best_step == record.steps == best["step"]
+    assert record.validation == best["extra"]["best_scores"]
 
 
 def test_esrgan_psnr_stage_exports_weights_a_gan_stage_starts_from(
@@ -324,11 +330,50 @@ def test_esrgan_psnr_stage_exports_weights_a_gan_stage_starts_from(
     assert load_rrdbnet(exported).config.features == 4
     provenance = json.loads(exported.with_suffix(".json").read_text())
     assert provenance["steps"] == 4 and provenance["dtype"] == "float16"
+    record = Provenance.from_json(provenance)  # the same schema as MWCNN's and DeepFill's
+    assert record.sha256 == hashlib.sha256(exported.read_bytes()).hexdigest()
+    assert record.task == "superres" and record.checks["reload_strict"]
 
     assert train_esrgan.main(["--stage", "gan", "--run-dir", str(gan_run), "--steps", "2",
                               "--init", str(exported), "--d-features", "4", *tiny]) == 0
     (val,) = _log_events(gan_run, "val")
     assert {"l1", "lap1", "g_gan", "d"} <= set(val)
+
+
+def test_esrgan_runs_through_the_shared_skeleton_and_resumes_where_it_stopped(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "psnr"
+    tiny = ["--stage", "psnr", "--run-dir", str(run), "--data", str(data_root), "--features", "4",
+            "--blocks", "1", "--growth", "4", "--batch", "2", "--lr-patch", "8",
+            "--val-every", "2", "--threads", "1"]
+    assert train_esrgan.main([*tiny, "--steps", "2"]) == 0
+    assert train_esrgan.main([*tiny, "--steps", "5", "--resume"]) == 0
+    last = _checkpoint(run / "last.pt")
+    assert last["step"] == 5
+    # The skeleton's checkpoint: resumed segments, the clock and the best score it tracks.
+    segments = last["extra"]["history"]["segments"]
+    assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, 2), (2, 5)]
+    assert last["extra"]["elapsed_s"] > 0 and last["extra"]["best_step"] in (2, 4, 5)
+    assert {float(s["step"]) for s in last["optimizer"]["state"].values()} == {5.0}  # Adam resumed
+    # Validation every 2 steps and at the end of the schedule; a train line before each.
+    assert [v["step"] for v in _log_events(run, "val")] == [2, 4, 5]
+    assert [t["step"] for t in _log_events(run, "train")] == [2, 4]
+    assert _log_events(run, "stop")[-1]["reason"] == "done"
+    assert load_rrdbnet(run / "best_model.pth").config.features == 4  # a bare state dict
+
+
+def test_every_shipped_provenance_file_follows_the_one_schema() -> None:
+    files = sorted((REPO_ROOT / "weights").glob("*.json"))
+    assert {f.stem for f in files} >= {"mwcnn-denoise", "esrgan-psnr", "esrgan-gan",
+                                       "deepfill-contextual-attention"}
+    for path in files:
+        record = Provenance.from_json(json.loads(path.read_text()))  # exactly the schema's keys
+        weights = path.with_suffix(".safetensors")
+        assert record.file == weights.name
+        assert record.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+        assert record.bytes == weights.stat().st_size
+        assert record.steps_total >= (record.steps or 0)
 
 
 def test_schedule_follows_steps_or_the_clock_whichever_runs_out_first() -> None:

@@ -1,7 +1,12 @@
-"""Generic training helpers shared by every training script (MWCNN, ESRGAN, ...).
+"""Generic training helpers shared by every training script (MWCNN, ESRGAN, DeepFill).
 
 Nothing here knows about a particular network. The pieces:
 
+* :func:`run_training`: the one trainer skeleton. A script describes its run (:class:`RunSpec`)
+  and builds its network's pieces (a :class:`Network`: model, optimizer, data, one step,
+  validation); the skeleton does the rest the same way for every network: seeding and threads,
+  resume, the weight average, the start line, the step loop, the best checkpoint, the resumable
+  checkpoint and the history of resumed segments.
 * :class:`RunLog`: timestamped lines appended to ``<run_dir>/train.log`` (and echoed through
   tqdm so they do not break the progress bar).
 * :func:`save_checkpoint` / :func:`load_checkpoint`: atomic, resumable checkpoints holding the
@@ -9,18 +14,20 @@ Nothing here knows about a particular network. The pieces:
 * :class:`Schedule`: linear warm-up then cosine decay (a LambdaLR), over steps or a
   wall-clock budget, whichever runs out first.
 * :class:`Every`: "has N seconds passed?" for time-based checkpointing.
-* :func:`run_steps`: the step loop every script shares (progress bar, steps/hour and loss
+* :func:`run_steps`: the step loop inside the skeleton (progress bar, steps/hour and loss
   windows, validation points kept out of the rate, periodic and final checkpoints, a clean stop
-  on SIGTERM/SIGINT or after ``--max-minutes``); the script supplies one optimisation step.
+  on SIGTERM/SIGINT or after ``--max-minutes``).
 * :class:`WeightAverage`: an exponential moving average of the weights (validated and shipped
   in place of the raw weights when a script offers ``--ema``).
 * :func:`machine_summary`: CPU model, flags, threads, bf16 decision (from ``shared.ml.accel``).
-* :func:`export_fp16_safetensors` / :func:`write_provenance` / :func:`git_commit`: shipping.
+* :func:`export_fp16_safetensors` / :func:`training_lineage` / :func:`git_commit`: shipping
+  (the provenance schema itself is ``training.export.Provenance``).
 * :func:`psnr`: the plain PSNR used for validation logging.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import datetime as dt
@@ -34,15 +41,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from shared.ml.accel import cpu_flags, cpu_model, describe_accelerator
+from shared.ml.accel import best_device, cpu_flags, cpu_model, describe_accelerator, use_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,13 +171,17 @@ class LoopSettings:
     """When the loop logs, validates, checkpoints and gives up; from each script's CLI.
 
     ``max_minutes`` ends this segment early (with a checkpoint; a speed probe, say) without
-    touching the schedule, unlike the schedule's ``hours``.
+    touching the schedule, unlike the schedule's ``hours``. ``checkpoint_on_validation`` and
+    ``validate_on_stop`` keep ESRGAN's rhythm (a resumable checkpoint after every validation,
+    and a last validation when a signal stops the run), which predates ``ckpt_minutes``.
     """
 
     log_every: int
     val_every: int
     ckpt_minutes: float
     max_minutes: float | None = None
+    checkpoint_on_validation: bool = False
+    validate_on_stop: bool = False
 
 
 def run_steps(
@@ -179,7 +191,7 @@ def run_steps(
     start_step: int,
     desc: str,
     log: RunLog,
-    train_step: Callable[[], Mapping[str, float]],
+    train_step: Callable[[int], Mapping[str, float]],
     current_lr: Callable[[], float],
     save_last: Callable[[int], None],
     validate: Callable[[int], Mapping[str, Any]] | None = None,
@@ -187,11 +199,12 @@ def run_steps(
     """Run ``train_step`` until the schedule is done; return (the step reached, stopped by a
     signal).
 
-    ``train_step`` does one optimisation step and returns its losses, averaged per log window;
-    ``validate(step)`` runs every ``val_every`` steps and at the end of the schedule (it keeps
-    its own best checkpoint and returns the fields of the ``val`` log line, which the loop times
-    and writes); ``save_last(step)`` writes the resumable checkpoint every ``ckpt_minutes`` and
-    once more when the loop ends, whatever ended it.
+    ``train_step(step)`` does the optimisation step after ``step`` steps and returns its
+    losses, averaged per log window; ``validate(step)`` runs every ``val_every`` steps and at
+    the end of the schedule (it keeps its own best checkpoint and returns the fields of the
+    ``val`` log line, which the loop times and writes); ``save_last(step)`` writes the
+    resumable checkpoint every ``ckpt_minutes`` and once more when the loop ends, whatever
+    ended it.
     """
     stop = StopFlag()
     ckpt_timer = Every(settings.ckpt_minutes * 60)
@@ -199,9 +212,10 @@ def run_steps(
     window_start, window_steps = time.monotonic(), 0
     sums: dict[str, float] = {}
     step = start_step
+    validated_at: int | None = None
     bar = progress_bar(schedule.total_steps, initial=step, desc=desc)
     while not schedule.done(step) and not stop.stop:
-        for name, value in train_step().items():
+        for name, value in train_step(step).items():
             sums[name] = sums.get(name, 0.0) + float(value)
         step += 1
         window_steps += 1
@@ -213,19 +227,276 @@ def run_steps(
                      **{name: total / window_steps for name, total in sums.items()})
             window_start, window_steps, sums = time.monotonic(), 0, {}
         if validate is not None and (step % settings.val_every == 0 or schedule.done(step)):
-            t0 = time.monotonic()
-            fields = validate(step)
-            seconds = time.monotonic() - t0
-            log.json("val", step=step, **fields, seconds=round(seconds, 1))
-            window_start += seconds  # keep validation out of steps/hour
-        if ckpt_timer():
+            window_start += _timed_validation(validate, step, log)  # kept out of steps/hour
+            validated_at = step
+        if ckpt_timer() or (validated_at == step and settings.checkpoint_on_validation):
             save_last(step)
         if settings.max_minutes and time.monotonic() - started > settings.max_minutes * 60:
             log(f"--max-minutes {settings.max_minutes} reached at step {step}")
             break
     bar.close()
+    if (validate is not None and settings.validate_on_stop and stop.stop
+            and validated_at != step):
+        _timed_validation(validate, step, log)
     save_last(step)
     return step, stop.stop
+
+
+def _timed_validation(validate: Callable[[int], Mapping[str, Any]], step: int,
+                      log: RunLog) -> float:
+    """Validate at ``step`` and write the ``val`` line; return the seconds it took."""
+    t0 = time.monotonic()
+    fields = validate(step)
+    seconds = time.monotonic() - t0
+    log.json("val", step=step, **fields, seconds=round(seconds, 1))
+    return seconds
+
+
+# --------------------------------------------------------------------------- the trainer skeleton
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the skeleton needs to know about a run besides the network; from the CLI.
+
+    ``best_key`` names the best score in checkpoints ("best_psnr" in MWCNN's and ESRGAN's,
+    "best" in DeepFill's: runs written before the skeleton resume with their own key).
+    ``best_weights_only`` writes the best weights as a bare state dict (ESRGAN's
+    ``best_model.pth``, which ``load_rrdbnet`` and ``--init`` read) instead of a checkpoint;
+    ``latest_is_best`` keeps the latest validated weights whatever their score (ESRGAN's GAN
+    stage trades PSNR for realism, so a higher PSNR is no better there).
+    """
+
+    run_dir: Path
+    args: argparse.Namespace  # recorded whole in the log, the checkpoints and the provenance
+    desc: str  # progress-bar label
+    loop: LoopSettings
+    steps: int
+    hours: float = 0.0
+    seed: int = 0
+    threads: int = 1
+    resume: bool = False
+    init: Path | None = None
+    ema: float = 0.0
+    best_key: str = "best"
+    best_name: str = "best.pt"
+    best_weights_only: bool = False
+    latest_is_best: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, desc: str, loop: LoopSettings,
+                  **options: Any) -> RunSpec:
+        """The flags every trainer shares (``--ema`` is optional: 0 where a script has none)."""
+        return cls(run_dir=args.run_dir, args=args, desc=desc, loop=loop, steps=args.steps,
+                   hours=args.hours, seed=args.seed, threads=args.threads, resume=args.resume,
+                   init=args.init, ema=getattr(args, "ema", 0.0), **options)
+
+
+@dataclass
+class RunContext:
+    """What a network's pieces are built with; made by :func:`run_training` before them, so
+    the seed is set before any weight is drawn."""
+
+    device: torch.device
+    log: RunLog
+    schedule: Schedule
+    np_rng: np.random.Generator  # every data draw; checkpointed, so a resume continues it
+    last_path: Path  # the resumable checkpoint
+    best_path: Path  # the validated weights (what export ships)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A network's data, loaded after any resume (so the restored generator draws it)."""
+
+    data: Any  # a description of the training data, kept in checkpoints and provenance
+    log: dict[str, Any] = field(default_factory=dict)  # more fields of the "start" line
+    validates: bool = True  # False: no validation set (timing runs), so no best checkpoint
+
+
+@dataclass(frozen=True)
+class Validation:
+    """One validation of the weights that would ship."""
+
+    score: float  # what the best checkpoint maximises
+    scores: Any  # kept with the best weights ("best_scores"); provenance's "validation"
+    log: dict[str, Any]  # the fields of the "val" line (the skeleton adds step and best)
+
+
+class Network(Protocol):
+    """One network's part of a run; :func:`run_training` drives it.
+
+    The optimizer and scheduler (None where the network sets its learning rate itself) are
+    checkpointed and restored by the skeleton; anything else a resume needs (critics, a
+    discriminator) goes through ``checkpoint_extra`` and ``load_checkpoint_extra``.
+    """
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
+
+    @property
+    def scheduler(self) -> Any: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Fixed facts (``config``, a task) for the start line and every checkpoint."""
+        ...
+
+    def prepare(self) -> Prepared:
+        """Load the training and validation data."""
+        ...
+
+    def train_step(self, step: int) -> Mapping[str, float]:
+        """One optimisation step after ``step`` steps (batch, loss, optimizer, learning rate);
+        its losses by name."""
+        ...
+
+    def current_lr(self) -> float: ...
+
+    def validate(self, model: nn.Module) -> Validation:
+        """Score ``model`` (the raw weights or their average) on the held-out set."""
+        ...
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """The network's own resumable state, stored in ``last.pt``'s extras."""
+        ...
+
+    def load_checkpoint_extra(self, extra: dict[str, Any]) -> None:
+        """Restore ``checkpoint_extra``. Called before the skeleton reads its own fields, so a
+        checkpoint of an older layout may be brought up to date in place."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunResult:
+    step: int  # the step reached
+    stopped: bool  # by a signal (the schedule not finished)
+    best: float
+
+
+def open_run(spec: RunSpec) -> RunContext:
+    """Threads, seed, device, run folder and log: everything before the first weight is drawn."""
+    configure_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    return RunContext(device=best_device(), log=RunLog(spec.run_dir / "train.log"),
+                      schedule=Schedule(spec.steps, spec.hours),
+                      np_rng=np.random.default_rng(spec.seed),
+                      last_path=spec.run_dir / "last.pt", best_path=spec.run_dir / spec.best_name)
+
+
+def run_training(spec: RunSpec, build: Callable[[RunContext], Network]) -> RunResult:
+    """Train the network that ``build`` makes, as ``spec`` says: the skeleton of every trainer."""
+    context = open_run(spec)
+    return _Run(spec, context, build(context)).train()
+
+
+def _args_record(args: argparse.Namespace) -> dict[str, str]:
+    """The arguments as strings: what checkpoints, history segments and provenance keep."""
+    return {k: str(v) for k, v in vars(args).items()}
+
+
+class _Run:
+    """The state :func:`run_training` keeps for one run: progress, best score, history."""
+
+    def __init__(self, spec: RunSpec, context: RunContext, network: Network) -> None:
+        self.spec, self.ctx, self.net = spec, context, network
+        self.step = 0
+        self.best = -math.inf
+        self.best_step: int | None = None
+        self.best_scores: Any = None
+        self.history: dict[str, Any] = {"init": str(spec.init) if spec.init else None,
+                                        "segments": []}
+        self.segment: dict[str, Any] = {}
+        self.commit = git_commit()
+        self.machine: dict[str, Any] = {}
+        self.data: Any = None
+        self.average: WeightAverage | None = None
+
+    def train(self) -> RunResult:
+        saved_average = self._resume()
+        # After the resume: without a stored average it starts from the resumed weights.
+        self.average = resumed_weight_average(self.net.model, self.spec.ema, saved_average)
+        self.machine = machine_summary(self.ctx.device)
+        prepared = self.net.prepare()
+        self.data = prepared.data
+        self.segment = {"start_step": self.step, "commit": self.commit,
+                        "machine": self.machine["device"], "args": _args_record(self.spec.args)}
+        self.history["segments"].append(self.segment)
+        self.ctx.log.json("start", **self.net.describe(),
+                          params=sum(p.numel() for p in self.net.model.parameters()),
+                          commit=self.commit, machine=self.machine, args=vars(self.spec.args),
+                          data=self.data, bf16=use_bf16(self.ctx.device), **prepared.log)
+        self.net.model.train()
+        step, stopped = run_steps(
+            self.spec.loop, self.ctx.schedule, start_step=self.step, desc=self.spec.desc,
+            log=self.ctx.log, train_step=self._train_step, current_lr=self.net.current_lr,
+            save_last=self._save_last, validate=self._validate if prepared.validates else None)
+        self.ctx.log.json("stop", step=step, best=self.best, reason="signal" if stopped else "done")
+        return RunResult(step, stopped, self.best)
+
+    def _resume(self) -> Mapping[str, Any] | None:
+        """Continue from last.pt when asked; return the weight average it stored, if any."""
+        last = self.ctx.last_path
+        if not self.spec.resume:
+            return None
+        if not last.exists():
+            self.ctx.log(f"--resume: no {last} yet, starting fresh")
+            return None
+        state = load_checkpoint(last, model=self.net.model, optimizer=self.net.optimizer,
+                                scheduler=self.net.scheduler, np_rng=self.ctx.np_rng)
+        extra = state["extra"]
+        self.net.load_checkpoint_extra(extra)
+        self.step = int(state["step"])
+        self.best = float(extra.get(self.spec.best_key, -math.inf))
+        self.best_step, self.best_scores = extra.get("best_step"), extra.get("best_scores")
+        self.history = extra.get("history", self.history)
+        self.ctx.schedule.elapsed_before = float(extra.get("elapsed_s", 0.0))
+        self.ctx.log(f"resumed from {last} at step {self.step} (best {self.best:.3f})")
+        return extra.get("weight_average")
+
+    def _train_step(self, step: int) -> Mapping[str, float]:
+        losses = self.net.train_step(step)
+        if self.average is not None:
+            self.average.update(self.net.model)
+        return losses
+
+    def _validate(self, step: int) -> dict[str, Any]:
+        result = self.net.validate(validated_model(self.net.model, self.average))
+        if self.spec.latest_is_best or result.score > self.best:
+            self.best, self.best_step, self.best_scores = result.score, step, result.scores
+            self._save_best(step)
+        return {**result.log, "best": self.best}
+
+    def _extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            **self.net.describe(), self.spec.best_key: self.best, "best_step": self.best_step,
+            "best_scores": self.best_scores, "elapsed_s": self.ctx.schedule.elapsed_s(),
+            "history": self.history, "machine": self.machine, "commit": self.commit,
+            "args": _args_record(self.spec.args), "data": self.data,
+            **self.net.checkpoint_extra(),
+        }
+        if self.average is not None:
+            extra["weight_average"] = self.average.state_dict()
+        return extra
+
+    def _save_last(self, step: int) -> None:
+        self.segment["end_step"] = step
+        save_checkpoint(self.ctx.last_path, model=self.net.model, optimizer=self.net.optimizer,
+                        scheduler=self.net.scheduler, step=step, np_rng=self.ctx.np_rng,
+                        extra=self._extra())
+
+    def _save_best(self, step: int) -> None:
+        """The validated weights, and only them: export reads this file, resumes don't."""
+        self.segment["end_step"] = step
+        model = validated_model(self.net.model, self.average)
+        if self.spec.best_weights_only:
+            atomic_torch_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                              self.ctx.best_path)
+        else:
+            save_checkpoint(self.ctx.best_path, model=model, step=step, extra=self._extra())
 
 
 # --------------------------------------------------------------------------- schedule
@@ -363,13 +634,18 @@ def save_checkpoint(
         state["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
+    atomic_torch_save(state, path)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file next to ``path``, then rename (atomic on POSIX): a reader
+    never sees a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Serialise to a temp file next to the target, then rename (atomic on POSIX).
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        torch.save(obj, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -22,12 +22,8 @@ import numpy as np
 from PIL import Image
 
 from shared.ml.models.mwcnn import level_from_quality, level_from_sigma
-from training.degradations import (
-    JPEG_QUALITY_RANGE,
-    SIGMA_RANGE,
-    add_gaussian_noise,
-    jpeg_compress,
-)
+from shared.ml.registry import JPEG_QUALITY_RANGE, SIGMA_RANGE
+from training.degradations import add_gaussian_noise, jpeg_compress
 
 GRAY_SOURCES = ("Train400",)
 COLOUR_SOURCES = ("BSD200", "T91")

@@ -1,4 +1,5 @@
-"""Ship a trained MWCNN: fp16 safetensors (config in its metadata) + provenance JSON beside it.
+"""Ship a trained MWCNN: fp16 safetensors (config in its metadata) + provenance JSON beside it;
+and the one provenance schema (:class:`Provenance`) that every trainer's export writes.
 
     python -m training.export --checkpoint runs/mwcnn-denoise/best.pt \\
         --out weights/mwcnn-denoise.safetensors
@@ -7,6 +8,10 @@ Before writing, the validation PSNR of the fp32 weights is compared with that of
 weights rounded to fp16 (both run in fp32); the export fails if the change exceeds
 ``--max-drop-db`` (0.01 dB by default) or the file would exceed ``--max-mb`` (16 MB).
 The written file is read back with :func:`shared.ml.models.mwcnn.load_mwcnn` (strict keys).
+
+ESRGAN (``train_esrgan --export``) and DeepFill (``train_deepfill --export``) ship their own
+weights, each with its own checks, and write their provenance through :func:`weights_provenance`
+and :func:`write_weights_provenance` here, so every ``weights/*.json`` has the same keys.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import argparse
 import datetime as dt
 import hashlib
 import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from shared.ml.models.mwcnn import (
     MWCNN,
@@ -41,6 +49,112 @@ LEVEL_MAPS = {
     "denoise": "level = sigma / 255 (sigma on the 0-255 scale, trained range [0, 75])",
     "artifacts": "level = (100 - quality) / 100 (Pillow JPEG quality, trained range [10, 90])",
 }
+
+
+#: Where the training data lives, as every provenance file records it.
+DATA_ROOT = "../shared/data/train (see shared/data/SOURCES.md)"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Provenance's ``data``: what the network was trained and validated on."""
+
+    description: Any  # the trainer's own description (sources, counts, degradations)
+    root: str | None  # None: not recorded
+    held_out_for_validation: Any  # the held-out image names (per source for MWCNN)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The one provenance schema: every ``weights/<name>.json`` has exactly these keys.
+
+    None marks what an older export did not record. Network-specific facts live in the values:
+    ``usage`` (how to call the network: input, and MWCNN's level map and gray handling),
+    ``validation`` (the trainer's scores of the shipped weights, in the network's metric) and
+    ``checks`` (what the export verified: fp16 against fp32 scores, strict reload).
+    """
+
+    file: str
+    sha256: str
+    bytes: int
+    dtype: str  # of the stored tensors, e.g. "float16"
+    network: str  # name, paper and the model file in shared/ml/models/
+    config: Any  # the network's config, as its loader reads it
+    parameters: int
+    task: str  # the service task it serves: denoise, artifacts, superres, inpaint
+    usage: dict[str, str]
+    steps: int | None  # steps of the exported run, as its checkpoint records them
+    best_step: int | None  # the step of the shipped weights (below `steps` when a run went on)
+    steps_total: int  # steps behind the weights in all, over every run they resumed
+    resumed_from: dict[str, Any] | None  # the shipped file the run started from (--init)
+    train_hours: float | None
+    training_args: dict[str, Any] | None
+    training_history: dict[str, Any] | None  # every resumed segment: steps, args, commit
+    validation: Any
+    checks: dict[str, Any]
+    data: TrainingData
+    machine: dict[str, Any] | None  # the training machine (CPU, flags, bf16)
+    training_code_commit: str | None
+    export_code_commit: str | None
+    checkpoint_saved_at: str | None
+    exported_at: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Provenance:
+        """Read a provenance file back; a key missing from or unknown to the schema raises."""
+        fields = dict(record)
+        fields["data"] = TrainingData(**fields["data"])
+        return cls(**fields)
+
+
+def stored_dtype(path: Path) -> str:
+    """The dtypes of a safetensors file's tensors, e.g. "float16" or "float16, float32"."""
+    names = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+    with safe_open(str(path), framework="pt") as handle:
+        found = {handle.get_slice(key).get_dtype() for key in handle.keys()}  # noqa: SIM118
+    return ", ".join(sorted(names.get(d, d.lower()) for d in found))
+
+
+def weights_provenance(
+    out: Path,
+    checkpoint: Mapping[str, Any],
+    *,
+    network: str,
+    config: Any,
+    parameters: int,
+    task: str,
+    usage: Mapping[str, str],
+    data: TrainingData,
+    checks: Mapping[str, Any],
+) -> Provenance:
+    """The provenance of the weights just written to ``out`` from ``checkpoint`` (a
+    :func:`training.common.save_checkpoint` file of :func:`training.common.run_training`)."""
+    extra = checkpoint.get("extra", {})
+    steps = checkpoint.get("step")
+    lineage = training_lineage((extra.get("history") or {}).get("init"), int(steps or 0))
+    elapsed = extra.get("elapsed_s")
+    return Provenance(
+        file=out.name, sha256=sha256_of(out), bytes=out.stat().st_size, dtype=stored_dtype(out),
+        network=network, config=config, parameters=parameters, task=task, usage=dict(usage),
+        steps=steps, best_step=extra.get("best_step", steps),
+        steps_total=lineage["steps_total"], resumed_from=lineage.get("resumed_from"),
+        train_hours=None if elapsed is None else round(float(elapsed) / 3600, 3),
+        training_args=extra.get("args"), training_history=extra.get("history"),
+        validation=extra.get("best_scores"), checks=dict(checks), data=data,
+        machine=extra.get("machine"), training_code_commit=extra.get("commit"),
+        export_code_commit=git_commit(), checkpoint_saved_at=checkpoint.get("saved_at"),
+        exported_at=dt.datetime.now(dt.UTC).isoformat(),
+    )
+
+
+def write_weights_provenance(weights: Path, record: Provenance) -> Path:
+    """Write ``record`` beside ``weights`` (same name, ``.json``); return that path."""
+    path = weights.with_suffix(".json")
+    write_provenance(path, record.to_json())
+    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,45 +183,32 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _channel_notes(in_channels: int) -> dict[str, str]:
+def usage_notes(task: str, in_channels: int) -> dict[str, str]:
+    """How to call a shipped MWCNN: its input, noise/quality level and gray handling."""
     if in_channels == 1:
-        return {"gray_handling": "gray network (one channel), trained on gray patches only; "
-                                 "serves black-and-white photos (services/denoise/networks.py)",
-                "input_range": "gray float in [0, 1], H and W multiples of 8"}
-    return {"gray_handling": "colour network; gray images replicated to 3 channels, "
-                             "output averaged",
-            "input_range": "RGB float in [0, 1], H and W multiples of 8"}
+        return {"input": "gray float in [0, 1], H and W multiples of 8",
+                "level_map": LEVEL_MAPS.get(task, ""),
+                "gray_handling": "gray network (one channel), trained on gray patches only; "
+                                 "serves black-and-white photos (shared/ml/restorers/mwcnn.py)"}
+    return {"input": "RGB float in [0, 1], H and W multiples of 8",
+            "level_map": LEVEL_MAPS.get(task, ""),
+            "gray_handling": "colour network; gray images replicated to 3 channels, "
+                             "output averaged"}
 
 
-def provenance(state: dict[str, Any], model: MWCNN, out: Path, checks: dict[str, Any]) -> dict:
+def provenance(state: dict[str, Any], model: MWCNN, out: Path,
+               checks: dict[str, Any]) -> Provenance:
     extra = state.get("extra", {})
     task = extra.get("task", "unknown")
-    return {
-        "file": out.name,
-        "sha256": sha256_of(out),
-        "bytes": out.stat().st_size,
-        "network": "MWCNN (Liu et al., CVPRW 2018), see shared/ml/models/mwcnn.py",
-        "config": model.config.to_json(),
-        "parameters": count_parameters(model),
-        "task": task,
-        "level_map": LEVEL_MAPS.get(task, ""),
-        **_channel_notes(model.config.in_channels),
-        "steps": state.get("step"),
-        **training_lineage((extra.get("history") or {}).get("init"), int(state.get("step") or 0)),
-        "training_args": extra.get("args"),
-        "training_history": extra.get("history"),
-        "data": {
-            "description": extra.get("data"),
-            "root": "../shared/data/train (see shared/data/SOURCES.md)",
-            "held_out_for_validation": VALIDATION,
-        },
-        "machine": extra.get("machine"),
-        "training_code_commit": extra.get("commit"),
-        "export_code_commit": git_commit(),
-        "checkpoint_saved_at": state.get("saved_at"),
-        "exported_at": dt.datetime.now(dt.UTC).isoformat(),
-        "checks": checks,
-    }
+    return weights_provenance(
+        out, state,
+        network="MWCNN (Liu et al., CVPRW 2018), see shared/ml/models/mwcnn.py",
+        config=model.config.to_json(), parameters=count_parameters(model), task=task,
+        usage=usage_notes(task, model.config.in_channels),
+        data=TrainingData(description=extra.get("data"), root=DATA_ROOT,
+                          held_out_for_validation=VALIDATION),
+        checks=checks,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,9 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.is_floating_point()
     )
     record = provenance(state, model, args.out, checks)
-    json_path = args.out.with_suffix(".json")
-    write_provenance(json_path, record)
-    print(f"wrote {args.out} ({size_mb:.2f} MB, {record['parameters']} params) and {json_path}")
+    json_path = write_weights_provenance(args.out, record)
+    print(f"wrote {args.out} ({size_mb:.2f} MB, {record.parameters} params) and {json_path}")
     return 0
 
 

@@ -30,10 +30,9 @@ weights instead of its last iterate (``training.common.WeightAverage``); a resum
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
+from torch import nn
 
-from shared.ml.accel import autocast_for, best_device, use_bf16
+from shared.ml.accel import autocast_for
 from shared.ml.inpaint_window import telea_fill
 from shared.ml.models.deepfill_contextual_attention import (
     OUTPUTS,
@@ -55,19 +55,14 @@ from shared.ml.models.deepfill_contextual_attention import (
 )
 from training.common import (
     LoopSettings,
+    Prepared,
+    RunContext,
     RunLog,
-    Schedule,
-    configure_threads,
+    RunSpec,
+    Validation,
     export_fp16_safetensors,
-    git_commit,
     load_checkpoint,
-    machine_summary,
-    resumed_weight_average,
-    run_steps,
-    save_checkpoint,
-    training_lineage,
-    validated_model,
-    write_provenance,
+    run_training,
 )
 from training.data import (
     COLOUR_SOURCES,
@@ -92,6 +87,7 @@ from training.deepfill_critics import (
     reconstruction_loss,
     spatial_discount,
 )
+from training.export import DATA_ROOT, TrainingData, weights_provenance, write_weights_provenance
 from training.masks import TRAINING_BANDS, contour_mask, free_form_mask, random_mask
 from training.net2wider import widen_deepfill
 
@@ -434,31 +430,18 @@ def export(run_dir: Path, out: Path) -> int:
     from shared.ml.inference import load_safetensors_strict
 
     load_safetensors_strict(model, out)  # strict keys: proves the shipped file loads
-    record = {
-        "file": out.name,
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-        "bytes": size,
-        "network": "DeepFill v1 generator (Yu et al., CVPR 2018), see "
-                   "shared/ml/models/deepfill_contextual_attention.py",
-        "config": config.to_json(),
-        "parameters": count_parameters(model),
-        "input": "RGB in [0, 1] and mask (1 = hole), H and W multiples of 8",
-        "steps": state.get("step"),
-        **training_lineage((extra.get("history") or {}).get("init"), int(state.get("step") or 0)),
-        "validation": extra.get("best_scores"),
-        "training_args": extra.get("args"),
-        "training_history": extra.get("history"),
-        "data": {"description": extra.get("data"),
-                 "root": "../shared/data/train (see shared/data/SOURCES.md)",
-                 "held_out_for_validation": VALIDATION["BSD200"]},
-        "machine": extra.get("machine"),
-        "training_code_commit": extra.get("commit"),
-        "export_code_commit": git_commit(),
-        "checkpoint_saved_at": state.get("saved_at"),
-        "exported_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    write_provenance(out.with_suffix(".json"), record)
-    print(f"wrote {out} ({size / 1e6:.2f} MB) and {out.with_suffix('.json')}")
+    record = weights_provenance(
+        out, state,
+        network="DeepFill v1 generator (Yu et al., CVPR 2018), see "
+                "shared/ml/models/deepfill_contextual_attention.py",
+        config=config.to_json(), parameters=count_parameters(model), task="inpaint",
+        usage={"input": "RGB in [0, 1] and mask (1 = hole), H and W multiples of 8"},
+        data=TrainingData(description=extra.get("data"), root=DATA_ROOT,
+                          held_out_for_validation=VALIDATION["BSD200"]),
+        checks={"reload_strict": True},
+    )
+    json_path = write_weights_provenance(out, record)
+    print(f"wrote {out} ({size / 1e6:.2f} MB) and {json_path}")
     return 0
 
 
@@ -469,146 +452,116 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(array).to(device).contiguous(memory_format=torch.channels_last)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.export is not None:
-        return export(args.run_dir, args.export)
-    configure_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = best_device()
-    run_dir: Path = args.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run_dir / "train.log")
-    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
+class DeepFillTraining:
+    """DeepFill's pieces of a run (:func:`training.common.run_training` drives them)."""
 
+    def __init__(self, args: argparse.Namespace, run: RunContext) -> None:
+        self.args, self.device, self.np_rng = args, run.device, run.np_rng
+        self.config = DeepFillConfig(width=args.widen_to or args.width, prefill=args.prefill,
+                                     output=args.output)
+        # A resume loads its own weights: the --init ones would only be overwritten.
+        resuming = args.resume and run.last_path.exists()
+        self.model = starting_model(args, self.config, run.log, from_init=not resuming)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        if args.freeze_coarse:
+            self.model.coarse.requires_grad_(False)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trained, lr=args.lr, betas=tuple(args.betas))
+        self.scheduler = run.schedule.lr_scheduler(self.optimizer, args.warmup, args.min_lr_ratio)
+        self.critics = (Critics(args.size, args.critic_width, args.lr, self.device)
+                        if args.adversarial else None)
+        self.sampler: InpaintSampler | None = None
+        self.val_items: list[ValItem] = []
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": self.config.to_json()}
+
+    def prepare(self) -> Prepared:
+        args = self.args
+        root = args.data_root or data_root()
+        images = training_images(root, args.size)
+        self.sampler = InpaintSampler(images, args.size, self.np_rng, args.gamma,
+                                      self.config.prefill, args.contour_masks)
+        styles = MASK_STYLES if args.val_contour else ("free-form",)
+        self.val_items = [] if args.no_val else validation_items(root, args.val_masks, styles)
+        data_note = (f"{len(images)} colour crops sources ({'+'.join(COLOUR_SOURCES)}, "
+                     f"≥{args.size}px), held out {VALIDATION['BSD200']}")
+        return Prepared(data=data_note, log={"val_items": len(self.val_items)},
+                        validates=bool(self.val_items))
+
+    def train_step(self, step: int) -> dict[str, float]:
+        assert self.sampler is not None, "prepare() loads the data"
+        args, device = self.args, self.device
+        batch = self.sampler.sample(args.batch)
+        target, mask = to_device(batch.target, device), to_device(batch.masks, device)
+        discount = to_device(batch.discount, device)
+        with autocast_for(device):
+            coarse, refined = self.model(to_device(batch.inputs, device), mask)
+        # A frozen coarse stage's term would be a constant: only the refined output is scored.
+        outputs: tuple[torch.Tensor, ...] = (
+            (refined.float(),) if args.freeze_coarse else (coarse.float(), refined.float()))
+        loss = reconstruction_loss(
+            outputs, target, mask, discount, hole_loss=args.hole_loss,
+            known_weight=args.known_weight,
+        )
+        losses = {"rec": float(loss.detach())}
+        if self.critics is not None:
+            completed = DeepFillV1.complete(target, outputs[-1], mask)  # the refined output
+            losses["d"] = sum(self.critics.critic_step(target, completed, mask)
+                              for _ in range(args.d_steps)) / args.d_steps
+            adv = self.critics.generator_loss(completed, mask)
+            losses["adv"] = float(adv.detach())
+            loss = loss + args.gan_weight * adv
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses
+
+    def current_lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def validate(self, model: nn.Module) -> Validation:
+        assert isinstance(model, DeepFillV1)
+        scores = validate(model, self.val_items, self.device)
+        return Validation(score=selection_score(scores), scores=scores, log={"scores": scores})
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"critics": self.critics.state_dict()} if self.critics is not None else {}
+
+    def load_checkpoint_extra(self, extra: Mapping[str, Any]) -> None:
+        if self.critics is not None and "critics" in extra:
+            self.critics.load_state_dict(extra["critics"])
+
+
+def starting_model(args: argparse.Namespace, config: DeepFillConfig, log: RunLog,
+                   from_init: bool) -> DeepFillV1:
+    """The generator before training: from ``--init`` (widened, its refinement stage restarted
+    as asked), or at random (also when a resume is about to load its own weights)."""
     if args.widen_to and not args.init:
         raise SystemExit("--widen-to needs --init (the model to widen)")
     if args.fresh_refinement and not args.init:
         raise SystemExit("--fresh-refinement needs --init (the coarse stage to keep)")
     if args.freeze_coarse and not args.init:
         raise SystemExit("--freeze-coarse needs --init (the coarse stage to keep)")
-    width = args.widen_to or args.width
-    config = DeepFillConfig(width=width, prefill=args.prefill, output=args.output)
-    if args.init and not (args.resume and last.exists()):
-        model = initial_model(config, args.init, bool(args.widen_to), args.seed)
-        log(f"initialised from {args.init}"
-            + (f", widened to cnum {width} (Net2WiderNet)" if args.widen_to else ""))
-        if args.fresh_refinement:
-            restart_refinement(model, args.seed)
-            log("refinement stage re-initialised (its output layer at zero)")
-    else:
-        model = DeepFillV1(config)  # random, or the resumed weights loaded below
-    model = model.to(device, memory_format=torch.channels_last)
-    if args.freeze_coarse:
-        model.coarse.requires_grad_(False)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trained, lr=args.lr, betas=tuple(args.betas))
-    schedule = Schedule(args.steps, args.hours)
-    scheduler = schedule.lr_scheduler(optimizer, args.warmup, args.min_lr_ratio)
-    critics = Critics(args.size, args.critic_width, args.lr, device) if args.adversarial else None
-    np_rng = np.random.default_rng(args.seed)
-    step, best, best_scores = 0, -math.inf, None
-    saved_average = None
-    commit = git_commit()
-    history: dict[str, Any] = {"init": str(args.init) if args.init else None, "segments": []}
-    if args.resume and last.exists():
-        state = load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler,
-                                np_rng=np_rng)
-        step = int(state["step"])
-        best = float(state["extra"].get("best", -math.inf))
-        best_scores = state["extra"].get("best_scores")
-        history = state["extra"].get("history", history)
-        schedule.elapsed_before = float(state["extra"].get("elapsed_s", 0.0))
-        if critics is not None and "critics" in state["extra"]:
-            critics.load_state_dict(state["extra"]["critics"])
-        saved_average = state["extra"].get("weight_average")
-        log(f"resumed from {last} at step {step} (best val hole PSNR {best:.3f})")
-    average = resumed_weight_average(model, args.ema, saved_average)
+    if not (args.init and from_init):
+        return DeepFillV1(config)
+    model = initial_model(config, args.init, bool(args.widen_to), args.seed)
+    log(f"initialised from {args.init}"
+        + (f", widened to cnum {config.width} (Net2WiderNet)" if args.widen_to else ""))
+    if args.fresh_refinement:
+        restart_refinement(model, args.seed)
+        log("refinement stage re-initialised (its output layer at zero)")
+    return model
 
-    root = args.data_root or data_root()
-    machine = machine_summary(device)
-    images = training_images(root, args.size)
-    sampler = InpaintSampler(images, args.size, np_rng, args.gamma, config.prefill,
-                             args.contour_masks)
-    styles = MASK_STYLES if args.val_contour else ("free-form",)
-    val_items = [] if args.no_val else validation_items(root, args.val_masks, styles)
-    data_note = (f"{len(images)} colour crops sources ({'+'.join(COLOUR_SOURCES)}, ≥{args.size}px),"
-                 f" held out {VALIDATION['BSD200']}")
-    segment = {"start_step": step, "commit": commit, "machine": machine["device"],
-               "args": {k: str(v) for k, v in vars(args).items()}}
-    history["segments"].append(segment)
-    log.json("start", config=config.to_json(), params=count_parameters(model), commit=commit,
-             machine=machine, args=vars(args), data=data_note, val_items=len(val_items),
-             bf16=use_bf16(device))
 
-    def extra() -> dict[str, Any]:
-        out = {"config": config.to_json(), "best": best, "best_scores": best_scores,
-               "elapsed_s": schedule.elapsed_s(),
-               "history": history, "machine": machine, "commit": commit, "data": data_note,
-               "args": {k: str(v) for k, v in vars(args).items()}}
-        if critics is not None:
-            out["critics"] = critics.state_dict()
-        if average is not None:
-            out["weight_average"] = average.state_dict()
-        return out
-
-    def checkpoint(path: Path, at_step: int) -> None:
-        segment["end_step"] = at_step
-        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler,
-                        step=at_step, np_rng=np_rng, extra=extra())
-
-    def checkpoint_best(at_step: int) -> None:
-        """best.pt holds the validated weights, and only them: export reads it, resumes don't."""
-        segment["end_step"] = at_step
-        save_checkpoint(best_path, model=validated_model(model, average), step=at_step,
-                        extra=extra())
-
-    def train_step() -> dict[str, float]:
-        batch = sampler.sample(args.batch)
-        target, mask = to_device(batch.target, device), to_device(batch.masks, device)
-        discount = to_device(batch.discount, device)
-        with autocast_for(device):
-            coarse, refined = model(to_device(batch.inputs, device), mask)
-        # A frozen coarse stage's term would be a constant: only the refined output is scored.
-        outputs = (refined.float(),) if args.freeze_coarse else (coarse.float(), refined.float())
-        loss = reconstruction_loss(
-            outputs, target, mask, discount, hole_loss=args.hole_loss,
-            known_weight=args.known_weight,
-        )
-        losses = {"rec": float(loss.detach())}
-        if critics is not None:
-            completed = DeepFillV1.complete(target, outputs[1], mask)
-            losses["d"] = sum(critics.critic_step(target, completed, mask)
-                              for _ in range(args.d_steps)) / args.d_steps
-            adv = critics.generator_loss(completed, mask)
-            losses["adv"] = float(adv.detach())
-            loss = loss + args.gan_weight * adv
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if average is not None:
-            average.update(model)
-        return losses
-
-    def validate_at(at_step: int) -> dict[str, Any]:
-        nonlocal best, best_scores
-        scores = validate(validated_model(model, average), val_items, device)
-        score = selection_score(scores)
-        if score > best:
-            best, best_scores = score, scores
-            checkpoint_best(at_step)
-        return {"scores": scores, "best": best}
-
-    model.train()
-    step, stopped = run_steps(
-        LoopSettings(args.log_every, args.val_every, args.ckpt_minutes, args.max_minutes),
-        schedule,
-        start_step=step, desc="deepfill", log=log, train_step=train_step,
-        current_lr=lambda: scheduler.get_last_lr()[0],
-        save_last=lambda at_step: checkpoint(last, at_step),
-        validate=validate_at if val_items else None)
-    log.json("stop", step=step, best=best, reason="signal" if stopped else "done")
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.export is not None:
+        return export(args.run_dir, args.export)
+    loop = LoopSettings(args.log_every, args.val_every, args.ckpt_minutes, args.max_minutes)
+    run_training(RunSpec.from_args(args, desc="deepfill", loop=loop),
+                 lambda run: DeepFillTraining(args, run))
     return 0
 
 

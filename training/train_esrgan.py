@@ -29,11 +29,13 @@ does, so high-frequency detail carries real weight, and it was shown to give sha
 than pixel losses. It is no substitute for VGG's texture tolerance: the adversarial term has to
 provide that, so expect the GAN weights to be less photo-realistic than the paper's.
 
-Runtime. Channels-last, CUDA when present, bf16 autocast only where `shared.ml.accel` says the
-hardware does it natively; resumable atomic checkpoints (`last.pt`), best validation model
-(`best_model.pth`, psnr stage), progress bar, `train.log` with JSON lines. `--hours` bounds the
-run by wall-clock: the cosine schedule then follows max(step/steps, elapsed/hours), so a run
-on a slower or busier machine still decays its learning rate fully before its deadline.
+Runtime. The shared trainer skeleton (`training.common.run_training`): channels-last, CUDA
+when present, bf16 autocast only where `shared.ml.accel` says the hardware does it natively;
+resumable atomic checkpoints (`last.pt`, after every validation), the best validation model as a
+bare state dict (`best_model.pth`; the gan stage keeps its latest), progress bar, `train.log`
+with JSON lines. `--hours` bounds the run by wall-clock: the cosine schedule then follows
+max(step/steps, elapsed/hours), so a run on a slower or busier machine still decays its
+learning rate fully before its deadline.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ import argparse
 import dataclasses
 import math
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from torch import Tensor, nn
 
-from shared.ml.accel import autocast_for, best_device, use_bf16
+from shared.ml.accel import autocast_for
 from shared.ml.models.esrgan import (
     RRDBNet,
     config_metadata,
@@ -64,21 +65,19 @@ from shared.ml.models.esrgan import (
 )
 from training.common import (
     REPO_ROOT,
-    RunLog,
-    Schedule,
-    StopFlag,
+    LoopSettings,
+    Prepared,
+    RunContext,
+    RunSpec,
+    Validation,
     configure_threads,
     cosine_factor,
     export_fp16_safetensors,
     git_commit,
-    load_checkpoint,
-    machine_summary,
-    progress_bar,
-    save_checkpoint,
-    training_lineage,
-    write_provenance,
+    run_training,
 )
 from training.degradations import rgb_to_y
+from training.export import DATA_ROOT, TrainingData, weights_provenance, write_weights_provenance
 from training.matlab_resize import imresize
 from training.sr_degradations import DegradationConfig, degrade
 
@@ -321,16 +320,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@dataclass
-class State:
-    step: int = 0
-    elapsed: float = 0.0  # training seconds over all resumed sessions
-    best_psnr: float = -math.inf
-    best_step: int = 0
-    last_psnr: float = float("nan")
-    bicubic_psnr: float = float("nan")
-
-
 def build_generator(args: argparse.Namespace, device: torch.device) -> RRDBNet:
     if args.init is not None:
         model = load_rrdbnet(args.init).train()
@@ -348,19 +337,25 @@ def set_lr(optimizers: list[torch.optim.Optimizer], base_lr: float, frac: float,
     return lr
 
 
-class Trainer:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        configure_threads(args.threads)
-        torch.manual_seed(args.seed)
-        self.device = best_device()
-        self.rng = np.random.default_rng(args.seed)
-        args.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log = RunLog(args.run_dir / "train.log")
-        self.state = State()
+def data_description(stage: str) -> str:
+    """What the run trains on, as its checkpoints and provenance record it."""
+    return ("T91 + BSD200 ('291') minus 10 held-out BSD200 images (every 20th, sorted);"
+            " LR by MATLAB-bicubic x4"
+            + ("; realistic degradations (training/sr_degradations.py)" if stage == "gan" else ""))
+
+
+class ESRGANTraining:
+    """ESRGAN's pieces of a run, either stage (:func:`training.common.run_training` drives
+    them). It sets its learning rate itself, before each step (``set_lr``), rather than through
+    a scheduler: the shipped runs were trained so, and a resume must continue them exactly."""
+
+    scheduler = None
+
+    def __init__(self, args: argparse.Namespace, run: RunContext) -> None:
+        self.args, self.device, self.rng, self.schedule = args, run.device, run.np_rng, run.schedule
         self.model = build_generator(args, self.device)
         betas = (0.9, 0.99)
-        self.opt_g = torch.optim.Adam(self.model.parameters(), args.lr, betas=betas)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), args.lr, betas=betas)
         self.disc: VGGStyleDiscriminator | None = None
         self.opt_d: torch.optim.Optimizer | None = None
         self.lap1: LaplacianPyramidL1 | None = None
@@ -369,42 +364,62 @@ class Trainer:
             self.disc = self.disc.to(self.device).to(memory_format=torch.channels_last)
             self.opt_d = torch.optim.Adam(self.disc.parameters(), args.lr, betas=betas)
             self.lap1 = LaplacianPyramidL1().to(self.device)
+        self.optimizers: list[torch.optim.Optimizer] = [
+            o for o in (self.optimizer, self.opt_d) if o is not None]
+        self.lr = float("nan")
+        self.last_losses: dict[str, float] = {}  # the val line repeats the last step's losses
+        self.bicubic_psnr = float("nan")
+        self.data: Iterator[tuple[Tensor, Tensor]] | None = None
+        self.val: ValSet | None = None
 
-    # ---- checkpoints
+    def describe(self) -> dict[str, Any]:
+        return {"config": dataclasses.asdict(self.model.config), "stage": self.args.stage}
 
-    @property
-    def last_path(self) -> Path:
-        return self.args.run_dir / "last.pt"
+    def prepare(self) -> Prepared:
+        args = self.args
+        train_paths, val_paths = load_sets(args.data)
+        pairs = (BicubicPairs(train_paths, args.lr_patch) if args.stage == "psnr" else
+                 DegradedPairs(train_paths, args.lr_patch, DegradationConfig()))
+        self.val = make_valset(val_paths)
+        self.bicubic_psnr = self.val.bicubic_psnr
+        self.data = batches(pairs, args.batch, self.rng, self.device)
+        return Prepared(data=data_description(args.stage),
+                        log={"train_images": len(pairs.hr), "val_images": len(self.val.hr),
+                             "bicubic_val_psnr": round(self.bicubic_psnr, 3)})
 
-    @property
-    def best_path(self) -> Path:
-        return self.args.run_dir / "best_model.pth"
+    def train_step(self, step: int) -> dict[str, float]:
+        assert self.data is not None, "prepare() loads the data"
+        self.lr = set_lr(self.optimizers, self.args.lr, self.schedule.fraction(step), self.args)
+        step_fn = self.psnr_step if self.args.stage == "psnr" else self.gan_step
+        self.last_losses = step_fn(*next(self.data))
+        return self.last_losses
 
-    def save(self) -> None:
-        extra: dict[str, Any] = {"state": dataclasses.asdict(self.state),
-                                 "config": dataclasses.asdict(self.model.config),
-                                 "args": {k: str(v) for k, v in vars(self.args).items()}}
+    def current_lr(self) -> float:
+        return self.lr
+
+    def validate(self, model: nn.Module) -> Validation:
+        assert self.val is not None, "prepare() loads the data"
+        value = validate(model, self.val, self.device)
+        return Validation(
+            score=value,
+            scores={"psnr_y_shave4": round(value, 4),
+                    "bicubic_psnr_y_shave4": round(self.bicubic_psnr, 3)},
+            log={"val_psnr": round(value, 3), "bicubic": round(self.bicubic_psnr, 3),
+                 "lr": self.lr, "elapsed_h": round(self.schedule.elapsed_s() / 3600, 3),
+                 **{k: round(v, 5) for k, v in self.last_losses.items()}})
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"bicubic_psnr": self.bicubic_psnr}
         if self.disc is not None and self.opt_d is not None:
             extra["disc"] = self.disc.state_dict()
             extra["opt_d"] = self.opt_d.state_dict()
-        save_checkpoint(self.last_path, model=self.model, optimizer=self.opt_g,
-                        step=self.state.step, np_rng=self.rng, extra=extra)
+        return extra
 
-    def resume(self) -> None:
-        ckpt = load_checkpoint(self.last_path, model=self.model, optimizer=self.opt_g,
-                               np_rng=self.rng)
-        extra = ckpt["extra"]
-        self.state = State(**extra["state"])
+    def load_checkpoint_extra(self, extra: dict[str, Any]) -> None:
+        upgrade_checkpoint_extra(extra)
         if self.disc is not None and self.opt_d is not None:
             self.disc.load_state_dict(extra["disc"])
             self.opt_d.load_state_dict(extra["opt_d"])
-        self.log.json("resumed", step=self.state.step, elapsed_h=self.state.elapsed / 3600)
-
-    def save_best(self) -> None:
-        sd = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        tmp = self.best_path.with_suffix(".tmp")
-        torch.save(sd, tmp)
-        tmp.replace(self.best_path)
 
     # ---- steps
 
@@ -412,9 +427,9 @@ class Trainer:
         with autocast_for(self.device):
             sr = self.model(lr_img)
         loss = F.l1_loss(sr.float(), hr_img)
-        self.opt_g.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt_g.step()
+        self.optimizer.step()
         return {"l1": loss.item()}
 
     def gan_step(self, lr_img: Tensor, hr_img: Tensor) -> dict[str, float]:
@@ -430,9 +445,9 @@ class Trainer:
         l_gan = ragan_losses(real_logit, fake_logit, for_generator=True)
         a = self.args
         loss_g = a.w_pixel * l_pix + a.w_percep * l_percep + a.w_gan * l_gan
-        self.opt_g.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss_g.backward()
-        self.opt_g.step()
+        self.optimizer.step()
         # Discriminator on the same batch (fake detached).
         self.disc.requires_grad_(True)
         with autocast_for(self.device):
@@ -445,84 +460,42 @@ class Trainer:
         return {"l1": l_pix.item(), "lap1": l_percep.item(), "g_gan": l_gan.item(),
                 "d": loss_d.item()}
 
-    # ---- loop
 
-    def run(self) -> None:
-        args = self.args
-        if args.resume and self.last_path.exists():
-            self.resume()
-        train_paths, val_paths = load_sets(args.data)
-        pairs = (BicubicPairs(train_paths, args.lr_patch) if args.stage == "psnr" else
-                 DegradedPairs(train_paths, args.lr_patch, DegradationConfig()))
-        val = make_valset(val_paths)
-        self.state.bicubic_psnr = val.bicubic_psnr
-        self.log.json("start", stage=args.stage, config=dataclasses.asdict(self.model.config),
-                      params=sum(p.numel() for p in self.model.parameters()),
-                      train_images=len(pairs.hr), val_images=len(val.hr),
-                      bicubic_val_psnr=round(val.bicubic_psnr, 3), bf16=use_bf16(self.device),
-                      machine=machine_summary(self.device)["device"], args=vars(args))
-        self._loop(pairs, val, StopFlag())
+def upgrade_checkpoint_extra(extra: dict[str, Any]) -> None:
+    """Bring a ``last.pt`` written before the shared skeleton up to date, in place: it kept
+    step, clock, best score and bicubic baseline in ``extra["state"]``."""
+    state = extra.get("state")
+    if state is None or "elapsed_s" in extra:
+        return
+    extra.update(best_psnr=state["best_psnr"], best_step=state["best_step"],
+                 elapsed_s=state["elapsed"], bicubic_psnr=state["bicubic_psnr"])
 
-    def _loop(self, pairs: BicubicPairs, val: ValSet, stop: StopFlag) -> None:
-        args, st = self.args, self.state
-        optimizers = [o for o in (self.opt_g, self.opt_d) if o is not None]
-        step_fn = self.psnr_step if args.stage == "psnr" else self.gan_step
-        data = batches(pairs, args.batch, self.rng, self.device)
-        bar = progress_bar(args.steps, st.step, desc=f"esrgan-{args.stage}")
-        window_start, window_steps = time.monotonic(), 0
-        # Wall-clock including data and validation: that is what a deadline is about.
-        schedule = Schedule(args.steps, args.hours)
-        schedule.elapsed_before = st.elapsed
-        while not schedule.done(st.step) and not stop.stop:
-            lr = set_lr(optimizers, args.lr, schedule.fraction(st.step), args)
-            losses = step_fn(*next(data))
-            st.step += 1
-            st.elapsed = schedule.elapsed_s()
-            window_steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{next(iter(losses.values())):.4f}", lr=f"{lr:.2e}")
-            if st.step % args.val_every == 0:
-                rate = window_steps / max(1e-9, time.monotonic() - window_start) * 3600
-                self._validate_and_save(val, losses, lr, rate)
-                window_start, window_steps = time.monotonic(), 0
-        bar.close()
-        if st.step % args.val_every != 0 or stop.stop:
-            self._validate_and_save(val, {}, float("nan"), float("nan"))
-        self.log.json("done", step=st.step, best_psnr=st.best_psnr, best_step=st.best_step,
-                      stopped=stop.stop, elapsed_h=round(st.elapsed / 3600, 3))
-        if args.export is not None and not stop.stop:
-            export(args)
 
-    def _validate_and_save(self, val: ValSet, losses: dict[str, float], lr: float,
-                           steps_per_hour: float) -> None:
-        st = self.state
-        st.last_psnr = validate(self.model, val, self.device)
-        # The GAN stage trades PSNR for realism, so its "best" is simply its latest model.
-        if self.args.stage == "gan" or st.last_psnr > st.best_psnr:
-            st.best_psnr, st.best_step = st.last_psnr, st.step
-            self.save_best()
-        self.save()
-        self.log.json("val", step=st.step, val_psnr=round(st.last_psnr, 3),
-                      best=round(st.best_psnr, 3), bicubic=round(st.bicubic_psnr, 3), lr=lr,
-                      steps_per_hour=round(steps_per_hour, 1),
-                      elapsed_h=round(st.elapsed / 3600, 3),
-                      **{k: round(v, 5) for k, v in losses.items()})
+def run_spec(args: argparse.Namespace) -> RunSpec:
+    """ESRGAN's rhythm: a train and a val line, and a resumable checkpoint, every
+    ``--val-every`` steps (it has no ``--log-every`` or ``--ckpt-minutes``)."""
+    loop = LoopSettings(log_every=args.val_every, val_every=args.val_every,
+                        ckpt_minutes=math.inf, checkpoint_on_validation=True,
+                        validate_on_stop=True)
+    return RunSpec.from_args(args, desc=f"esrgan-{args.stage}", loop=loop, best_key="best_psnr",
+                             best_name="best_model.pth", best_weights_only=True,
+                             latest_is_best=args.stage == "gan")
 
 
 # --------------------------------------------------------------------------- export
 
 
 def export(args: argparse.Namespace, path: Path | None = None) -> Path:
-    """best_model.pth (+ state from last.pt) -> fp16 safetensors with config metadata and a
+    """best_model.pth (+ progress from last.pt) -> fp16 safetensors with config metadata and a
     provenance JSON beside it."""
     path = path or args.export
     assert path is not None
     model = load_rrdbnet(args.run_dir / "best_model.pth")
-    ckpt = torch.load(args.run_dir / "last.pt", map_location="cpu", weights_only=False)
-    state, run_args = ckpt["extra"]["state"], ckpt["extra"]["args"]
-    commit = git_commit()
-    metadata = {**config_metadata(model.config), "stage": args.stage, "commit": commit,
-                "steps": str(state["step"]), "val_psnr_y": f"{state['best_psnr']:.3f}"}
+    checkpoint = torch.load(args.run_dir / "last.pt", map_location="cpu", weights_only=False)
+    extra = checkpoint["extra"]
+    upgrade_checkpoint_extra(extra)
+    metadata = {**config_metadata(model.config), "stage": args.stage, "commit": git_commit(),
+                "steps": str(checkpoint["step"]), "val_psnr_y": f"{extra['best_psnr']:.3f}"}
     size = export_fp16_safetensors(model.state_dict(), path, metadata)
     if size > MAX_WEIGHTS_BYTES:
         raise RuntimeError(f"{path} is {size} bytes, over the 16 MB limit")
@@ -535,26 +508,20 @@ def export(args: argparse.Namespace, path: Path | None = None) -> Path:
     psnr32, psnr16 = (validate(m, val, torch.device("cpu")) for m in (model, shipped))
     if abs(psnr32 - psnr16) > MAX_FP16_DROP_DB:
         raise RuntimeError(f"fp16 weights change val PSNR by {psnr16 - psnr32:+.4f} dB")
-    write_provenance(path.with_suffix(".json"), {
-        "model": f"ESRGAN RRDBNet x4 ({args.stage} stage)",
-        "config": dataclasses.asdict(model.config),
-        "data": "T91 + BSD200 ('291') minus 10 held-out BSD200 images (every 20th, sorted);"
-                " LR by MATLAB-bicubic x4" + (
-                    "; realistic degradations (training/sr_degradations.py)"
-                    if args.stage == "gan" else ""),
-        "steps": state["step"], "best_step": state["best_step"],
-        **training_lineage(run_args.get("init"), int(state["step"])),
-        "train_hours": round(state["elapsed"] / 3600, 3),
-        "schedule": {k: run_args.get(k) for k in
-                     ("lr", "warmup", "steps", "hours", "batch", "lr_patch", "stage", "init",
-                      "w_pixel", "w_gan", "w_percep", "d_features")},
-        "val_psnr_y_shave4": round(psnr32, 4),
-        "val_psnr_y_shave4_fp16_weights": round(psnr16, 4),
-        "val_bicubic_psnr_y_shave4": round(state["bicubic_psnr"], 3),
-        "val_set": [p.name for p in val_paths],
-        "machine": machine_summary(best_device()),  # export machine = training machine here
-        "commit": commit, "bytes": size, "dtype": "float16",
-    })
+    record = weights_provenance(
+        path, checkpoint,
+        network=f"ESRGAN RRDBNet x4 ({args.stage} stage; Wang et al., ECCVW 2018), see "
+                "shared/ml/models/esrgan.py",
+        config=dataclasses.asdict(model.config),
+        parameters=sum(p.numel() for p in model.parameters()), task="superres",
+        usage={"input": "RGB float in [0, 1], any size; output 4x larger"},
+        data=TrainingData(description=extra.get("data") or data_description(args.stage),
+                          root=DATA_ROOT, held_out_for_validation=[p.name for p in val_paths]),
+        checks={"val_psnr_y_shave4": round(psnr32, 4),
+                "val_psnr_y_shave4_fp16_weights": round(psnr16, 4),
+                "change_db": round(psnr16 - psnr32, 4), "reload_strict": True},
+    )
+    write_weights_provenance(path, record)
     print(f"exported {path} ({size} bytes)")
     return path
 
@@ -564,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_only is not None:
         export(args, args.export_only)
         return 0
-    Trainer(args).run()
+    result = run_training(run_spec(args), lambda run: ESRGANTraining(args, run))
+    if args.export is not None and not result.stopped:
+        export(args)
     return 0
 
 

@@ -20,8 +20,8 @@ network, so BN's eval-mode output swings from checkpoint to checkpoint (see
 from __future__ import annotations
 
 import argparse
-import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +29,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.ml.accel import autocast_for, best_device, use_bf16
+from shared.ml.accel import autocast_for
 from shared.ml.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
-    count_parameters,
     fold_batchnorm,
     gray_from_colour,
     load_mwcnn,
 )
 from training.common import (
     LoopSettings,
+    Prepared,
+    RunContext,
     RunLog,
-    Schedule,
-    configure_threads,
-    git_commit,
-    load_checkpoint,
-    machine_summary,
+    RunSpec,
+    Validation,
     psnr,
-    resumed_weight_average,
-    run_steps,
-    save_checkpoint,
-    validated_model,
+    run_training,
 )
 from training.data import TASKS, PatchSampler, TrainingImages, ValItem, validation_set
 from training.net2wider import widen_mwcnn
@@ -185,107 +180,67 @@ def loss_fn(kind: str) -> nn.Module:
     return nn.L1Loss() if kind == "l1" else nn.MSELoss()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = best_device()
-    run_dir: Path = args.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run_dir / "train.log")
-    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
+class MWCNNTraining:
+    """MWCNN's pieces of a run (:func:`training.common.run_training` drives them)."""
 
-    model = build_model(args, device, log)
-    config = model.config
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    schedule = Schedule(args.steps, args.hours)
-    scheduler = schedule.lr_scheduler(optimizer, args.warmup, args.min_lr_ratio)
-    np_rng = np.random.default_rng(args.seed)
-    step, best_psnr = 0, -math.inf
-    saved_average = None
-    commit = git_commit()
-    history: dict[str, Any] = {"init": str(args.init) if args.init else None, "segments": []}
-    if args.resume and last.exists():
-        state = load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler,
-                                np_rng=np_rng)
-        step = int(state["step"])
-        best_psnr = float(state["extra"].get("best_psnr", -math.inf))
-        history = state["extra"].get("history", history)
-        saved_average = state["extra"].get("weight_average")
-        schedule.elapsed_before = float(state["extra"].get("elapsed_s", 0.0))
-        log(f"resumed from {last} at step {step} (best val PSNR {best_psnr:.3f})")
-    elif args.resume:
-        log(f"--resume: no {last} yet, starting fresh")
-    average = resumed_weight_average(model, args.ema, saved_average)
+    def __init__(self, args: argparse.Namespace, run: RunContext) -> None:
+        self.args, self.device, self.np_rng = args, run.device, run.np_rng
+        self.model = build_model(args, run.device, run.log)
+        self.config = self.model.config
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.scheduler = run.schedule.lr_scheduler(self.optimizer, args.warmup, args.min_lr_ratio)
+        self.criterion = loss_fn(args.loss)
+        self.sampler: PatchSampler | None = None
+        self.val_items: list[ValItem] = []
 
-    machine = machine_summary(device)
-    images = TrainingImages.load(min_size=args.patch)
-    focus = (*args.focus_range, args.focus_prob) if args.focus_range else None
-    channels = config.in_channels
-    sampler = PatchSampler(images, args.task, args.patch, np_rng, args.gray_fraction,
-                           args.clip_prob, focus, channels)
-    val_items = validation_set(args.task, channels=channels)
-    segment = {"start_step": step, "commit": commit, "machine": machine["device"],
-               "args": {k: str(v) for k, v in vars(args).items()}}
-    history["segments"].append(segment)
-    input_scores = {k: round(v, 3) for k, v in input_psnr(val_items).items()}
-    log.json("start", task=args.task, config=config.to_json(), params=count_parameters(model),
-             commit=commit, machine=machine, args=vars(args), data=images.describe(),
-             val_items=len(val_items), val_input_psnr=input_scores, bf16=use_bf16(device))
+    def describe(self) -> dict[str, Any]:
+        return {"config": self.config.to_json(), "task": self.args.task}
 
-    def extra() -> dict[str, Any]:
-        fields = {"config": config.to_json(), "task": args.task, "best_psnr": best_psnr,
-                  "elapsed_s": schedule.elapsed_s(),
-                  "history": history, "machine": machine, "commit": commit,
-                  "args": {k: str(v) for k, v in vars(args).items()}, "data": images.describe()}
-        if average is not None:
-            fields["weight_average"] = average.state_dict()
-        return fields
+    def prepare(self) -> Prepared:
+        args, channels = self.args, self.config.in_channels
+        images = TrainingImages.load(min_size=args.patch)
+        focus = (*args.focus_range, args.focus_prob) if args.focus_range else None
+        self.sampler = PatchSampler(images, args.task, args.patch, self.np_rng, args.gray_fraction,
+                                    args.clip_prob, focus, channels)
+        self.val_items = validation_set(args.task, channels=channels)
+        input_scores = {k: round(v, 3) for k, v in input_psnr(self.val_items).items()}
+        return Prepared(data=images.describe(),
+                        log={"val_items": len(self.val_items), "val_input_psnr": input_scores})
 
-    def checkpoint(path: Path, at_step: int) -> None:
-        segment["end_step"] = at_step
-        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler,
-                        step=at_step, np_rng=np_rng, extra=extra())
-
-    def checkpoint_best(at_step: int) -> None:
-        """best.pt holds the validated weights, and only them: export reads it, resumes don't."""
-        segment["end_step"] = at_step
-        save_checkpoint(best_path, model=validated_model(model, average), step=at_step,
-                        extra=extra())
-
-    criterion = loss_fn(args.loss)
-
-    def train_step() -> dict[str, float]:
-        batch = sampler.sample(args.batch)
-        inp, target = to_tensor(batch.inputs, device), to_tensor(batch.targets, device)
-        levels = torch.from_numpy(batch.levels).to(device)
-        with autocast_for(device):
-            out = model(inp, levels)
-        loss = criterion(out.float(), target)
-        optimizer.zero_grad(set_to_none=True)
+    def train_step(self, step: int) -> dict[str, float]:
+        assert self.sampler is not None, "prepare() loads the data"
+        batch = self.sampler.sample(self.args.batch)
+        inp, target = to_tensor(batch.inputs, self.device), to_tensor(batch.targets, self.device)
+        levels = torch.from_numpy(batch.levels).to(self.device)
+        with autocast_for(self.device):
+            out = self.model(inp, levels)
+        loss = self.criterion(out.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if average is not None:
-            average.update(model)
+        self.optimizer.step()
+        self.scheduler.step()
         return {"loss": float(loss.detach())}
 
-    def validate_at(at_step: int) -> dict[str, Any]:
-        nonlocal best_psnr
-        scores = validate(validated_model(model, average), val_items, device)
-        if scores["all"] > best_psnr:
-            best_psnr = scores["all"]
-            checkpoint_best(at_step)
-        return {"psnr": scores, "best": best_psnr}
+    def current_lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
 
-    model.train()
-    step, stopped = run_steps(
-        LoopSettings(args.log_every, args.val_every, args.ckpt_minutes, args.max_minutes),
-        schedule,
-        start_step=step, desc=f"mwcnn-{args.task}", log=log, train_step=train_step,
-        current_lr=lambda: scheduler.get_last_lr()[0],
-        save_last=lambda at_step: checkpoint(last, at_step), validate=validate_at)
-    log.json("stop", step=step, best=best_psnr, reason="signal" if stopped else "done")
+    def validate(self, model: nn.Module) -> Validation:
+        scores = validate(model, self.val_items, self.device)
+        return Validation(score=scores["all"], scores=scores, log={"psnr": scores})
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}  # model, optimizer and scheduler are all it has, and the skeleton keeps them
+
+    def load_checkpoint_extra(self, extra: Mapping[str, Any]) -> None:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    loop = LoopSettings(args.log_every, args.val_every, args.ckpt_minutes, args.max_minutes)
+    # "best_psnr": the key of every MWCNN checkpoint so far (runs resume across the change).
+    spec = RunSpec.from_args(args, desc=f"mwcnn-{args.task}", loop=loop, best_key="best_psnr")
+    run_training(spec, lambda run: MWCNNTraining(args, run))
     return 0
 
 
