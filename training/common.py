@@ -50,7 +50,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from shared.ml.accel import best_device, cpu_flags, cpu_model, describe_accelerator, use_bf16
+from shared.ml.accel import cpu_flags, cpu_model, describe_accelerator, use_bf16
+from shared.ml.runtime import resolve_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -381,7 +382,7 @@ def open_run(spec: RunSpec) -> RunContext:
     configure_threads(spec.threads)
     torch.manual_seed(spec.seed)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(device=best_device(), log=RunLog(spec.run_dir / "train.log"),
+    return RunContext(device=resolve_device("auto"), log=RunLog(spec.run_dir / "train.log"),
                       schedule=Schedule(spec.steps, spec.hours),
                       np_rng=np.random.default_rng(spec.seed),
                       last_path=spec.run_dir / "last.pt", best_path=spec.run_dir / spec.best_name)

@@ -46,10 +46,6 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in cpu_flags() for flag in _NATIVE_BF16_FLAGS)
 
 
-def best_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
