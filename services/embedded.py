@@ -18,6 +18,7 @@ from services.gateway.app import create_app, running_gateway
 from services.inpaint import service as inpaint_service
 from services.preprocess.service import PreprocessService
 from services.superres import service as superres_service
+from shared.ml import registry
 from shared.ml.runtime import ModelRuntime
 from shared.platform.blobstore import BlobStore
 from shared.platform.bootstrap import (
@@ -26,6 +27,7 @@ from shared.platform.bootstrap import (
     connect,
     shutdown,
     wait_for_shutdown,
+    warm_up,
 )
 from shared.platform.config import EmbeddedSettings, PreprocessSettings, load_settings
 from shared.platform.eventbus import EventBus
@@ -55,6 +57,7 @@ async def main() -> None:
                 max_concurrent_inferences=1),
         settings.weights_dir,
     )
+    await warm_up(runtime, registry.TASKS)
     bus, store = await connect(settings)
     await start_workers(bus, store, load_settings(PreprocessSettings), runtime)
     app = create_app(bus, store, settings)

@@ -97,3 +97,12 @@ def test_restora_device_rejects_what_it_cannot_honour(monkeypatch: pytest.Monkey
         resolve_device("cuda")
     with pytest.raises(ValueError, match="use one of"):
         resolve_device("gpu")
+
+
+def test_a_worker_loads_its_installed_networks_before_the_first_job(own_weights: Path) -> None:
+    runtime = build_runtime(ModelServiceSettings(weights_dir=own_weights), own_weights)
+
+    assert registry.preload(runtime, ("denoise", "artifacts")) == ["denoise:mwcnn"]
+    loaded = mwcnn.load_network(runtime, mwcnn.DENOISE_WEIGHTS)
+    registry.restore(runtime, "denoise", "mwcnn", RestoreJob(_noisy_photo(), sigma=25))
+    assert mwcnn.load_network(runtime, mwcnn.DENOISE_WEIGHTS) is loaded  # not loaded again

@@ -58,6 +58,8 @@ class Restorer:
     level_option: str | None = None
     # Fitted per image for minutes (Deep Image Prior): its own queue, never a default.
     slow: bool = False
+    # Loads its network(s) into the runtime's cache, so a worker pays it at start, not a user.
+    load: Callable[[ModelRuntime], object] | None = None
 
     def available(self, weights_dir: Path) -> bool:
         return all((weights_dir / w).is_file() for w in self.weights)
@@ -93,6 +95,30 @@ def _deepfill_inpaint(runtime: ModelRuntime, job: RestoreJob) -> Restored:
     return deepfill.inpaint(runtime, job)
 
 
+def _load_mwcnn_denoise(runtime: ModelRuntime) -> object:
+    from shared.ml.restorers import mwcnn
+
+    return mwcnn.load_network(runtime, mwcnn.DENOISE_WEIGHTS)
+
+
+def _load_mwcnn_deblock(runtime: ModelRuntime) -> object:
+    from shared.ml.restorers import mwcnn
+
+    return mwcnn.load_network(runtime, mwcnn.ARTIFACTS_WEIGHTS)
+
+
+def _load_esrgan(runtime: ModelRuntime) -> object:
+    from shared.ml.restorers import esrgan
+
+    return esrgan.load_network(runtime)
+
+
+def _load_deepfill(runtime: ModelRuntime) -> object:
+    from shared.ml.restorers import deepfill
+
+    return deepfill.load_network(runtime)
+
+
 def _dip_denoise(runtime: ModelRuntime, job: RestoreJob) -> Restored:
     from shared.ml.restorers import dip
 
@@ -110,21 +136,22 @@ _DIP = "Deep Image Prior (Ulyanov et al. 2018), fitted per image; slow"
 
 RESTORERS: tuple[Restorer, ...] = (
     Restorer("denoise", "mwcnn", _MWCNN, _mwcnn_denoise, ("mwcnn-denoise.safetensors",),
-             ensemble=True, level_option="sigma"),
+             ensemble=True, level_option="sigma", load=_load_mwcnn_denoise),
     Restorer("denoise", "classic", "non-local means (OpenCV)", classic.denoise,
              level_option="sigma"),
     Restorer("denoise", "dip", _DIP, _dip_denoise, level_option="sigma", slow=True),
     Restorer("artifacts", "mwcnn", _MWCNN, _mwcnn_deblock, ("mwcnn-artifacts.safetensors",),
-             ensemble=True, level_option="quality"),
+             ensemble=True, level_option="quality", load=_load_mwcnn_deblock),
     Restorer("artifacts", "classic", "non-local means tuned to the JPEG quality (OpenCV)",
              classic.deblock, level_option="quality"),
     Restorer("superres", "esrgan", "ESRGAN RRDBNet (Wang et al. 2018)", _esrgan_upscale,
              ("esrgan-psnr.safetensors",), ensemble=True,
-             strength_weights="esrgan-gan.safetensors"),
+             strength_weights="esrgan-gan.safetensors", load=_load_esrgan),
     Restorer("superres", "classic", "bicubic interpolation", classic.upscale),
     # DeepFill is the default since its weights beat Telea inside the hole (README table).
     Restorer("inpaint", "deepfill", "contextual attention (Yu et al. 2018) over a Telea prefill",
-             _deepfill_inpaint, ("deepfill-contextual-attention.safetensors",), ensemble=True),
+             _deepfill_inpaint, ("deepfill-contextual-attention.safetensors",), ensemble=True,
+             load=_load_deepfill),
     Restorer("inpaint", "classic", "Telea fast marching (OpenCV)", classic.inpaint),
     Restorer("inpaint", "dip", _DIP, _dip_inpaint, slow=True),
 )
@@ -170,6 +197,16 @@ def installed(task: str, model: str, runtime: ModelRuntime) -> Restorer:
     return entry
 
 
+def preload(runtime: ModelRuntime, tasks: tuple[str, ...]) -> list[str]:
+    """Load the installed networks of `tasks` into the runtime; the (task, model)s loaded."""
+    loaded = []
+    for entry in RESTORERS:
+        if entry.task in tasks and entry.load and runtime.has_weights(entry.weights):
+            entry.load(runtime)
+            loaded.append(f"{entry.task}:{entry.name}")
+    return loaded
+
+
 def restore(runtime: ModelRuntime, task: str, model: str, job: RestoreJob) -> Restored:
     """Run `model` on `job` for `task`: the one dispatch the services and benchmarks share."""
     entry = installed(task, model, runtime)
@@ -195,6 +232,7 @@ __all__ = [
     "models_for",
     "offers_ensemble",
     "offers_strength",
+    "preload",
     "restore",
     "restorers",
 ]

@@ -62,3 +62,8 @@ def queue_for_task(task: str, model: str = "") -> QueueSpec:
     per image) has its own."""
     restorer = registry.find(task, model)
     return DIP if restorer is not None and restorer.slow else _SERVICE_FOR_TASK[task]
+
+
+def tasks_served_by(queue: QueueSpec) -> tuple[str, ...]:
+    """The tasks whose fast restorers consume `queue` (none for the slow restorers' queue)."""
+    return tuple(task for task, spec in _SERVICE_FOR_TASK.items() if spec == queue)
