@@ -12,9 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway import maintenance, openapi, records_api
+from services.gateway import connections, limits, maintenance, openapi, records_api
 from services.gateway.events import StatusBroadcaster, event_id, follow_statuses
-from services.gateway.uploads import UploadForm, check_mask_matches, read_upload, sniff_image
+from services.gateway.uploads import (
+    BodyPace,
+    UploadForm,
+    check_mask_matches,
+    read_upload,
+    sniff_image,
+)
 from services.gateway.validation import InvalidRequest, parse_options
 from shared.ml import registry
 from shared.platform import messages, metrics, telemetry, topology
@@ -61,6 +67,7 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR)
     records_api.add_routes(app, store, bus)  # /api/v1/records*, /dashboard, /metrics
+    connections.install(app, connections.ConnectionLimits.from_settings(settings))
     app.on_startup.append(_subscribe)
     app.on_startup.append(_start_maintenance)
     app.on_cleanup.append(_stop_maintenance)
@@ -136,11 +143,17 @@ async def submit_job(request: web.Request) -> web.Response:
     with telemetry.tracer().start_as_current_span("gateway submit") as span:
         received = time.time()
         try:
-            form = await read_upload(request, settings.max_upload_bytes)
+            await limits.check_before_upload(bus, settings)
+            pace = BodyPace(settings.body_timeout_s, settings.min_body_rate)
+            form = await read_upload(request, settings.max_upload_bytes, pace)
+        except limits.Refused as exc:
+            return exc.response()
         except InvalidRequest as exc:
             return _error(exc.status, str(exc))
         try:
             options, task = _validate(form, settings.weights_dir)
+            image_size = form.files["image"].dimensions
+            await limits.check_job(request, bus, settings, task, options, image_size)
             job_id = new_job_id()
             span.set_attribute("restora.job_id", job_id)
             span.set_attribute("restora.task", task)
@@ -160,6 +173,8 @@ async def submit_job(request: web.Request) -> web.Response:
             if "mask" in form.files:
                 mask_key = keys.upload_mask
                 await store.put(mask_key, form.files["mask"].data, "application/octet-stream")
+        except limits.Refused as exc:
+            return exc.response()
         except InvalidRequest as exc:
             return _error(exc.status, str(exc))
         finally:
@@ -426,9 +441,13 @@ async def running_gateway(
     app: web.Application, host: str, port: int
 ) -> AsyncIterator[web.AppRunner]:
     """Serve `app` until the block exits (tests and the embedded launcher use it)."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, **connections.runner_args(app))
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site: web.BaseSite = (
+        connections.GuardedSite(runner, host, port, app[connections.GUARD])
+        if connections.GUARD in app
+        else web.TCPSite(runner, host, port)
+    )
     await site.start()
     try:
         yield runner

@@ -1,10 +1,15 @@
-"""Reading the multipart upload: files streamed to spooled temp files under a byte cap."""
+"""Reading the multipart upload: files streamed to spooled temp files under a byte cap, text
+fields streamed under theirs, the whole body under a pace (a stalled or trickling client is
+answered 408 instead of holding a connection for ever)."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TypeVar
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -15,6 +20,8 @@ from shared.ml.imaging import oriented_size
 
 FILE_FIELDS = ("image", "mask")
 TEXT_FIELD_LIMIT = 1024
+# The form has ten options: more text fields than this is not a form from Restora's page or API.
+MAX_TEXT_FIELDS = 32
 _CHUNK = 1 << 16
 _EXIF_ORIENTATION = 0x0112
 _IN_MEMORY = 8 << 20  # uploads above this spill to disk while being read
@@ -40,23 +47,66 @@ class UploadForm:
             f.data.close()
 
 
-async def read_upload(request: web.Request, max_bytes: int) -> UploadForm:
+T = TypeVar("T")
+
+
+@dataclass
+class BodyPace:
+    """How slowly a client may send a body: no pause longer than `stall_s`, and after the first
+    `stall_s` at least `min_rate` bytes/s on average. None or 0 turns either off."""
+
+    stall_s: float | None = None
+    min_rate: int = 0
+    started: float = field(default_factory=time.monotonic)
+    received: int = 0
+
+    async def wait(self, read: Awaitable[T]) -> T:
+        """`read`, or a 408 when the client is too slow to deliver it."""
+        if not self.stall_s:
+            return await read
+        timeout = self.stall_s
+        if self.min_rate:
+            due = self.started + self.stall_s + self.received / self.min_rate
+            timeout = min(timeout, due - time.monotonic())
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                return await read
+        except TimeoutError:
+            raise InvalidRequest(self._too_slow(), status=408) from None
+
+    def count(self, data: bytes) -> bytes:
+        self.received += len(data)
+        return data
+
+    def _too_slow(self) -> str:
+        rate = f" or slower than {self.min_rate / 1024:g} KiB/s" if self.min_rate else ""
+        return f"the upload stalled for {self.stall_s:g} s{rate}: send it again"
+
+
+async def read_upload(
+    request: web.Request, max_bytes: int, pace: BodyPace | None = None
+) -> UploadForm:
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest(
             "send the image as multipart/form-data with a file field 'image'", status=415
         )
     if request.content_length is not None and request.content_length > max_bytes + (1 << 20):
         raise InvalidRequest(_too_large(max_bytes), status=413)
+    pace = pace or BodyPace()
     form = UploadForm()
     try:
         reader: MultipartReader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        while (part := await pace.wait(reader.next())) is not None:
             if not isinstance(part, BodyPartReader) or not part.name:
                 continue
+            if part.name in form.files or part.name in form.fields:
+                raise InvalidRequest(f"the form field {part.name!r} is sent twice")
             if part.name in FILE_FIELDS:
-                form.files[part.name] = await _spool(part, max_bytes)
+                form.files[part.name] = await _spool(part, max_bytes, pace)
+            elif len(form.fields) >= MAX_TEXT_FIELDS:
+                raise InvalidRequest(f"the form has more than {MAX_TEXT_FIELDS} fields", 413)
             else:
-                form.fields[part.name] = await _text(part)
+                form.fields[part.name] = await _text(part, pace)
     except BaseException as exc:
         form.close()
         if isinstance(exc, HttpProcessingError | ValueError) and not isinstance(
@@ -68,26 +118,45 @@ async def read_upload(request: web.Request, max_bytes: int) -> UploadForm:
     return form
 
 
-async def _spool(part: BodyPartReader, max_bytes: int) -> UploadedFile:
+async def _spool(part: BodyPartReader, max_bytes: int, pace: BodyPace) -> UploadedFile:
     # Closed by UploadForm.close(): it outlives this function.
     spool = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY)  # noqa: SIM115
     size = 0
-    while chunk := await part.read_chunk(_CHUNK):
-        size += len(chunk)
-        if size > max_bytes:
-            spool.close()
-            raise InvalidRequest(_too_large(max_bytes), status=413)
-        spool.write(chunk)
+    try:
+        while chunk := pace.count(await pace.wait(part.read_chunk(_CHUNK))):
+            size += len(chunk)
+            if size > max_bytes:
+                raise InvalidRequest(_too_large(max_bytes), status=413)
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
     spool.seek(0)
     content_type = part.headers.get("Content-Type", "application/octet-stream")
     return UploadedFile(spool, size, content_type)
 
 
-async def _text(part: BodyPartReader) -> str:
-    raw = await part.read(decode=True)
-    if len(raw) > TEXT_FIELD_LIMIT:
-        raise InvalidRequest(f"form field {part.name!r} is longer than {TEXT_FIELD_LIMIT} bytes")
-    return raw.decode("utf-8", errors="replace").strip()
+async def _text(part: BodyPartReader, pace: BodyPace) -> str:
+    """A text field, refused as soon as it passes the limit: never more than the limit plus
+    one read is held (a read is at most the limit too)."""
+    raw = bytearray()
+    while chunk := pace.count(await pace.wait(part.read_chunk(TEXT_FIELD_LIMIT + 1))):
+        raw += chunk
+        if len(raw) > TEXT_FIELD_LIMIT:
+            raise InvalidRequest(_field_too_long(part.name), status=413)
+    decoded = bytearray()  # as sent, or after its Content-(Transfer-)Encoding
+    try:
+        async for piece in part.decode_iter(bytes(raw)):
+            decoded += piece
+            if len(decoded) > TEXT_FIELD_LIMIT:
+                raise InvalidRequest(_field_too_long(part.name), status=413)
+    except RuntimeError as exc:  # aiohttp: an encoding it does not know
+        raise InvalidRequest(f"the form field {part.name!r} cannot be read: {exc}") from None
+    return decoded.decode("utf-8", errors="replace").strip()
+
+
+def _field_too_long(name: str | None) -> str:
+    return f"the form field {name!r} is longer than {TEXT_FIELD_LIMIT} bytes"
 
 
 def _orientation(img: Image.Image) -> int:

@@ -23,6 +23,7 @@ from shared.ml.imaging import (
     icc_matches_mode,
     megapixels,
     oriented_size,
+    shrunk_size,
     srgb_icc_profile,
 )
 
@@ -95,7 +96,7 @@ def normalize(
     _check_bytes(image_bytes, limits, "image")
     with _opened(image_bytes, "image", limits, task) as img:
         stored_size = img.size
-        target = _target_size(stored_size, max_side)
+        target = shrunk_size(stored_size, max_side)
         _check_pixels(stored_size, target, task, max_side, limits)
         _load(img, "image")
         orientation = _exif_orientation(img)
@@ -195,17 +196,6 @@ def _load(img: Image.Image, what: str) -> None:
         img.load()
     except Exception as exc:  # OSError, SyntaxError, zlib.error, ... depending on the plugin
         raise InvalidInput(f"the {what} is corrupt or truncated: {exc}") from exc
-
-
-def _target_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    """(width, height) after shrinking so the long side is at most `max_side`."""
-    width, height = size
-    if max_side is None or max(width, height) <= max_side:
-        return size
-    scale = max_side / max(width, height)
-    if width >= height:
-        return max_side, max(1, round(height * scale))
-    return max(1, round(width * scale)), max_side
 
 
 def _check_pixels(

@@ -111,6 +111,18 @@ def oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def shrunk_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(width, height) after shrinking so the long side is at most `max_side` (what preprocess
+    does with the `max_side` option; the gateway's cost estimate counts the same pixels)."""
+    width, height = size
+    if max_side is None or max(width, height) <= max_side:
+        return size
+    scale = max_side / max(width, height)
+    if width >= height:
+        return max_side, max(1, round(height * scale))
+    return max(1, round(width * scale)), max_side
+
+
 def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a uint8 HxW alpha channel to `size` = (width, height), Pillow's order, bicubic."""
     img = Image.fromarray(np.ascontiguousarray(alpha, dtype=np.uint8), mode="L")

@@ -60,6 +60,15 @@ class Restorer:
     slow: bool = False
     # Loads its network(s) into the runtime's cache, so a worker pays it at start, not a user.
     load: Callable[[ModelRuntime], object] | None = None
+    # What a job costs (shared.ml.cost): work units, about a second of a 2-core CPU each (the
+    # README's speed table), per megapixel it works on; superres counts its output pixels.
+    cost_per_megapixel: float = 1.0
+    # It never works on more than this many pixels a side (DeepFill's window around the mask,
+    # DIP's fit on a CPU), so its cost stops growing there.
+    cost_max_side: int | None = None
+    # Fitted per image: the optimisation steps a job takes unless it asks (cost_per_megapixel
+    # is for these; `iterations` scales it).
+    default_iterations: int | None = None
 
     def available(self, weights_dir: Path) -> bool:
         return all((weights_dir / w).is_file() for w in self.weights)
@@ -134,26 +143,39 @@ def _dip_inpaint(runtime: ModelRuntime, job: RestoreJob) -> Restored:
 _MWCNN = "MWCNN (Liu et al. 2018)"
 _DIP = "Deep Image Prior (Ulyanov et al. 2018), fitted per image; slow"
 
+# cost_per_megapixel: MWCNN 0.42 s and NLM 0.30 s at 512² (2 threads, fp32); RRDBNet ×4 2.4 s for a
+# 1 MP output; DIP ~0.6 s per step at 256² (so 600 steps ≈ 6 minutes). Relative values matter:
+# the budget (RESTORA_MAX_JOB_COST) is where an operator says what a job may cost.
+_DIP_STEP_PER_MP = 9.2
 RESTORERS: tuple[Restorer, ...] = (
     Restorer("denoise", "mwcnn", _MWCNN, _mwcnn_denoise, ("mwcnn-denoise.safetensors",),
-             ensemble=True, level_option="sigma", load=_load_mwcnn_denoise),
+             ensemble=True, level_option="sigma", load=_load_mwcnn_denoise,
+             cost_per_megapixel=1.6),
     Restorer("denoise", "classic", "non-local means (OpenCV)", classic.denoise,
-             level_option="sigma"),
-    Restorer("denoise", "dip", _DIP, _dip_denoise, level_option="sigma", slow=True),
+             level_option="sigma", cost_per_megapixel=1.2),
+    Restorer("denoise", "dip", _DIP, _dip_denoise, level_option="sigma", slow=True,
+             cost_per_megapixel=_DIP_STEP_PER_MP * 1200, cost_max_side=256,
+             default_iterations=1200),
     Restorer("artifacts", "mwcnn", _MWCNN, _mwcnn_deblock, ("mwcnn-artifacts.safetensors",),
-             ensemble=True, level_option="quality", load=_load_mwcnn_deblock),
+             ensemble=True, level_option="quality", load=_load_mwcnn_deblock,
+             cost_per_megapixel=1.6),
     Restorer("artifacts", "classic", "non-local means tuned to the JPEG quality (OpenCV)",
-             classic.deblock, level_option="quality"),
+             classic.deblock, level_option="quality", cost_per_megapixel=1.2),
     Restorer("superres", "esrgan", "ESRGAN RRDBNet (Wang et al. 2018)", _esrgan_upscale,
              ("esrgan-psnr.safetensors",), ensemble=True,
-             strength_weights="esrgan-gan.safetensors", load=_load_esrgan),
-    Restorer("superres", "classic", "bicubic interpolation", classic.upscale),
+             strength_weights="esrgan-gan.safetensors", load=_load_esrgan,
+             cost_per_megapixel=2.3),
+    Restorer("superres", "classic", "bicubic interpolation", classic.upscale,
+             cost_per_megapixel=0.02),
     # DeepFill is the default since its weights beat Telea inside the hole (README table).
     Restorer("inpaint", "deepfill", "contextual attention (Yu et al. 2018) over a Telea prefill",
              _deepfill_inpaint, ("deepfill-contextual-attention.safetensors",), ensemble=True,
-             load=_load_deepfill),
-    Restorer("inpaint", "classic", "Telea fast marching (OpenCV)", classic.inpaint),
-    Restorer("inpaint", "dip", _DIP, _dip_inpaint, slow=True),
+             load=_load_deepfill, cost_per_megapixel=8.0, cost_max_side=512),
+    Restorer("inpaint", "classic", "Telea fast marching (OpenCV)", classic.inpaint,
+             cost_per_megapixel=0.5),
+    Restorer("inpaint", "dip", _DIP, _dip_inpaint, slow=True,
+             cost_per_megapixel=_DIP_STEP_PER_MP * 600, cost_max_side=256,
+             default_iterations=600),
 )
 
 

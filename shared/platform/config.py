@@ -67,6 +67,24 @@ class GatewaySettings(CommonSettings):
     job_deadline_s: int = 3600
     # How often the gateway sweeps for stalled jobs and expired objects.
     maintenance_interval_s: int = 300
+    # Push-back (services/gateway/limits.py). The most jobs that may wait for a task (the
+    # preprocess queue plus the task's model queue); beyond it a submission gets 503 with
+    # Retry-After. 0 = no limit.
+    max_queue_depth: int = 200
+    # The most work one job may cost, in work units (about a second of a 2-core CPU each;
+    # shared/ml/cost.py), for the fast restorers and for those fitted per image (dip); beyond
+    # it a submission gets 413 with a max_side that fits. 0 = no limit.
+    max_job_cost: float = 60.0
+    max_slow_job_cost: float = 1800.0
+    # Slow clients (services/gateway/connections.py): a connection must send its request line
+    # and headers within header_timeout_s; a body may stall for at most body_timeout_s and must
+    # then average min_body_rate bytes/s; an idle kept-alive connection is closed after
+    # idle_timeout_s; at most max_connections connections are open at once (others get 503).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    min_body_rate: int = 4096
+    idle_timeout_s: float = 30.0
+    max_connections: int = 512
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ from shared.platform.topology import QueueSpec
 
 log = get_logger(__name__)
 
+#: How long RabbitBus.queue_depth reuses a count: a burst of submissions asks the broker once.
+DEPTH_CACHE_S = 1.0
+
 
 class Reject(Exception):
     """Raised by a handler for a message that no retry can ever process."""
@@ -73,6 +76,7 @@ class EventBus(Protocol):
     async def subscribe_status(self, handler: StatusHandler) -> None: ...
     async def ping(self) -> bool: ...
     async def queue_depths(self) -> dict[str, int]: ...
+    async def queue_depth(self, queue: QueueSpec) -> int: ...
 
 
 class _InFlight:
@@ -303,6 +307,10 @@ class InProcessBus:
         """Messages waiting in each work queue, for the gateway's queue-depth gauge."""
         return {spec.name: self._queue(spec.name).qsize() for spec in topology.WORK_QUEUES}
 
+    async def queue_depth(self, queue: QueueSpec) -> int:
+        """Messages waiting in `queue` (not those being handled now)."""
+        return self._queue(queue.name).qsize()
+
 
 # --------------------------------------------------------------------------------------
 # RabbitMQ bus
@@ -323,6 +331,8 @@ class RabbitBus:
         self._work_consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight = _InFlight()
         self._depth_channel: AbstractChannel | None = None
+        self._depth_lock = asyncio.Lock()
+        self._depth_cache: dict[str, tuple[float, int]] = {}  # queue -> (monotonic time, count)
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(
@@ -435,17 +445,28 @@ class RabbitBus:
 
     async def queue_depths(self) -> dict[str, int]:
         """Messages ready in each work queue, for the gateway's queue-depth gauge."""
+        async with self._depth_lock:
+            return {q.name: await self._declared_depth(q.name) for q in topology.WORK_QUEUES}
+
+    async def queue_depth(self, queue: QueueSpec) -> int:
+        """Messages ready in `queue`, at most DEPTH_CACHE_S old: the gateway asks on every
+        submission, and one passive declare a second per queue is all the broker sees."""
+        async with self._depth_lock:  # a burst waits for the one declare in flight
+            cached = self._depth_cache.get(queue.name)
+            if cached is None or time.monotonic() - cached[0] >= DEPTH_CACHE_S:
+                cached = (time.monotonic(), await self._declared_depth(queue.name))
+                self._depth_cache[queue.name] = cached
+            return cached[1]
+
+    async def _declared_depth(self, name: str) -> int:
         assert self._connection is not None, "bus not started"
         # A channel of its own: a failed passive declare closes the channel it ran on.
         if self._depth_channel is None or self._depth_channel.is_closed:
             self._depth_channel = await self._connection.channel()
         # aiormq's declare-ok: aio-pika's passive declare_queue reported 0 on quorum queues.
         raw = await self._depth_channel.get_underlay_channel()
-        depths = {}
-        for spec in topology.WORK_QUEUES:
-            ok = await raw.queue_declare(spec.name, passive=True)
-            depths[spec.name] = ok.message_count or 0
-        return depths
+        ok = await raw.queue_declare(name, passive=True)
+        return ok.message_count or 0
 
 
 async def declare_topology(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:
