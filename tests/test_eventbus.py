@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.platform import topology
-from shared.platform.eventbus import Delivery, EventBus, InProcessBus, RabbitBus, Reject
+from shared.platform.eventbus import (
+    DEPTH_CACHE_S,
+    Delivery,
+    EventBus,
+    InProcessBus,
+    RabbitBus,
+    Reject,
+)
 from shared.platform.messages import JobOptions, JobStatus, JobSubmitted
 from tests.stack import purge_queues
 
@@ -112,6 +119,34 @@ async def test_status_fans_out_to_every_subscriber(bus: EventBus) -> None:
 
 async def test_ping(bus: EventBus) -> None:
     assert await bus.ping()
+
+
+async def test_queue_depth_counts_waiting_messages(bus: EventBus) -> None:
+    assert await bus.queue_depth(QUEUE) == 0
+    for n in range(3):
+        await bus.publish(QUEUE, job(f"{n:032x}"))
+    deadline = asyncio.get_running_loop().time() + 10
+    while (depth := await bus.queue_depth(QUEUE)) != 3:  # RabbitMQ: the cached 0 expires
+        assert asyncio.get_running_loop().time() < deadline, f"depth stuck at {depth}"
+        await asyncio.sleep(0.1)
+    assert await bus.queue_depth(topology.DENOISE) == 0  # per queue
+
+
+@pytest.mark.servers
+async def test_rabbitmq_queue_depth_is_cached_for_a_burst(rabbitmq_url: str) -> None:
+    """A burst of submissions asks the broker once a second, not once each."""
+    await purge_queues(rabbitmq_url)
+    bus = RabbitBus(rabbitmq_url)
+    await bus.start()
+    try:
+        assert await bus.queue_depth(QUEUE) == 0
+        await bus.publish(QUEUE, job())
+        await asyncio.sleep(0.2)  # the broker has it, but the count is less than a second old
+        assert await bus.queue_depth(QUEUE) == 0
+        await asyncio.sleep(DEPTH_CACHE_S)
+        assert await bus.queue_depth(QUEUE) == 1
+    finally:
+        await bus.close()
 
 
 async def test_drain_finishes_the_job_in_hand_and_takes_no_more(bus: EventBus) -> None:

@@ -143,6 +143,12 @@ def install(app: web.Application, limits: ConnectionLimits) -> None:
 async def _request_started(request: web.Request, handler: Any) -> web.StreamResponse:
     request.app[GUARD].request_started(request.protocol)
     response: web.StreamResponse = await handler(request)
+    if response.status == 408:
+        # A body too slow to arrive: answer, then close, rather than let aiohttp linger for
+        # the rest of it as it does after other early answers.
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
     return response
 
 
