@@ -76,6 +76,22 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
         },
     }
     error = {"type": "object", "properties": {"error": {"type": "string"}}}
+    retry_after = {"Retry-After": {"description": "seconds to wait before trying again",
+                                   "schema": {"type": "integer", "minimum": 1}}}
+    refusal = {"type": "object", "properties": {
+        "error": {"type": "string"},
+        "limit": {"type": "string", "description": "which limit: queue depth, job cost, ..."},
+        "retry_after_s": {"type": "integer"},
+    }}
+    too_costly = {"type": "object", "properties": {
+        "error": {"type": "string"},
+        "limit": {"type": "string", "description": "job cost: the fields below come with it"},
+        "setting": {"type": "string", "description": "the setting that holds the limit"},
+        "cost": {"type": "number", "description": "the job's estimate, in work units"},
+        "max_cost": {"type": "number"},
+        "max_side": {"type": ["integer", "null"], "description": "the largest that fits"},
+        "iterations": {"type": ["integer", "null"], "description": "dip: the most that fit"},
+    }}
     job_id = {"name": "id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
     no_such_job = {"404": {"description": "no such job", "content": _json(error)}}
@@ -96,9 +112,19 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
                     "responses": {
                         "202": {"description": "accepted: {id, state, status_url}"},
                         "400": {"description": "bad field", "content": _json(error)},
-                        "413": {"description": "too large", "content": _json(error)},
+                        "408": {"description": "the body stalled or came too slowly",
+                                "content": _json(error)},
+                        "413": {"description": "the upload, a text field or the number of "
+                                "fields is over its limit, or the job would cost more work "
+                                "than a job may (then `max_side` says what fits)",
+                                "content": _json(too_costly)},
                         "415": {"description": "not an image", "content": _json(error)},
-                        "503": {"description": "broker or store unavailable"},
+                        "429": {"description": "too many unfinished jobs of this owner",
+                                "headers": retry_after, "content": _json(refusal)},
+                        "503": {"description": "busy (too many jobs waiting for the task, or "
+                                "too many connections; see Retry-After), or the broker or "
+                                "store is unavailable",
+                                "headers": retry_after, "content": _json(refusal)},
                     },
                 }
             },

@@ -292,3 +292,53 @@ def test_failed_job_shows_the_reason(desktop_page: Any, tmp_path: Path, artifact
     expect(page.locator("#cancel")).to_be_hidden()
     expect(page.locator("#recent-list li").first).to_contain_text("failed")
     page.screenshot(path=artifact("failed-job"), full_page=True)
+
+
+def test_push_back_is_explained_and_the_photo_can_be_shrunk_to_fit(
+    desktop_page: Any, tmp_path: Path, artifact: Any
+) -> None:
+    """The gateway's 413 for a costly job and 503 for a full queue, played by a route: the page
+    says what happened, offers the max_side that fits, and waits out the Retry-After."""
+    page = desktop_page
+    posts: list[bytes] = []
+    costly = {"error": "this job would cost about 72 work units", "limit": "job cost",
+              "setting": "RESTORA_MAX_JOB_COST", "cost": 72.4, "max_cost": 60, "max_side": 100}
+    busy = {"error": "Restora is busy: 250 denoise jobs are waiting (the limit is 200); "
+            "try again in 3 s", "limit": "queue depth", "retry_after_s": 3}
+
+    def answer(route: Any) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        posts.append(route.request.post_data_buffer or b"")
+        if len(posts) == 1:
+            route.fulfill(status=413, json=costly)
+        elif len(posts) == 2:
+            route.fulfill(status=503, json=busy, headers={"Retry-After": "3"})
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/jobs", answer)
+    _open(page, _photo(tmp_path / "photo.png", 128, 96), "denoise")
+    page.click("#submit")
+    error = page.locator("#form-error")
+    expect(error).to_contain_text("too much work for one job")
+    expect(error).to_contain_text("72 work units; this server allows 60 per job")
+    shrink = page.locator("#shrink-and-restore")
+    expect(shrink).to_have_text("Shrink to 100 px and restore")
+    page.screenshot(path=artifact("push-back-cost"), full_page=True)
+
+    shrink.click()
+    expect(error).to_contain_text("Restora is busy right now")
+    expect(error).to_contain_text("250 denoise jobs are waiting")
+    expect(page.locator("#submit")).to_be_disabled()
+    expect(page.locator("#submit-hint")).to_contain_text("try again in")
+    page.screenshot(path=artifact("push-back-busy"), full_page=True)
+
+    expect(page.locator("#submit")).to_be_enabled(timeout=10_000)  # after the Retry-After
+    page.click("#submit")
+    _wait_done(page)
+    assert len(posts) == 3
+    assert b'name="max_side"' not in posts[0]
+    assert all(b'name="max_side"\r\n\r\n100\r\n' in body for body in posts[1:])
+    expect(page.locator("#result-info")).to_contain_text("100 × 75 px")

@@ -77,6 +77,9 @@
     pollTimer: 0,
     tickTimer: 0,
     recentDocs: new Map(),
+    maxSide: 0, // set when the server said the photo costs too much and the user shrank it
+    retryAt: 0, // the server is busy: submitting waits until then (ms since the epoch)
+    retryTimer: 0,
   };
 
   // ------------------------------------------------------------------ small helpers
@@ -223,6 +226,7 @@
     if (state.image?.url) URL.revokeObjectURL(state.image.url);
     const url = URL.createObjectURL(file);
     state.file = file;
+    state.maxSide = 0;
     state.image = { url, width: 0, height: 0, format: await sniffFormat(file), decoded: false };
     el.formError.hidden = true;
     el.previewImg.src = url;
@@ -449,10 +453,11 @@
   // ------------------------------------------------------------------ submitting
   function updateSubmit() {
     let hint = "";
+    const wait = Math.ceil((state.retryAt - Date.now()) / 1000);
     if (!state.file) hint = "Choose a photo first.";
     else if (selectedTask() === "inpaint" && state.image?.decoded && !state.strokes.some((s) => !s.erase)) {
       hint = "Paint the region to fill in.";
-    }
+    } else if (wait > 0) hint = `Restora is busy: try again in ${wait} s.`;
     el.submit.disabled = !!hint || !!(state.job && !state.job.final);
     el.submitHint.textContent = state.job && !state.job.final ? "A job is running…" : hint;
   }
@@ -468,6 +473,7 @@
     if (task === "artifacts") form.append("quality", el.qualityAuto.checked ? "auto" : el.quality.value);
     if (task === "superres") form.append("scale", "4");
     if (task === "superres" && !el.strengthRow.hidden) form.append("strength", el.strength.value);
+    if (state.maxSide) form.append("max_side", String(state.maxSide));
     return form;
   }
 
@@ -480,15 +486,65 @@
       xhr.addEventListener("load", () => {
         let body;
         try { body = JSON.parse(xhr.responseText); } catch { body = { error: xhr.responseText || xhr.statusText }; }
-        resolve({ status: xhr.status, body });
+        resolve({ status: xhr.status, body, retryAfter: xhr.getResponseHeader("Retry-After") });
       });
       xhr.addEventListener("error", () => reject(new Error("the server could not be reached")));
       xhr.send(form);
     });
   }
 
+  // ------------------------------------------------------------------ push-back
+  // 503/429: too much work is waiting (or this user has too many jobs): say so, and keep the
+  // button off until the Retry-After the server gave.
+  function showBusy(answer) {
+    const header = Number.parseInt(answer.retryAfter || "", 10);
+    const fromBody = Number.parseInt(answer.body.retry_after_s, 10);
+    const seconds = [header, fromBody].find((n) => Number.isFinite(n) && n > 0) || 5;
+    const title = answer.status === 429 ? "You have too many jobs running." : "Restora is busy right now.";
+    const detail = String(answer.body.error || "too much work is waiting").replace(/^restora is busy:\s*/i, "");
+    showAlert(el.formError, title, detail);
+    state.retryAt = Date.now() + seconds * 1000;
+    clearInterval(state.retryTimer);
+    state.retryTimer = setInterval(() => {
+      if (Date.now() >= state.retryAt) {
+        clearInterval(state.retryTimer);
+        state.retryAt = 0;
+      }
+      updateSubmit();
+    }, 1000);
+    updateSubmit();
+  }
+
+  // 413 for the job's cost: what it would cost, what is allowed, and a button that sends the
+  // photo again shrunk to the largest size that fits (the server's max_side).
+  function showTooCostly(body) {
+    const parts = [];
+    if (body.cost != null && body.max_cost != null) {
+      parts.push(`it would take about ${Math.round(body.cost)} work units; this server allows ${body.max_cost} per job`);
+    }
+    if (body.max_side) parts.push(`shrunk to ${body.max_side} px on its long side it fits`);
+    else if (body.iterations) parts.push(`with at most ${body.iterations} iterations it fits`);
+    else parts.push("pick a smaller photo or a faster model");
+    showAlert(el.formError, "This photo is too much work for one job.", parts.length > 1 ? parts.join("; ") : body.error);
+    if (!body.max_side) return;
+    const shrink = document.createElement("button");
+    shrink.type = "button";
+    shrink.className = "button alert-action";
+    shrink.id = "shrink-and-restore";
+    shrink.textContent = `Shrink to ${body.max_side} px and restore`;
+    shrink.addEventListener("click", () => {
+      state.maxSide = body.max_side;
+      submitJob();
+    });
+    el.formError.append(shrink);
+  }
+
   async function onSubmit(event) {
     event.preventDefault();
+    await submitJob();
+  }
+
+  async function submitJob() {
     if (!state.file || el.submit.disabled) return;
     el.formError.hidden = true;
     const task = selectedTask();
@@ -512,6 +568,16 @@
       answer = await postForm(form, (f) => { el.submitHint.textContent = `Uploading… ${Math.round(f * 100)}%`; });
     } catch (err) {
       showAlert(el.formError, "The upload did not go through.", err.message);
+      updateSubmit();
+      return;
+    }
+    if (answer.status === 503 || answer.status === 429) {
+      showBusy(answer);
+      updateSubmit();
+      return;
+    }
+    if (answer.status === 413 && answer.body.limit === "job cost") {
+      showTooCostly(answer.body);
       updateSubmit();
       return;
     }
