@@ -446,7 +446,10 @@ class RabbitBus:
     async def queue_depths(self) -> dict[str, int]:
         """Messages ready in each work queue, for the gateway's queue-depth gauge."""
         async with self._depth_lock:
-            return {q.name: await self._declared_depth(q.name) for q in topology.WORK_QUEUES}
+            depths = {q.name: await self._declared_depth(q.name) for q in topology.WORK_QUEUES}
+            now = time.monotonic()
+            self._depth_cache.update((name, (now, depth)) for name, depth in depths.items())
+            return depths
 
     async def queue_depth(self, queue: QueueSpec) -> int:
         """Messages ready in `queue`, at most DEPTH_CACHE_S old: the gateway asks on every
