@@ -21,7 +21,7 @@ from skimage import data
 from shared.ml.registry import SHIPPED_WEIGHTS_DIR, models_for
 from shared.platform.telemetry import setup_tracing
 from tests.pipeline_helpers import decode_image, png_bytes
-from tests.stack import Stack, download, follow_events, running_stack, submit, wait_for_state
+from tests.stack import ADMIN, Stack, download, follow_events, running_stack, submit, wait_for_state
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
+    async with aiohttp.ClientSession(headers=ADMIN) as client:
         yield client
 
 
