@@ -57,10 +57,12 @@ async def run_job(
         session, stack.url, image, task, mask, **{k: str(v) for k, v in fields.items()}
     )
     assert status == 202, body
-    assert set(body) == {"id", "state", "status_url"} and body["state"] == "queued"
+    assert set(body) == {"id", "state", "status_url", "events_url", "owner_token"}
+    assert body["state"] == "queued"
     events = await follow_events(session, stack.url, body["id"])
     assert events[-1]["state"] == "done", events
-    async with session.get(stack.url + body["status_url"]) as response:
+    owner = {"Authorization": f"Bearer {body['owner_token']}"}  # as a client reads its job
+    async with session.get(stack.url + body["status_url"], headers=owner) as response:
         doc = await response.json()
     assert doc["state"] == "done" and doc["error"] is None
     assert {"queued", "preprocessing", "running", "done"} <= set(doc["stages"])
