@@ -369,6 +369,11 @@ async def test_pages_and_api_answers_carry_the_security_headers(
         assert not re.search(r"<style|\sstyle=|\son[a-z]+=", html), name
     async with session.get(f"{stack.url}/api/v1/jobs/{'0' * 32}") as response:
         assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    # A revalidated page keeps the page's policy (a browser applies a 304's headers to it).
+    async with session.get(stack.url + "/", headers={
+            "If-Modified-Since": "Sun, 01 Jan 2090 00:00:00 GMT"}) as response:
+        assert response.status == 304
+        assert response.headers["Content-Security-Policy"] == csp
 
 
 def test_the_page_policy_allows_the_stores_public_host() -> None:

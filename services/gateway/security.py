@@ -9,7 +9,7 @@
   (a dashboard URL with `?token=` never leaves in a Referer) and a Content-Security-Policy:
   the pages load only their own scripts and styles, images from here, `data:`/`blob:` (the
   icon, the local preview of a chosen photo) and the object store's public host (presigned
-  links); everything else (JSON, files) gets `default-src 'none'` in a sandbox.
+  links); the API's answers (JSON, files) get `default-src 'none'` in a sandbox.
 - Rate limits: a token bucket per client IP and per API key, refilled at the configured
   requests per minute, holding at most a minute's worth. The buckets live in each gateway
   replica; an exceeded limit answers `429` with `Retry-After`.
@@ -113,9 +113,11 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
-    html = (headers.get("Content-Type") or response.content_type or "").startswith("text/html")
-    headers.setdefault("Content-Security-Policy", request.app[PAGE_CSP] if html else OTHER_CSP)
-    if request.path.startswith(API_PREFIX) and not request.path.startswith(LOCAL_FILES_ROUTE):
+    # By path, not by content type: a 304 has none, and a browser applies its headers to the
+    # page it revalidated.
+    api = request.path.startswith(API_PREFIX)
+    headers.setdefault("Content-Security-Policy", OTHER_CSP if api else request.app[PAGE_CSP])
+    if api and not request.path.startswith(LOCAL_FILES_ROUTE):
         # Job documents carry fresh links: no shared cache keeps them.
         headers.setdefault("Cache-Control", "no-store")
     origins = request.app[CORS_ORIGINS]
