@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from dataclasses import replace
 
 from services.denoise import service as denoise_service
@@ -50,6 +51,8 @@ async def start_workers(
 
 async def main() -> None:
     settings = load_settings(EmbeddedSettings)
+    # As Jupyter does: without a configured admin token, one for this run, in the link below.
+    settings = replace(settings, admin_token=settings.admin_token or secrets.token_urlsafe(24))
     configure_process("restora", settings)
     # The services share the cores and one runtime: one inference at a time, using all of them.
     runtime = build_runtime(
@@ -63,7 +66,9 @@ async def main() -> None:
     app = create_app(bus, store, settings)
     async with running_gateway(app, settings.host, settings.port):
         log.info("restora_ready", url=f"http://{settings.host}:{settings.port}")
-        print(f"Restora is running at http://{settings.host}:{settings.port}  (Ctrl-C stops)")
+        url = f"http://{settings.host}:{settings.port}"
+        print(f"Restora is running at {url}  (Ctrl-C stops)")
+        print(f"Dashboard (operators): {url}/dashboard?token={settings.admin_token}", flush=True)
         try:
             await wait_for_shutdown()
         finally:

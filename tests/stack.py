@@ -26,6 +26,10 @@ from shared.platform.config import GatewaySettings, PreprocessSettings
 from shared.platform.eventbus import EventBus, InProcessBus, RabbitBus, declare_topology
 from tests.servers import S3Endpoint
 
+# The operator's credential in test stacks; a session with ADMIN headers reads every job.
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -76,6 +80,7 @@ async def running_stack(
 ) -> AsyncIterator[Stack]:
     """Gateway (+ workers unless `workers=False`) on real servers where given, else embedded."""
     port = free_port()
+    settings_overrides.setdefault("admin_token", ADMIN_TOKEN)
     if s3 is not None:
         settings = s3_settings(s3, port=port, **settings_overrides)
         store: BlobStore = S3BlobStore(settings)
@@ -152,8 +157,9 @@ async def wait_for_state(
 
 
 async def download(session: aiohttp.ClientSession, base_url: str, link: str) -> bytes:
-    """Fetch a presigned/signed link the way a browser would."""
+    """Fetch a presigned/signed link the way a browser would: without credentials (an S3
+    server refuses a presigned request that also carries an Authorization header)."""
     target = link if link.startswith("http") else base_url + link
-    async with session.get(target) as response:
+    async with aiohttp.ClientSession() as plain, plain.get(target) as response:
         assert response.status == 200, await response.text()
         return await response.read()

@@ -26,7 +26,15 @@ from shared.platform.jobs import JobKeys, JobLog, JobSpec, StatusReporter
 from shared.platform.messages import JobOptions, JobStatus, RestoreRequested
 from shared.platform.model_service import ModelService, RestoreInput, RestoreOutput
 from tests.pipeline_helpers import png_bytes
-from tests.stack import Stack, follow_events, free_port, running_stack, submit, wait_for_state
+from tests.stack import (
+    ADMIN,
+    Stack,
+    follow_events,
+    free_port,
+    running_stack,
+    submit,
+    wait_for_state,
+)
 
 pytestmark = pytest.mark.servers
 
@@ -44,7 +52,7 @@ async def servers_stack(
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
+    async with aiohttp.ClientSession(headers=ADMIN) as client:
         yield client
 
 

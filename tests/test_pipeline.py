@@ -21,7 +21,7 @@ from skimage import data
 from shared.ml.registry import SHIPPED_WEIGHTS_DIR, models_for
 from shared.platform.telemetry import setup_tracing
 from tests.pipeline_helpers import decode_image, png_bytes
-from tests.stack import Stack, download, follow_events, running_stack, submit, wait_for_state
+from tests.stack import ADMIN, Stack, download, follow_events, running_stack, submit, wait_for_state
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
+    async with aiohttp.ClientSession(headers=ADMIN) as client:
         yield client
 
 
@@ -57,10 +57,12 @@ async def run_job(
         session, stack.url, image, task, mask, **{k: str(v) for k, v in fields.items()}
     )
     assert status == 202, body
-    assert set(body) == {"id", "state", "status_url"} and body["state"] == "queued"
+    assert set(body) == {"id", "state", "status_url", "events_url", "owner_token"}
+    assert body["state"] == "queued"
     events = await follow_events(session, stack.url, body["id"])
     assert events[-1]["state"] == "done", events
-    async with session.get(stack.url + body["status_url"]) as response:
+    owner = {"Authorization": f"Bearer {body['owner_token']}"}  # as a client reads its job
+    async with session.get(stack.url + body["status_url"], headers=owner) as response:
         doc = await response.json()
     assert doc["state"] == "done" and doc["error"] is None
     assert {"queued", "preprocessing", "running", "done"} <= set(doc["stages"])

@@ -41,7 +41,7 @@ from shared.platform.records import (
 from shared.platform.telemetry import setup_tracing
 from tests.pipeline_helpers import png_bytes
 from tests.servers import S3Endpoint
-from tests.stack import Stack, follow_events, free_port, running_stack, submit
+from tests.stack import ADMIN, ADMIN_TOKEN, Stack, follow_events, free_port, running_stack, submit
 
 IMAGE = png_bytes(data.camera()[:48, :64])
 RGB = data.astronaut()[::8, ::8][:32, :40].copy()
@@ -58,7 +58,7 @@ def spans() -> InMemorySpanExporter:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
+    async with aiohttp.ClientSession(headers=ADMIN) as client:
         yield client
 
 
@@ -498,7 +498,8 @@ async def test_queue_depth_is_a_gauge_when_the_bus_reports_it(
     await bus.start()
     store = LocalDirBlobStore(tmp_path, b"secret")
     port = free_port()
-    app = create_app(bus, store, GatewaySettings(port=port, data_dir=tmp_path))
+    settings = GatewaySettings(port=port, data_dir=tmp_path, admin_token=ADMIN_TOKEN)
+    app = create_app(bus, store, settings)
     url = f"http://127.0.0.1:{port}/metrics"
     async with running_gateway(app, "127.0.0.1", port), session.get(url) as response:
         families = _families(await response.text())

@@ -12,7 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway import connections, limits, maintenance, openapi, records_api
+from services.gateway import (
+    auth,
+    connections,
+    limits,
+    maintenance,
+    openapi,
+    records_api,
+    security,
+)
 from services.gateway.events import StatusBroadcaster, event_id, follow_statuses
 from services.gateway.uploads import (
     BodyPace,
@@ -68,6 +76,8 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     app.router.add_static("/static/", STATIC_DIR)
     records_api.add_routes(app, store, bus)  # /api/v1/records*, /dashboard, /metrics
     connections.install(app, connections.ConnectionLimits.from_settings(settings))
+    security.install(app, settings)  # CORS, security headers
+    auth.install(app, settings)  # job owners, API keys, the operator, rate limits
     app.on_startup.append(_subscribe)
     app.on_startup.append(_start_maintenance)
     app.on_cleanup.append(_stop_maintenance)
@@ -158,6 +168,7 @@ async def submit_job(request: web.Request) -> web.Response:
             span.set_attribute("restora.job_id", job_id)
             span.set_attribute("restora.task", task)
             keys = JobKeys(job_id)
+            owner = auth.new_ownership(request)
             spec = JobSpec(
                 job_id=job_id,
                 task=task,
@@ -165,6 +176,8 @@ async def submit_job(request: web.Request) -> web.Response:
                 created_at=time.time(),
                 upload_bytes=form.files["image"].size,
                 upload_content_type=form.files["image"].format,
+                owner_token_sha256=owner.token_sha256,
+                owner_key_sha256=owner.key_sha256,
             )
             # The spec first: objects of a job without a spec are a deleted job's leftovers.
             await JobLog(store).create(spec)
@@ -194,7 +207,14 @@ async def submit_job(request: web.Request) -> web.Response:
     log.info("job_accepted", job_id=job_id, task=task, model=options.model)
     status_url = f"/api/v1/jobs/{job_id}"
     return web.json_response(
-        {"id": job_id, "state": "queued", "status_url": status_url},
+        {
+            "id": job_id,
+            "state": "queued",
+            "status_url": status_url,
+            "events_url": auth.events_url(request, spec),
+            # Send it as `Authorization: Bearer …` to read, follow or delete the job.
+            "owner_token": owner.token,
+        },
         status=202,
         headers={"Location": status_url},
     )
@@ -224,7 +244,8 @@ async def _load_view(request: web.Request) -> JobView:
             text=json.dumps({"error": "no such job"}), content_type="application/json"
         )
     view = await JobLog(request.app[STORE]).view(job_id)
-    if view is None:
+    # Another owner's job is as absent as a job that never was.
+    if view is None or not auth.may_access(request, view.spec):
         raise web.HTTPNotFound(
             text=json.dumps({"error": "no such job"}), content_type="application/json"
         )
@@ -234,7 +255,9 @@ async def _load_view(request: web.Request) -> JobView:
 async def get_job(request: web.Request) -> web.Response:
     """Reads only: a stalled job is failed by the maintenance sweeper, not by a GET."""
     view = await _load_view(request)
-    return web.json_response(job_document(view, request.app[STORE], request.app[SETTINGS]))
+    doc = job_document(view, request.app[STORE], request.app[SETTINGS])
+    doc["events_url"] = auth.events_url(request, view.spec)
+    return web.json_response(doc)
 
 
 async def delete_job(request: web.Request) -> web.Response:

@@ -94,9 +94,24 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
     }}
     job_id = {"name": "id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
-    no_such_job = {"404": {"description": "no such job", "content": _json(error)}}
+    no_such_job = {"404": {"description": "no such job, or another owner's",
+                           "content": _json(error)}}
+    limited = {"429": {"description": "rate limit exceeded; see Retry-After",
+                       "content": _json(error)}}
+    unauthorized = {"401": {"description": "needs the admin token", "content": _json(error)}}
     ok = {"200": {"description": "OK"}}
-    ok_or_bad_filter = {**ok, "400": {"description": "bad filter", "content": _json(error)}}
+    ok_or_bad_filter = {**ok, "400": {"description": "bad filter", "content": _json(error)},
+                        **unauthorized, **limited}
+    # The job's owner token, the API key that submitted it, or the admin token.
+    owner: list[dict[str, list[str]]] = [{"bearer": []}]
+    admin: list[dict[str, list[str]]] = [{"bearer": []}]
+    accepted = {"type": "object", "required": ["id", "state", "status_url", "owner_token"],
+                "properties": {"id": {"type": "string"}, "state": {"type": "string"},
+                               "status_url": {"type": "string"},
+                               "events_url": {"type": "string"},
+                               "owner_token": {"type": "string", "description":
+                                               "send as Authorization: Bearer to read, "
+                                               "follow or delete the job"}}}
     iso_time = {"type": "string", "description": "ISO 8601 date or date-time (UTC)"}
     record_filters = [_query("from", iso_time), _query("to", iso_time),
                       _query("task", {"enum": list(TASKS)}), _query("model", {"type": "string"}),
@@ -107,11 +122,15 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
         "paths": {
             "/api/v1/jobs": {
                 "post": {
-                    "summary": "Submit an image to restore",
+                    "summary": "Submit an image to restore (anonymously, or with an API key)",
+                    "security": [{}, {"bearer": []}],
                     "requestBody": {"content": {"multipart/form-data": {"schema": job_form}}},
                     "responses": {
-                        "202": {"description": "accepted: {id, state, status_url}"},
+                        "202": {"description": "accepted", "content": _json(accepted)},
                         "400": {"description": "bad field", "content": _json(error)},
+                        "401": {"description": "unknown API key", "content": _json(error)},
+                        "403": {"description": "cross-origin request from an origin not "
+                                "allowed", "content": _json(error)},
                         "408": {"description": "the body stalled or came too slowly",
                                 "content": _json(error)},
                         "413": {"description": "the upload, a text field or the number of "
@@ -119,7 +138,8 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
                                 "than a job may (then `max_side` says what fits)",
                                 "content": _json(too_costly)},
                         "415": {"description": "not an image", "content": _json(error)},
-                        "429": {"description": "too many unfinished jobs of this owner",
+                        "429": {"description": "rate limit exceeded, or too many unfinished "
+                                "jobs of this owner; see Retry-After",
                                 "headers": retry_after, "content": _json(refusal)},
                         "503": {"description": "busy (too many jobs waiting for the task, or "
                                 "too many connections; see Retry-After), or the broker or "
@@ -131,37 +151,57 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
             "/api/v1/jobs/{id}": {
                 "parameters": [job_id],
                 "get": {"summary": "The job document, with fresh presigned links",
-                        "responses": {"200": {"description": "the job"}, **no_such_job}},
+                        "security": owner,
+                        "responses": {"200": {"description": "the job"}, **no_such_job,
+                                      **limited}},
                 "delete": {"summary": "Cancel the job and delete its objects",
-                           "responses": {"200": {"description": "cancelled"}, **no_such_job}},
+                           "security": owner,
+                           "responses": {"200": {"description": "cancelled"}, **no_such_job,
+                                         **limited}},
             },
             "/api/v1/jobs/{id}/events": {
                 "parameters": [job_id],
                 "get": {"summary": "Server-sent events of the job (Last-Event-ID honoured)",
+                        "security": [*owner, {"eventsToken": []}],
                         "responses": {"200": {"description": "text/event-stream"},
-                                      **no_such_job}},
+                                      **no_such_job, **limited}},
             },
             "/api/v1/models": {"get": {"summary": "Models and option ranges per task",
                                        "responses": ok}},
             "/api/v1/records": {
                 "get": {"summary": "Performance records of finished jobs (JSON or CSV)",
+                        "security": admin,
                         "parameters": [*record_filters, _query("limit", count(MAX_LIMIT)),
                                        _query("format", {"enum": ["json", "csv"]})],
                         "responses": ok_or_bad_filter},
             },
             "/api/v1/records/summary": {
                 "get": {"summary": "Latency percentiles, failure rate and throughput",
+                        "security": admin,
                         "parameters": [*record_filters, _query("buckets", count(MAX_BUCKETS))],
                         "responses": ok_or_bad_filter},
             },
-            "/dashboard": {"get": {"summary": "Charts of the performance records (HTML)",
-                                   "responses": ok}},
+            "/dashboard": {"get": {"summary": "Charts of the performance records (HTML); "
+                                   "the admin token also as ?token=",
+                                   "security": [*admin, {"dashboardToken": []}],
+                                   "responses": {**ok, **unauthorized}}},
             "/metrics": {"get": {"summary": "Prometheus text (OpenTelemetry metrics)",
-                                 "responses": ok}},
+                                 "security": admin,
+                                 "responses": {**ok, **unauthorized}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": ok}},
             "/readyz": {"get": {"summary": "Broker and store reachable",
                                 "responses": {**ok, "503": {"description": "not ready"}}}},
         },
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description":
+                       "a job's owner_token (from the 202 answer), an API key, or the "
+                       "admin token (RESTORA_ADMIN_TOKEN)"},
+            "eventsToken": {"type": "apiKey", "in": "query", "name": "access", "description":
+                            "short-lived token in the job's events_url (EventSource cannot "
+                            "send headers)"},
+            "dashboardToken": {"type": "apiKey", "in": "query", "name": "token",
+                               "description": "the admin token, for the dashboard page only"},
+        }},
         "x-models": {task: registry.models_for(task, weights_dir) for task in TASKS},
     }
 

@@ -85,6 +85,22 @@ class GatewaySettings(CommonSettings):
     min_body_rate: int = 4096
     idle_timeout_s: float = 30.0
     max_connections: int = 512
+    # Access control (services/gateway/auth.py). The operator's credential for the records,
+    # the dashboard, /metrics and every job; empty = those routes answer 401 (`make run`
+    # makes one at start and prints the dashboard link with it).
+    admin_token: str = ""
+    # API keys, as sha256 hex digests of the keys (never the keys), separated by commas.
+    api_keys: str = ""
+    # Requests per minute to /api/v1 per client IP (without an API key) and per API key;
+    # 0 = no limit. Token buckets per gateway replica.
+    rate_limit_per_minute: int = 0
+    api_key_rate_limit_per_minute: int = 0
+    # Proxies in front of the gateway that append the client to X-Forwarded-For (the
+    # Ingress controller: 1); 0 = the client is the peer address.
+    trusted_proxy_hops: int = 0
+    # Origins (scheme://host[:port]) other sites' pages may call the API from, separated by
+    # commas; empty = same origin only.
+    cors_origins: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from shared.platform import messages, records, telemetry
@@ -21,7 +21,7 @@ from shared.platform.messages import FINAL_STATES, STATE_RANK, JobOptions, JobSt
 
 
 def new_job_id() -> str:
-    """128 random bits, hex: unguessable, so the id itself guards the job's links."""
+    """128 random bits, hex: unguessable, though never the only key (its owner's token is)."""
     return secrets.token_hex(16)
 
 
@@ -94,6 +94,13 @@ class JobSpec:
     created_at: float
     upload_bytes: int
     upload_content_type: str = ""
+    # Who may read and delete the job: sha256 hex digests of its owner token and, for a job
+    # submitted with an API key, of that key. Never the credentials themselves.
+    owner_token_sha256: str = ""
+    owner_key_sha256: str = ""
+
+
+_SPEC_FIELDS = frozenset(f.name for f in fields(JobSpec))
 
 
 @dataclass
@@ -162,7 +169,8 @@ class JobLog:
         except BlobNotFound:
             return None
         raw["options"] = JobOptions(**raw["options"])
-        return JobSpec(**raw)
+        # Fields a newer gateway added are ignored, so workers can be rolled out after it.
+        return JobSpec(**{k: v for k, v in raw.items() if k in _SPEC_FIELDS})
 
     async def view(self, job_id: str) -> JobView | None:
         spec = await self.spec(job_id)

@@ -25,6 +25,7 @@ from shared.platform.blobstore import LocalDirBlobStore, make_blob_store
 from shared.platform.config import CommonSettings, load_settings
 from shared.platform.jobs import JobKeys
 from tests.servers import free_ports, in_ci
+from tests.stack import ADMIN, ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -57,9 +58,12 @@ def _unavailable(reason: str) -> NoReturn:
 class Restora:
     url: str
     data_dir: Path
+    admin_token: str = ADMIN_TOKEN
 
     def get_json(self, path: str) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        """As the operator, who may read every job and the records."""
+        request = urllib.request.Request(self.url + path, headers=ADMIN)
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
     def get_bytes(self, path: str) -> bytes:
@@ -100,6 +104,7 @@ def restora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restora]:
         "RESTORA_HOST": "127.0.0.1",
         "RESTORA_PORT": str(port),
         "RESTORA_LOG_LEVEL": "warning",
+        "RESTORA_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     log = data_dir.parent / "embedded.log"
     with log.open("wb") as out:

@@ -12,6 +12,7 @@ import concurrent.futures
 import io
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from shared.platform.blobstore import make_blob_store
 from shared.platform.config import CommonSettings, load_settings
 from shared.platform.records import RecordStore
 from tests.browser.conftest import Restora
+from tests.stack import ADMIN_TOKEN
 from tests.test_records import synthetic
 
 pytestmark = pytest.mark.browser
@@ -88,7 +90,7 @@ def with_records(restora: Restora) -> Restora:
 
 
 def _open_dashboard(page: Any) -> None:
-    page.goto("/dashboard")
+    page.goto(f"/dashboard?token={ADMIN_TOKEN}")  # the link `make run` prints
     expect(page.locator("body[data-loaded=true]")).to_be_attached()
 
 
@@ -134,8 +136,20 @@ def test_the_dashboard_fits_a_phone(phone_page: Any, with_records: Restora, arti
     phone_page.screenshot(path=artifact("dashboard-phone"), full_page=True)
 
 
-def test_the_main_page_links_to_the_dashboard(desktop_page: Any, with_records: Restora) -> None:
-    desktop_page.goto("/")
-    desktop_page.locator("header nav a", has_text="Dashboard").click()
-    expect(desktop_page).to_have_url(re.compile(r"/dashboard$"))
-    expect(desktop_page.locator("body[data-loaded=true]")).to_be_attached()
+def test_the_dashboard_is_for_operators_only(desktop_page: Any, with_records: Restora) -> None:
+    page = desktop_page
+    page.goto("/")  # the public page does not point users at it
+    expect(page.locator("a[href^='/dashboard']")).to_have_count(0)
+    response = page.goto("/dashboard")
+    assert response is not None and response.status == 401
+    expect(page.locator("body")).to_contain_text("for operators")
+    _open_dashboard(page)
+    # Its own link keeps the token; the CSV comes through the API with it, as a file.
+    page.locator("header nav a", has_text="Dashboard").click()
+    expect(page).to_have_url(re.compile(r"/dashboard\?token="))
+    expect(page.locator("body[data-loaded=true]")).to_be_attached()
+    with page.expect_download() as download:
+        page.click("#csv-link")
+    saved = download.value.path()
+    assert saved is not None
+    assert Path(saved).read_text().startswith("schema_version,job_id,")

@@ -342,3 +342,44 @@ def test_push_back_is_explained_and_the_photo_can_be_shrunk_to_fit(
     assert b'name="max_side"' not in posts[0]
     assert all(b'name="max_side"\r\n\r\n100\r\n' in body for body in posts[1:])
     expect(page.locator("#result-info")).to_contain_text("100 × 75 px")
+
+def test_a_job_is_private_to_the_browser_that_made_it(
+    desktop_page: Any, chromium: Any, restora: Restora, tmp_path: Path, artifact: Any
+) -> None:
+    page = desktop_page
+    _open(page, _photo(tmp_path / "private.png", 64, 48, noise=20.0), "denoise")
+    page.click("#submit")
+    _wait_done(page)
+    entry = page.evaluate("JSON.parse(localStorage.getItem('restora.recentJobs'))[0]")
+    job_id, token = entry["id"], entry["token"]
+    assert token and token != job_id
+    # This browser keeps its token with the job: after a reload it still opens it.
+    page.reload()
+    recent = page.locator("#recent-list li").first
+    expect(recent).to_contain_text("done")
+    expect(recent.locator("img")).to_be_visible()
+
+    # Another browser (a fresh context: no localStorage) that knows only the id.
+    context = chromium.new_context(base_url=restora.url)
+    try:
+        other = context.new_page()
+        for method, path in (("get", ""), ("get", "/events"), ("delete", "")):
+            response = getattr(other.request, method)(f"/api/v1/jobs/{job_id}{path}")
+            assert response.status == 404, (method, path)
+            assert job_id not in response.text()
+        # Even planted in its recent list, the id alone opens nothing.
+        other.goto("/")
+        other.evaluate(
+            "(e) => localStorage.setItem('restora.recentJobs', JSON.stringify([e]))",
+            {key: value for key, value in entry.items() if key != "token"},
+        )
+        other.reload()
+        expect(other.locator("#recent-list li").first).to_contain_text("expired")
+        expect(other.locator("#recent-list li img")).to_have_count(0)
+        other.screenshot(path=artifact("private-job-other-browser"), full_page=True)
+        # The token is what opens it.
+        owner = {"Authorization": f"Bearer {token}"}
+        assert other.request.get(f"/api/v1/jobs/{job_id}", headers=owner).status == 200
+    finally:
+        context.close()
+    assert restora.get_json(f"/api/v1/jobs/{job_id}")["state"] == "done"  # untouched

@@ -1,5 +1,7 @@
 // Restora's page: upload, pick a fix, paint a mask, follow the job, compare, download.
 // Plain browser JavaScript (no build step, no external assets); talks only to /api/v1.
+// Each job is private to this browser: the owner token from the 202 answer is kept with the
+// job in the recent-jobs list (localStorage) and sent as `Authorization: Bearer` on every call.
 "use strict";
 
 (() => {
@@ -80,6 +82,7 @@
     maxSide: 0, // set when the server said the photo costs too much and the user shrank it
     retryAt: 0, // the server is busy: submitting waits until then (ms since the epoch)
     retryTimer: 0,
+    tokens: new Map(), // job id -> owner token, for when localStorage cannot keep it
   };
 
   // ------------------------------------------------------------------ small helpers
@@ -114,8 +117,14 @@
     try { return JSON.parse(text); } catch { return { error: text.trim() || response.statusText }; }
   }
 
+  function ownerHeaders(id) {
+    const token = state.tokens.get(id) || loadRecent().find((j) => j.id === id)?.token;
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
   async function getJob(id) {
-    const response = await fetch(`${API}/jobs/${encodeURIComponent(id)}`, { cache: "no-store" });
+    const response = await fetch(`${API}/jobs/${encodeURIComponent(id)}`,
+      { cache: "no-store", headers: ownerHeaders(id) });
     if (response.status === 404) return null;
     if (!response.ok) throw new Error((await readBody(response)).error);
     return response.json();
@@ -587,12 +596,14 @@
       updateSubmit();
       return;
     }
-    addRecent({ id: answer.body.id, task, name: state.file.name || "pasted image", created: Date.now(), state: "queued" });
-    watchJob(answer.body.id, task, state.image.url);
+    const { id, owner_token: token, events_url: eventsUrl } = answer.body;
+    state.tokens.set(id, token);
+    addRecent({ id, token, task, name: state.file.name || "pasted image", created: Date.now(), state: "queued" });
+    watchJob(id, task, state.image.url, eventsUrl);
   }
 
   // ------------------------------------------------------------------ following a job
-  function watchJob(id, task, localUrl) {
+  function watchJob(id, task, localUrl, eventsUrl) {
     stopWatching();
     state.job = { id, task, localUrl, t0: performance.now(), times: {}, final: false, state: "queued" };
     el.jobCard.hidden = false;
@@ -606,7 +617,7 @@
     state.tickTimer = setInterval(tick, 100);
     updateSubmit();
     el.jobCard.scrollIntoView({ behavior: scrollBehavior(), block: "nearest" });
-    subscribe(id);
+    subscribe(id, eventsUrl);
   }
 
   function stopWatching() {
@@ -621,8 +632,13 @@
     el.elapsed.textContent = seconds((performance.now() - state.job.t0) / 1000);
   }
 
-  function subscribe(id) {
-    const source = new EventSource(`${API}/jobs/${encodeURIComponent(id)}/events`);
+  // EventSource cannot send an Authorization header. Rather than a cookie (sent with every
+  // request to its path, so the API would need CSRF defences as well), the API hands out
+  // `events_url` with a short-lived token signed for this one job's events: it opens nothing
+  // else, and a log that records the URL records a key that expires in minutes. A reconnect
+  // after it expired is refused, and the page then polls with its Bearer token instead.
+  function subscribe(id, eventsUrl) {
+    const source = new EventSource(eventsUrl || `${API}/jobs/${encodeURIComponent(id)}/events`);
     state.events = source;
     source.addEventListener("status", (event) => onStatus(JSON.parse(event.data)));
     source.addEventListener("error", () => {
@@ -723,7 +739,8 @@
     el.jobStatus.textContent = "Asking the server to cancel…";
     let response;
     try {
-      response = await fetch(`${API}/jobs/${encodeURIComponent(job.id)}`, { method: "DELETE" });
+      response = await fetch(`${API}/jobs/${encodeURIComponent(job.id)}`,
+        { method: "DELETE", headers: ownerHeaders(job.id) });
     } catch (err) {
       el.jobStatus.textContent = `Could not reach the server to cancel: ${err.message}`;
       el.cancel.disabled = false;
@@ -1074,7 +1091,7 @@
       return;
     }
     if (!FINAL_STATES.has(doc.state)) {
-      watchJob(doc.id, doc.task, null);
+      watchJob(doc.id, doc.task, null, doc.events_url);
       return;
     }
     stopWatching();

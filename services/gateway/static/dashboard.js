@@ -20,6 +20,11 @@
     total: "end to end",
   };
 
+  // The operator's admin token comes with the link (`/dashboard?token=…`, as `make run`
+  // prints it); every API call of this page sends it as a Bearer header, never in a URL.
+  const TOKEN = new URLSearchParams(window.location.search).get("token") || "";
+  const AUTH = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};
+
   const $ = (selector) => document.querySelector(selector);
   let latest = null;
   let timer = null;
@@ -276,7 +281,7 @@
     $("#csv-link").href = `/api/v1/records?${csv}`;
     $("#status").textContent = "Loading…";
     try {
-      const response = await fetch(`/api/v1/records/summary?${params}`);
+      const response = await fetch(`/api/v1/records/summary?${params}`, { headers: AUTH });
       if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
       latest = { summary: await response.json(), from, to };
       render();
@@ -287,6 +292,26 @@
     }
   }
 
+  // A plain link cannot send the Bearer header: fetch the CSV, then save it from memory.
+  async function downloadCsv(event) {
+    event.preventDefault();
+    const link = event.currentTarget;
+    try {
+      const response = await fetch(link.href, { headers: AUTH });
+      if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+      const url = URL.createObjectURL(await response.blob());
+      const save = document.createElement("a");
+      save.href = url;
+      save.download = "restora-records.csv";
+      document.body.append(save);
+      save.click();
+      save.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 1000);
+    } catch (error) {
+      $("#status").textContent = `Could not download the records: ${error.message}`;
+    }
+  }
+
   function schedule() {
     clearInterval(timer);
     if ($("#auto-refresh").checked) timer = setInterval(load, REFRESH_MS);
@@ -294,6 +319,8 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     $("#filters").addEventListener("submit", (event) => { event.preventDefault(); load(); });
+    $("#csv-link").addEventListener("click", downloadCsv);
+    for (const link of document.querySelectorAll("a[href='/dashboard']")) link.search = window.location.search;
     $("#range").addEventListener("change", load);
     $("#task").addEventListener("change", load);
     $("#percentile").addEventListener("change", render);
