@@ -12,16 +12,24 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway import maintenance, openapi, records_api
+from services.gateway import faults, maintenance, openapi, records_api
 from services.gateway.events import StatusBroadcaster, event_id, follow_statuses
 from services.gateway.uploads import UploadForm, check_mask_matches, read_upload, sniff_image
 from services.gateway.validation import InvalidRequest, parse_options
 from shared.ml import registry
 from shared.platform import messages, metrics, telemetry, topology
-from shared.platform.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
+from shared.platform.blobstore import (
+    LOCAL_FILES_ROUTE,
+    BlobStore,
+    LinkOptions,
+    LocalDirBlobStore,
+    StoreUnavailable,
+)
 from shared.platform.config import GatewaySettings
-from shared.platform.eventbus import DeadLetterHandler, EventBus
+from shared.platform.eventbus import DeadLetterHandler, EventBus, Reject
 from shared.platform.jobs import (
+    WAITING_FOR_A_WORKER,
+    Heartbeat,
     JobKeys,
     JobLog,
     JobSpec,
@@ -29,6 +37,7 @@ from shared.platform.jobs import (
     StatusReporter,
     is_valid_job_id,
     new_job_id,
+    worker_status,
 )
 from shared.platform.logging import get_logger
 from shared.platform.messages import JobStatus, JobSubmitted
@@ -49,6 +58,7 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     app = web.Application(client_max_size=settings.max_upload_bytes + (1 << 20))
     app[BUS], app[STORE], app[SETTINGS] = bus, store, settings
     app[BROADCASTER] = StatusBroadcaster()
+    app.middlewares.append(faults.unavailable_middleware)  # broker or store down: 503
     app.router.add_post("/api/v1/jobs", submit_job)
     app.router.add_get("/api/v1/jobs/{id}", get_job)
     app.router.add_delete("/api/v1/jobs/{id}", delete_job)
@@ -110,9 +120,8 @@ def _dead_letter_handler(jobs: JobLog, reporter: StatusReporter) -> DeadLetterHa
     async def handle(queue: topology.QueueSpec, body: bytes, headers: dict[str, Any]) -> None:
         try:
             job_id = getattr(messages.decode(body), "job_id", None)
-        except messages.MessageError:
-            log.warning("unreadable_dead_letter", queue=queue.dead_letter_queue)
-            return
+        except messages.MessageError as exc:
+            raise Reject(str(exc)) from exc  # the bus parks it in restora.parked
         if not job_id:
             return
         view = await jobs.view(job_id)
@@ -162,20 +171,32 @@ async def submit_job(request: web.Request) -> web.Response:
                 await store.put(mask_key, form.files["mask"].data, "application/octet-stream")
         except InvalidRequest as exc:
             return _error(exc.status, str(exc))
+        except StoreUnavailable:
+            log.warning("store_unavailable", job_id=job_id, exc_info=True)
+            faults.roll_back(store, job_id)
+            return faults.unavailable("the object store is unavailable; try again shortly")
         finally:
             form.close()
-        reporter = _reporter(request.app)
-        upload_s = time.time() - received  # receiving and storing the upload
+        stored_at = time.time()
+        upload_s = stored_at - received  # receiving and storing the upload
         metrics.observe_stage("upload", upload_s, task=task)
-        timings = {"timings": {"gateway": {"upload_s": upload_s}}}
-        await reporter.report(job_id, "queued", details=timings)
         submitted = JobSubmitted(job_id, task, options, keys.upload, mask_key, spec.created_at)
+        # Publish first, announce after: until the broker confirms the message there is no
+        # event and no client knows the id, and if publishing fails what was stored is rolled
+        # back and the answer is 503. So no job can say "queued" without its message. What a
+        # failed rollback or a crash here leaves has no event: the sweeper deletes it. A
+        # message confirmed after we gave up finds its job gone, and every stage skips it.
         try:
             await bus.publish(topology.PREPROCESS, submitted)
-        except Exception as exc:
+        except Exception:
             log.exception("publish_failed", job_id=job_id)
-            await reporter.report(job_id, "failed", error=f"could not queue the job: {exc}")
-            return _error(503, "the job queue is unavailable; try again shortly")
+            faults.roll_back(store, job_id)
+            return faults.unavailable("the job queue is unavailable; try again shortly")
+        try:
+            timings = {"timings": {"gateway": {"upload_s": upload_s}}}
+            await _reporter(request.app).report(job_id, "queued", at=stored_at, details=timings)
+        except Exception:  # queued all the same: the stages announce its progress
+            log.warning("queued_not_announced", job_id=job_id, exc_info=True)
     log.info("job_accepted", job_id=job_id, task=task, model=options.model)
     status_url = f"/api/v1/jobs/{job_id}"
     return web.json_response(
@@ -219,7 +240,9 @@ async def _load_view(request: web.Request) -> JobView:
 async def get_job(request: web.Request) -> web.Response:
     """Reads only: a stalled job is failed by the maintenance sweeper, not by a GET."""
     view = await _load_view(request)
-    return web.json_response(job_document(view, request.app[STORE], request.app[SETTINGS]))
+    store = request.app[STORE]
+    heartbeat = None if view.is_final else await JobLog(store).heartbeat(view.spec.job_id)
+    return web.json_response(job_document(view, store, request.app[SETTINGS], heartbeat))
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -235,8 +258,14 @@ async def delete_job(request: web.Request) -> web.Response:
     return web.json_response({"id": job_id, "state": state, "deleted": True})
 
 
-def job_document(view: JobView, store: BlobStore, settings: GatewaySettings) -> dict[str, Any]:
+def job_document(
+    view: JobView,
+    store: BlobStore,
+    settings: GatewaySettings,
+    heartbeat: Heartbeat | None = None,
+) -> dict[str, Any]:
     spec = view.spec
+    worker = worker_status(view, heartbeat, settings.worker_stale_s, time.time())
     doc: dict[str, Any] = {
         "id": spec.job_id,
         "task": spec.task,
@@ -255,6 +284,9 @@ def job_document(view: JobView, store: BlobStore, settings: GatewaySettings) -> 
         "stages": view.stages,
         "progress": view.progress,
         "error": view.error if view.state == "failed" else None,
+        # Not heard from (heartbeat or status) lately: its worker died or none has taken it.
+        "worker": worker,
+        "message": WAITING_FOR_A_WORKER if worker and not worker["alive"] else None,
         "created_at": spec.created_at,
         "updated_at": view.last_event_at,
         "input": view.details.get("input"),
@@ -408,10 +440,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = {
-        "broker": await request.app[BUS].ping(),
-        "store": await request.app[STORE].ping(),
-    }
+    # Both at once, each bounded: not ready while the broker reconnects or the store is silent.
+    broker, store = await asyncio.gather(request.app[BUS].ping(), request.app[STORE].ping())
+    checks = {"broker": broker, "store": store}
     return web.json_response(
         {"ready": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503
     )
