@@ -121,7 +121,14 @@ def _dead_letter_handler(jobs: JobLog, reporter: StatusReporter) -> DeadLetterHa
         try:
             job_id = getattr(messages.decode(body), "job_id", None)
         except messages.MessageError as exc:
-            raise Reject(str(exc)) from exc  # the bus parks it in restora.parked
+            # Its job can never run: fail it now, not at the deadline; the bus parks the
+            # message in restora.parked for inspection.
+            job_id = messages.job_id_of(body)
+            view = await jobs.view(job_id) if job_id and is_valid_job_id(job_id) else None
+            if view is not None and not view.is_final:
+                reason = f"{queue.service} could not read the job's message: {exc}"
+                await reporter.report(view.spec.job_id, "failed", error=reason)
+            raise Reject(str(exc)) from exc
         if not job_id:
             return
         view = await jobs.view(job_id)

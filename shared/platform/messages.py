@@ -134,6 +134,15 @@ def decode(data: bytes) -> Message:
     return _build(cls, body)
 
 
+def job_id_of(data: bytes) -> str | None:
+    """The job id an unreadable message names, if it names one (to fail that job)."""
+    try:
+        job_id = json.loads(data)["body"]["job_id"]
+    except Exception:
+        return None
+    return job_id if isinstance(job_id, str) else None
+
+
 def _build(cls: type, body: object) -> Any:
     if not isinstance(body, dict):
         raise MessageError(f"{cls.__name__}: the body is a {type(body).__name__}, not an object")
