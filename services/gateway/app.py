@@ -178,8 +178,8 @@ async def submit_job(request: web.Request) -> web.Response:
                 await store.put(mask_key, form.files["mask"].data, "application/octet-stream")
         except InvalidRequest as exc:
             return _error(exc.status, str(exc))
-        except StoreUnavailable:
-            log.warning("store_unavailable", job_id=job_id, exc_info=True)
+        except StoreUnavailable as exc:
+            log.warning("store_unavailable", job_id=job_id, error=str(exc))
             faults.roll_back(store, job_id)
             return faults.unavailable("the object store is unavailable; try again shortly")
         finally:
@@ -195,15 +195,15 @@ async def submit_job(request: web.Request) -> web.Response:
         # message confirmed after we gave up finds its job gone, and every stage skips it.
         try:
             await bus.publish(topology.PREPROCESS, submitted)
-        except Exception:
-            log.exception("publish_failed", job_id=job_id)
+        except Exception as exc:
+            log.warning("publish_failed", job_id=job_id, error=repr(exc))
             faults.roll_back(store, job_id)
             return faults.unavailable("the job queue is unavailable; try again shortly")
         try:
             timings = {"timings": {"gateway": {"upload_s": upload_s}}}
             await _reporter(request.app).report(job_id, "queued", at=stored_at, details=timings)
-        except Exception:  # queued all the same: the stages announce its progress
-            log.warning("queued_not_announced", job_id=job_id, exc_info=True)
+        except Exception as exc:  # queued all the same: the stages announce its progress
+            log.warning("queued_not_announced", job_id=job_id, error=repr(exc))
     log.info("job_accepted", job_id=job_id, task=task, model=options.model)
     status_url = f"/api/v1/jobs/{job_id}"
     return web.json_response(

@@ -37,13 +37,14 @@ def unavailable(message: str) -> web.Response:
 
 @web.middleware
 async def unavailable_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # An expected outage: one line each, no traceback (rendering one costs more than the 503).
     try:
         return await handler(request)
-    except StoreUnavailable:
-        log.warning("store_unavailable", path=request.path, exc_info=True)
+    except StoreUnavailable as exc:
+        log.warning("store_unavailable", path=request.path, error=str(exc))
         return unavailable("the object store is unavailable; try again shortly")
-    except BusUnavailable:
-        log.warning("broker_unavailable", path=request.path, exc_info=True)
+    except BusUnavailable as exc:
+        log.warning("broker_unavailable", path=request.path, error=str(exc))
         return unavailable("the job queue is unavailable; try again shortly")
 
 

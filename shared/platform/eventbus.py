@@ -559,8 +559,8 @@ class RabbitBus:
             await self._publish(
                 self._publish_channel.default_exchange, target, incoming.body, headers
             )
-        except BusUnavailable:
-            log.warning("dead_letter_not_settled", queue=queue.dead_letter_queue, exc_info=True)
+        except BusUnavailable as exc:
+            log.warning("dead_letter_not_settled", queue=queue.dead_letter_queue, error=str(exc))
             # Left unacked: the broker redelivers it once this channel is gone or restored;
             # the pause keeps a persistent failure from spinning.
             await asyncio.sleep(DEAD_LETTER_MAX_PAUSE_S)
