@@ -98,13 +98,17 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
                         "400": {"description": "bad field", "content": _json(error)},
                         "413": {"description": "too large", "content": _json(error)},
                         "415": {"description": "not an image", "content": _json(error)},
-                        "503": {"description": "broker or store unavailable"},
+                        "503": {"description": "broker or store unavailable; nothing was "
+                                "kept, retry after the Retry-After header's seconds",
+                                "content": _json(error)},
                     },
                 }
             },
             "/api/v1/jobs/{id}": {
                 "parameters": [job_id],
-                "get": {"summary": "The job document, with fresh presigned links",
+                "get": {"summary": "The job document, with fresh presigned links; `worker` "
+                        "and `message` (\"waiting for a worker\") tell whether a worker is "
+                        "on an unfinished job",
                         "responses": {"200": {"description": "the job"}, **no_such_job}},
                 "delete": {"summary": "Cancel the job and delete its objects",
                            "responses": {"200": {"description": "cancelled"}, **no_such_job}},
