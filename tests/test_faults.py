@@ -392,12 +392,21 @@ async def test_broker_restart_under_load_leaves_no_orphans(
         log = JobLog(stack.store)
 
         async def all_preprocessed() -> bool:
-            views = await asyncio.gather(*(log.view(job_id) for job_id in accepted))
-            return all(
-                v is not None and v.state == "preprocessing" and v.progress == 1.0 for v in views
-            )
+            ids = sorted(accepted)
+            views = await asyncio.gather(*(log.view(job_id) for job_id in ids))
+            pending.clear()
+            for job_id, view in zip(ids, views, strict=True):
+                if view is None or view.state != "preprocessing" or view.progress != 1.0:
+                    pending[job_id] = (
+                        [(e.state, e.progress, e.error) for e in view.events] if view else None
+                    )
+            return not pending
 
-        await poll(all_preprocessed, 60, "every accepted job preprocessed", every=0.5)
+        pending: dict[str, Any] = {}
+        try:
+            await poll(all_preprocessed, 60, "every accepted job preprocessed", every=0.5)
+        except AssertionError:
+            raise AssertionError(f"not preprocessed: {pending}") from None
 
         # And no orphan: the store holds the accepted jobs and nothing else (rollbacks done).
         async def only_accepted() -> bool:

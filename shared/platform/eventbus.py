@@ -377,6 +377,7 @@ class RabbitBus:
         self._publish_timeout_s = publish_timeout_s
         self._connection: AbstractRobustConnection | None = None
         self._link_up = False
+        self._restored = asyncio.Event()  # set while _link_up
         self._publish_channel: AbstractChannel | None = None
         self._jobs: AbstractExchange | None = None
         self._status: AbstractExchange | None = None
@@ -397,16 +398,19 @@ class RabbitBus:
             publisher_confirms=True, on_return_raises=True
         )
         self._jobs, self._status = await declare_topology(self._publish_channel)
-        self._link_up = True
+        self._on_link_up(None)
 
     def _on_link_down(self, sender: object, exc: BaseException | None = None) -> None:
         if self._link_up and not getattr(sender, "close_called", False):
             log.warning("broker_connection_lost", error=repr(exc))
         self._link_up = False
+        self._restored.clear()
 
-    def _on_link_up(self, _sender: object) -> None:
-        log.info("broker_reconnected")
+    def _on_link_up(self, sender: object) -> None:
+        if sender is not None:
+            log.info("broker_reconnected")
         self._link_up = True
+        self._restored.set()
 
     @property
     def ready(self) -> bool:
@@ -444,9 +448,7 @@ class RabbitBus:
         headers: dict[str, Any] | None = None,
     ) -> None:
         assert exchange is not None, "bus not started"
-        if not self.ready:
-            # A robust channel would wait for the reconnection: fail now, the caller retries.
-            raise BusUnavailable("the broker connection is down (reconnecting)")
+        await self._wait_until_ready()
         message = aio_pika.Message(
             body,
             content_type="application/json",
@@ -470,6 +472,22 @@ class RabbitBus:
             ConnectionError,
         ) as exc:
             raise BusUnavailable(f"publishing failed: {exc!r}") from exc
+
+    async def _wait_until_ready(self) -> None:
+        """Fail at once while the connection is down (a robust channel would wait for the
+        broker to come back); while it is up again but its channels are still being restored
+        (consumers may already get messages then), wait for them, within the publish timeout."""
+        if self.ready:
+            return
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            raise BusUnavailable("the broker connection is down (reconnecting)")
+        try:
+            await asyncio.wait_for(self._restored.wait(), self._publish_timeout_s)
+        except TimeoutError as exc:
+            raise BusUnavailable("the broker connection is still being restored") from exc
+        if not self.ready:
+            raise BusUnavailable("the broker connection is down (reconnecting)")
 
     async def publish(self, queue: QueueSpec, message: Message) -> None:
         with telemetry.tracer().start_as_current_span(
