@@ -443,7 +443,7 @@ async def test_store_frozen_or_down_answers_503_promptly(
         await wait_ready(session, stack.url, timeout=20)
         assert (await post_job(session, stack.url)).status == 202
 
-        await asyncio.to_thread(own_s3.stop)  # down: connections refused
+        await asyncio.to_thread(own_s3.crash)  # down: connections refused
         answer = await post_job(session, stack.url)
         assert answer.status == 503 and answer.retry_after and answer.seconds < 5, answer
         ready = await get_json(session, f"{stack.url}/readyz")

@@ -125,8 +125,6 @@ def decode(data: bytes) -> Message:
         cls = _MESSAGE_TYPES[envelope["type"]]
         version = envelope["version"]
         body = envelope["body"]
-    except MessageError:
-        raise
     except Exception as exc:  # ValueError, KeyError, TypeError, RecursionError...
         raise MessageError(f"unreadable message: {exc!r}") from exc
     if version != SCHEMA_VERSION or type(version) is not int:
