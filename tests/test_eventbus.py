@@ -174,6 +174,21 @@ async def test_status_fans_out_to_every_subscriber(bus: EventBus) -> None:
     assert first[0] == status == second[0]
 
 
+async def test_a_status_nobody_listens_to_is_no_error(bus: EventBus) -> None:
+    await bus.publish_status(JobStatus("b" * 32, "running", "denoise", at=1.0))
+
+
+@pytest.mark.servers
+async def test_an_unroutable_job_message_is_an_error_not_a_loss(rabbitmq_url: str) -> None:
+    bus = RabbitBus(rabbitmq_url)
+    await bus.start()
+    try:
+        with pytest.raises(eventbus.BusUnavailable):
+            await bus.publish(topology.QueueSpec("nowhere"), job())
+    finally:
+        await bus.close()
+
+
 async def test_ping(bus: EventBus) -> None:
     assert await bus.ping()
     await bus.close()

@@ -446,6 +446,7 @@ class RabbitBus:
         key: str,
         body: bytes,
         headers: dict[str, Any] | None = None,
+        mandatory: bool = True,
     ) -> None:
         assert exchange is not None, "bus not started"
         await self._wait_until_ready()
@@ -459,7 +460,7 @@ class RabbitBus:
         # mandatory=True (with on_return_raises) makes an unroutable message an error.
         try:
             await asyncio.wait_for(
-                exchange.publish(message, routing_key=key, mandatory=True),
+                exchange.publish(message, routing_key=key, mandatory=mandatory),
                 self._publish_timeout_s,
             )
         except TimeoutError as exc:
@@ -496,7 +497,9 @@ class RabbitBus:
             await self._publish(self._jobs, queue.routing_key, messages.encode(message))
 
     async def publish_status(self, status: JobStatus) -> None:
-        await self._publish(self._status, "", messages.encode(status))
+        # Not mandatory: with no gateway listening the fan-out has no queue, and that is fine
+        # (the status is in the job's event log already).
+        await self._publish(self._status, "", messages.encode(status), mandatory=False)
 
     async def _consumer_channel(self) -> AbstractChannel:
         assert self._connection is not None, "bus not started"
