@@ -43,7 +43,9 @@ async def start_workers(
     """Everything behind the gateway, consuming from `bus`; the model services share `runtime`."""
     services: list[object] = [PreprocessService(bus, store, preprocess_settings)]
     for module in (denoise_service, superres_service, inpaint_service, dip_service):
-        services.append(module.build(bus, store, runtime))
+        model_service = module.build(bus, store, runtime)
+        model_service.heartbeat_interval_s = preprocess_settings.heartbeat_interval_s
+        services.append(model_service)
     for service in services:
         await service.start()  # type: ignore[attr-defined]
     return services

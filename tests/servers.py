@@ -100,6 +100,7 @@ def _stop_group(proc: subprocess.Popen[bytes] | None, timeout_s: float = STOP_TI
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGCONT)  # a frozen server (fault tests) must see the TERM
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -141,6 +142,20 @@ class _ManagedServer:
         while self._procs:
             _stop_group(self._procs.pop())
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server (its whole group): it keeps its sockets but answers nothing."""
+        os.killpg(self._procs[-1].pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self._procs[-1].pid, signal.SIGCONT)
+
+    def crash(self) -> None:
+        """SIGKILL every process of the server: its ports close at once, nothing is flushed."""
+        for proc in self._procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
     def __enter__(self) -> Self:
         return self
@@ -262,19 +277,27 @@ class RabbitMQServer(_ManagedServer):
                 self.workdir / "epmd.log",
             )
             _wait_until(lambda: _port_open(self.epmd_port), epmd, 10, "epmd")
-            server = self._spawn([str(self.server_script)], self.env, self.log_path)
-            _wait_until(
-                lambda: amqp_answers("127.0.0.1", self.amqp_port),
-                server,
-                RABBITMQ_START_TIMEOUT_S,
-                f"rabbitmq-server ({self.nodename})",
-            )
+            self.start_node()
         except ServerStartError as exc:
             log = _tail(self.log_path) + "\n" + self._node_log_tail()
             self.stop()
             raise ServerStartError(f"{exc}\n--- rabbitmq log ---\n{log}") from None
         self.startup_s = time.monotonic() - started
         return self
+
+    def start_node(self) -> None:
+        """Start the broker itself (again, after `stop_node`: same name, data and port)."""
+        server = self._spawn([str(self.server_script)], self.env, self.log_path)
+        _wait_until(
+            lambda: amqp_answers("127.0.0.1", self.amqp_port),
+            server,
+            RABBITMQ_START_TIMEOUT_S,
+            f"rabbitmq-server ({self.nodename})",
+        )
+
+    def stop_node(self) -> None:
+        """Stop the broker cleanly, as a restart does, keeping its data and its epmd."""
+        _stop_group(self._procs.pop())
 
     def _node_log_tail(self) -> str:
         logs = sorted((self.workdir / "log").glob("*.log"))

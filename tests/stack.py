@@ -64,10 +64,10 @@ async def purge_queues(rabbitmq_url: str) -> None:
     async with connection:
         channel = await connection.channel()
         await declare_topology(channel)
-        for spec in topology.WORK_QUEUES:
-            for name in (spec.name, spec.dead_letter_queue):
-                queue = await channel.get_queue(name, ensure=True)
-                await queue.purge()
+        names = [n for s in topology.WORK_QUEUES for n in (s.name, s.dead_letter_queue)]
+        for name in (*names, topology.PARKED_QUEUE):
+            queue = await channel.get_queue(name, ensure=True)
+            await queue.purge()
 
 
 @contextlib.asynccontextmanager

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aio_pika
 import pytest
 
-from shared.platform import topology
+from shared.platform import eventbus, topology
 from shared.platform.eventbus import (
     DEPTH_CACHE_S,
     Delivery,
@@ -99,6 +101,68 @@ async def test_reject_dead_letters_at_once(bus: EventBus) -> None:
     assert attempts == [1]
 
 
+async def take_parked(bus: EventBus, count: int) -> list[tuple[bytes, dict[str, Any]]]:
+    """The messages in restora.parked once there are `count` (taken off the queue)."""
+    if isinstance(bus, InProcessBus):
+        await wait_until(lambda: len(bus.parked) >= count)
+        return [(e.body, e.headers) for e in bus.parked]
+    assert isinstance(bus, RabbitBus)
+    taken: list[tuple[bytes, dict[str, Any]]] = []
+    async with await aio_pika.connect(bus._url) as connection:
+        queue = await (await connection.channel()).get_queue(topology.PARKED_QUEUE)
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(taken) < count:
+            message = await queue.get(no_ack=True, fail=False)
+            if message is None:
+                assert asyncio.get_running_loop().time() < deadline, f"parked: {taken}"
+                await asyncio.sleep(0.05)
+                continue
+            taken.append((message.body, dict(message.headers or {})))
+    return taken
+
+
+async def test_unreadable_dead_letter_is_parked_after_one_delivery(bus: EventBus) -> None:
+    dead: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        raise Reject("can never work")
+
+    async def on_dead(queue: topology.QueueSpec, body: bytes, headers: dict) -> None:
+        dead.append(body)
+        raise Reject("cannot read it")
+
+    await bus.consume(QUEUE, handler)
+    await bus.consume_dead_letters(QUEUE, on_dead)
+    await bus.publish(QUEUE, job())
+    [(body, headers)] = await take_parked(bus, 1)
+    assert headers[eventbus.PARKED_FROM_HEADER] == QUEUE.dead_letter_queue
+    assert "cannot read it" in headers[eventbus.PARKED_REASON_HEADER]
+    await asyncio.sleep(1.0)
+    assert dead == [body]  # handled once: parked, not redelivered
+
+
+async def test_failing_dead_letter_handler_is_retried_a_bounded_number_of_times_then_parked(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(eventbus, "DEAD_LETTER_PAUSE_S", 0.05)
+    tries: list[int] = []
+
+    async def handler(delivery: Delivery) -> None:
+        raise Reject("can never work")
+
+    async def on_dead(queue: topology.QueueSpec, body: bytes, headers: dict) -> None:
+        tries.append(int(headers.get(eventbus.DEAD_ATTEMPTS_HEADER) or 0))
+        raise RuntimeError("the store is down")
+
+    await bus.consume(QUEUE, handler)
+    await bus.consume_dead_letters(QUEUE, on_dead)
+    await bus.publish(QUEUE, job())
+    [(_, headers)] = await take_parked(bus, 1)
+    assert "the store is down" in headers[eventbus.PARKED_REASON_HEADER]
+    await asyncio.sleep(1.0)
+    assert tries == list(range(topology.DEAD_LETTER_ATTEMPTS))  # then parked, never again
+
+
 async def test_status_fans_out_to_every_subscriber(bus: EventBus) -> None:
     first: list[JobStatus] = []
     second: list[JobStatus] = []
@@ -117,8 +181,25 @@ async def test_status_fans_out_to_every_subscriber(bus: EventBus) -> None:
     assert first[0] == status == second[0]
 
 
+async def test_a_status_nobody_listens_to_is_no_error(bus: EventBus) -> None:
+    await bus.publish_status(JobStatus("b" * 32, "running", "denoise", at=1.0))
+
+
+@pytest.mark.servers
+async def test_an_unroutable_job_message_is_an_error_not_a_loss(rabbitmq_url: str) -> None:
+    bus = RabbitBus(rabbitmq_url)
+    await bus.start()
+    try:
+        with pytest.raises(eventbus.BusUnavailable):
+            await bus.publish(topology.QueueSpec("nowhere"), job())
+    finally:
+        await bus.close()
+
+
 async def test_ping(bus: EventBus) -> None:
     assert await bus.ping()
+    await bus.close()
+    assert not await bus.ping()
 
 
 async def test_queue_depth_counts_waiting_messages(bus: EventBus) -> None:

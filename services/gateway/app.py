@@ -15,6 +15,7 @@ from aiohttp import web
 from services.gateway import (
     auth,
     connections,
+    faults,
     limits,
     maintenance,
     openapi,
@@ -32,10 +33,18 @@ from services.gateway.uploads import (
 from services.gateway.validation import InvalidRequest, parse_options
 from shared.ml import registry
 from shared.platform import messages, metrics, telemetry, topology
-from shared.platform.blobstore import LOCAL_FILES_ROUTE, BlobStore, LinkOptions, LocalDirBlobStore
+from shared.platform.blobstore import (
+    LOCAL_FILES_ROUTE,
+    BlobStore,
+    LinkOptions,
+    LocalDirBlobStore,
+    StoreUnavailable,
+)
 from shared.platform.config import GatewaySettings
-from shared.platform.eventbus import DeadLetterHandler, EventBus
+from shared.platform.eventbus import DeadLetterHandler, EventBus, Reject
 from shared.platform.jobs import (
+    WAITING_FOR_A_WORKER,
+    Heartbeat,
     JobKeys,
     JobLog,
     JobSpec,
@@ -43,6 +52,7 @@ from shared.platform.jobs import (
     StatusReporter,
     is_valid_job_id,
     new_job_id,
+    worker_status,
 )
 from shared.platform.logging import get_logger
 from shared.platform.messages import JobStatus, JobSubmitted
@@ -63,6 +73,7 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     app = web.Application(client_max_size=settings.max_upload_bytes + (1 << 20))
     app[BUS], app[STORE], app[SETTINGS] = bus, store, settings
     app[BROADCASTER] = StatusBroadcaster()
+    app.middlewares.append(faults.unavailable_middleware)  # broker or store down: 503
     app.router.add_post("/api/v1/jobs", submit_job)
     app.router.add_get("/api/v1/jobs/{id}", get_job)
     app.router.add_delete("/api/v1/jobs/{id}", delete_job)
@@ -127,9 +138,15 @@ def _dead_letter_handler(jobs: JobLog, reporter: StatusReporter) -> DeadLetterHa
     async def handle(queue: topology.QueueSpec, body: bytes, headers: dict[str, Any]) -> None:
         try:
             job_id = getattr(messages.decode(body), "job_id", None)
-        except messages.MessageError:
-            log.warning("unreadable_dead_letter", queue=queue.dead_letter_queue)
-            return
+        except messages.MessageError as exc:
+            # Its job can never run: fail it now, not at the deadline; the bus parks the
+            # message in restora.parked for inspection.
+            job_id = messages.job_id_of(body)
+            view = await jobs.view(job_id) if job_id and is_valid_job_id(job_id) else None
+            if view is not None and not view.is_final:
+                reason = f"{queue.service} could not read the job's message: {exc}"
+                await reporter.report(view.spec.job_id, "failed", error=reason)
+            raise Reject(str(exc)) from exc
         if not job_id:
             return
         view = await jobs.view(job_id)
@@ -190,20 +207,32 @@ async def submit_job(request: web.Request) -> web.Response:
             return exc.response()
         except InvalidRequest as exc:
             return _error(exc.status, str(exc))
+        except StoreUnavailable as exc:
+            log.warning("store_unavailable", job_id=job_id, error=str(exc))
+            faults.roll_back(store, job_id)
+            return faults.unavailable("the object store is unavailable; try again shortly")
         finally:
             form.close()
-        reporter = _reporter(request.app)
-        upload_s = time.time() - received  # receiving and storing the upload
+        stored_at = time.time()
+        upload_s = stored_at - received  # receiving and storing the upload
         metrics.observe_stage("upload", upload_s, task=task)
-        timings = {"timings": {"gateway": {"upload_s": upload_s}}}
-        await reporter.report(job_id, "queued", details=timings)
         submitted = JobSubmitted(job_id, task, options, keys.upload, mask_key, spec.created_at)
+        # Publish first, announce after: until the broker confirms the message there is no
+        # event and no client knows the id, and if publishing fails what was stored is rolled
+        # back and the answer is 503. So no job can say "queued" without its message. What a
+        # failed rollback or a crash here leaves has no event: the sweeper deletes it. A
+        # message confirmed after we gave up finds its job gone, and every stage skips it.
         try:
             await bus.publish(topology.PREPROCESS, submitted)
         except Exception as exc:
-            log.exception("publish_failed", job_id=job_id)
-            await reporter.report(job_id, "failed", error=f"could not queue the job: {exc}")
-            return _error(503, "the job queue is unavailable; try again shortly")
+            log.warning("publish_failed", job_id=job_id, error=repr(exc))
+            faults.roll_back(store, job_id)
+            return faults.unavailable("the job queue is unavailable; try again shortly")
+        try:
+            timings = {"timings": {"gateway": {"upload_s": upload_s}}}
+            await _reporter(request.app).report(job_id, "queued", at=stored_at, details=timings)
+        except Exception as exc:  # queued all the same: the stages announce its progress
+            log.warning("queued_not_announced", job_id=job_id, error=repr(exc))
     log.info("job_accepted", job_id=job_id, task=task, model=options.model)
     status_url = f"/api/v1/jobs/{job_id}"
     return web.json_response(
@@ -255,7 +284,9 @@ async def _load_view(request: web.Request) -> JobView:
 async def get_job(request: web.Request) -> web.Response:
     """Reads only: a stalled job is failed by the maintenance sweeper, not by a GET."""
     view = await _load_view(request)
-    doc = job_document(view, request.app[STORE], request.app[SETTINGS])
+    store = request.app[STORE]
+    heartbeat = None if view.is_final else await JobLog(store).heartbeat(view.spec.job_id)
+    doc = job_document(view, store, request.app[SETTINGS], heartbeat)
     doc["events_url"] = auth.events_url(request, view.spec)
     return web.json_response(doc)
 
@@ -273,8 +304,14 @@ async def delete_job(request: web.Request) -> web.Response:
     return web.json_response({"id": job_id, "state": state, "deleted": True})
 
 
-def job_document(view: JobView, store: BlobStore, settings: GatewaySettings) -> dict[str, Any]:
+def job_document(
+    view: JobView,
+    store: BlobStore,
+    settings: GatewaySettings,
+    heartbeat: Heartbeat | None = None,
+) -> dict[str, Any]:
     spec = view.spec
+    worker = worker_status(view, heartbeat, settings.worker_stale_s, time.time())
     doc: dict[str, Any] = {
         "id": spec.job_id,
         "task": spec.task,
@@ -293,6 +330,9 @@ def job_document(view: JobView, store: BlobStore, settings: GatewaySettings) -> 
         "stages": view.stages,
         "progress": view.progress,
         "error": view.error if view.state == "failed" else None,
+        # Not heard from (heartbeat or status) lately: its worker died or none has taken it.
+        "worker": worker,
+        "message": WAITING_FOR_A_WORKER if worker and not worker["alive"] else None,
         "created_at": spec.created_at,
         "updated_at": view.last_event_at,
         "input": view.details.get("input"),
@@ -446,10 +486,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = {
-        "broker": await request.app[BUS].ping(),
-        "store": await request.app[STORE].ping(),
-    }
+    # Both at once, each bounded: not ready while the broker reconnects or the store is silent.
+    broker, store = await asyncio.gather(request.app[BUS].ping(), request.app[STORE].ping())
+    checks = {"broker": broker, "store": store}
     return web.json_response(
         {"ready": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503
     )

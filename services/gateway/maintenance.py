@@ -57,9 +57,9 @@ async def sweep(
     writer: RecordWriter | None = None,
 ) -> dict[str, int]:
     """One pass over every job: expire old ones, fail stalled ones, record ended ones whose
-    record is missing, drop orphans."""
+    record is missing, drop orphans and submissions never announced."""
     jobs_log, now = JobLog(store), time.time()
-    counts = {"expired": 0, "stalled": 0, "recorded": 0, "orphans": 0}
+    counts = {"expired": 0, "stalled": 0, "recorded": 0, "orphans": 0, "unannounced": 0}
     for job_id, keys in group_by_job(await store.list("jobs/")).items():
         spec_key = JobKeys(job_id).spec
         if spec_key not in keys:
@@ -74,6 +74,11 @@ async def sweep(
         if now - view.spec.created_at > retention_s:
             await delete_job_objects(store, job_id)
             counts["expired"] += 1
+        elif not view.events and now - view.spec.created_at > deadline_s:
+            # Stored, never queued: a submission answered 503 whose rollback failed too, or
+            # a gateway that died mid-submission. No client has its id: delete, not fail.
+            await delete_job_objects(store, job_id)
+            counts["unannounced"] += 1
         elif await fail_if_stalled(view, reporter, deadline_s, now):
             counts["stalled"] += 1  # the records writer hears the `failed` on the bus
         elif writer is not None and await _record_missed_end(writer, view, now):

@@ -142,15 +142,17 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
                                 "jobs of this owner; see Retry-After",
                                 "headers": retry_after, "content": _json(refusal)},
                         "503": {"description": "busy (too many jobs waiting for the task, or "
-                                "too many connections; see Retry-After), or the broker or "
-                                "store is unavailable",
+                                "too many connections), or the broker or store is unavailable "
+                                "(nothing was kept); retry after the Retry-After seconds",
                                 "headers": retry_after, "content": _json(refusal)},
                     },
                 }
             },
             "/api/v1/jobs/{id}": {
                 "parameters": [job_id],
-                "get": {"summary": "The job document, with fresh presigned links",
+                "get": {"summary": "The job document, with fresh presigned links; `worker` "
+                        "and `message` (\"waiting for a worker\") tell whether a worker is "
+                        "on an unfinished job",
                         "security": owner,
                         "responses": {"200": {"description": "the job"}, **no_such_job,
                                       **limited}},

@@ -12,7 +12,7 @@ from shared.platform import metrics, telemetry, topology
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.config import PreprocessSettings
 from shared.platform.eventbus import Delivery, EventBus, Reject
-from shared.platform.jobs import JobKeys, JobLog, StatusReporter
+from shared.platform.jobs import JobKeys, JobLog, StatusReporter, heartbeats, worker_name
 from shared.platform.logging import get_logger
 from shared.platform.messages import JobSubmitted, RestoreRequested
 
@@ -26,6 +26,7 @@ class PreprocessService:
         self.settings = settings
         self.jobs = JobLog(store)
         self.reporter = StatusReporter(self.jobs, bus, stage="preprocess")
+        self.worker = worker_name("preprocess")
 
     async def start(self) -> None:
         await self.bus.consume(
@@ -48,25 +49,29 @@ class PreprocessService:
         await self.reporter.report(job.job_id, "preprocessing")
         started = time.time()
         try:
-            image = await self.store.get(job.upload_key)
-            mask = await self.store.get(job.mask_key) if job.mask_key else None
-            with telemetry.tracer().start_as_current_span(
-                "preprocess normalize",
-                attributes={
-                    "restora.job_id": job.job_id,
-                    "restora.task": job.task,
-                    "restora.model": job.options.model,
-                    "restora.upload_bytes": len(image),
-                },
+            # A worker killed here leaves a heartbeat that stops: the job says so.
+            async with heartbeats(
+                self.jobs, job.job_id, self.worker, self.settings.heartbeat_interval_s
             ):
-                normalized = await asyncio.to_thread(
-                    normalize,
-                    image,
-                    task=job.task,  # type: ignore[arg-type]
-                    mask_bytes=mask,
-                    max_side=job.options.max_side,
-                    limits=self.limits_for(job.task),
-                )
+                image = await self.store.get(job.upload_key)
+                mask = await self.store.get(job.mask_key) if job.mask_key else None
+                with telemetry.tracer().start_as_current_span(
+                    "preprocess normalize",
+                    attributes={
+                        "restora.job_id": job.job_id,
+                        "restora.task": job.task,
+                        "restora.model": job.options.model,
+                        "restora.upload_bytes": len(image),
+                    },
+                ):
+                    normalized = await asyncio.to_thread(
+                        normalize,
+                        image,
+                        task=job.task,  # type: ignore[arg-type]
+                        mask_bytes=mask,
+                        max_side=job.options.max_side,
+                        limits=self.limits_for(job.task),
+                    )
         except BlobNotFound:
             await self.reporter.report(job.job_id, "failed", error="the upload is gone (deleted?)")
             return

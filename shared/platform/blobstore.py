@@ -3,6 +3,10 @@
 Objects are addressed by server-generated keys (`jobs/<id>/...`); user-provided names never
 become keys. Downloads are links: presigned S3 URLs, or for the local store HMAC-signed,
 expiring URLs that the gateway serves.
+
+Every call is bounded: S3 calls have connect and read timeouts and a small retry budget, and
+run on the store's own thread pool, so a hung or dead store answers `StoreUnavailable` in
+seconds and never takes the threads the rest of the process needs.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import functools
 import hashlib
 import hmac
 import io
@@ -17,15 +22,23 @@ import os
 import shutil
 import time
 import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, BinaryIO, Protocol, cast
+from types import TracebackType
+from typing import IO, Any, BinaryIO, Protocol, Self, TypeVar, cast
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.commonconfig import ENABLED, Filter
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
+from urllib3.connectionpool import ConnectionPool
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
+from urllib3.response import BaseHTTPResponse
 
 from shared.platform.config import CommonSettings
 from shared.platform.logging import get_logger
@@ -37,6 +50,15 @@ LOCAL_FILES_ROUTE = "/api/v1/files/"
 
 class BlobNotFound(KeyError):
     pass
+
+
+class StoreUnavailable(RuntimeError):
+    """The store refused the connection, failed, or stayed silent past its timeout."""
+
+
+# A health check must answer quickly whatever the store does (/readyz answers within 2 s).
+PING_TIMEOUT_S = 1.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,10 +97,16 @@ def _read_all(data: bytes | IO[bytes]) -> bytes:
 class LocalDirBlobStore:
     """Objects as files under a directory; links are HMAC-signed gateway URLs."""
 
-    def __init__(self, root: Path, secret: bytes) -> None:
+    def __init__(self, root: Path, secret: bytes, threads: int = 8) -> None:
         self.root = root
         self._secret = secret
         self.root.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="restora-store")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(fn, *args)
+        )
 
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
@@ -86,7 +114,7 @@ class LocalDirBlobStore:
     async def put(
         self, key: str, data: bytes | IO[bytes], content_type: str = "application/octet-stream"
     ) -> None:
-        await asyncio.to_thread(self._put_sync, key, data)
+        await self._run(self._put_sync, key, data)
 
     def _put_sync(self, key: str, data: bytes | IO[bytes]) -> None:
         path = self._path(key)
@@ -102,7 +130,7 @@ class LocalDirBlobStore:
 
     async def get(self, key: str) -> bytes:
         try:
-            return await asyncio.to_thread(self._path(key).read_bytes)
+            return await self._run(self._path(key).read_bytes)
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
 
@@ -110,7 +138,7 @@ class LocalDirBlobStore:
         return self._path(key).is_file()
 
     async def list(self, prefix: str) -> list[str]:
-        return await asyncio.to_thread(self._list_sync, prefix)
+        return await self._run(self._list_sync, prefix)
 
     def _list_sync(self, prefix: str) -> builtins.list[str]:  # `list` is the method here
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
@@ -158,6 +186,45 @@ class LocalDirBlobStore:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+class _NoRetryOnSilence(urllib3.Retry):
+    """Retries a refused or reset connection and a 5xx answer, but not a read timeout: a
+    server silent that long is hung, and asking again would only multiply the wait."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if isinstance(error, ReadTimeoutError):
+            raise MaxRetryError(_pool, url or "", error) from error  # type: ignore[arg-type]
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def _http_client(
+    connect_s: float, read_s: float, retries: int, pool_size: int
+) -> urllib3.PoolManager:
+    """minio's own client waits 5 minutes per read and retries 5 times; this one is bounded."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=connect_s, read=read_s),
+        maxsize=pool_size,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=_NoRetryOnSilence(
+            total=retries,
+            backoff_factor=0.2,
+            status_forcelist=[500, 502, 503, 504],
+        ),
+    )
+
+
+# What a call raises when the store itself (not the request) is the problem.
+_UNAVAILABLE_ERRORS = (urllib3.exceptions.HTTPError, OSError, ServerError)
+
+
 class S3BlobStore:
     """MinIO or any S3-compatible server through the `minio` client.
 
@@ -168,13 +235,25 @@ class S3BlobStore:
 
     def __init__(self, settings: CommonSettings) -> None:
         self.bucket = settings.s3_bucket
-        self._client = Minio(
+        threads = max(1, settings.store_threads)
+        client = functools.partial(
+            Minio,
             settings.s3_endpoint,
             access_key=settings.s3_access_key,
             secret_key=settings.s3_secret_key,
             secure=settings.s3_secure,
             region=settings.s3_region,
         )
+        self._client = client(
+            http_client=_http_client(
+                settings.s3_connect_timeout_s,
+                settings.s3_read_timeout_s,
+                settings.s3_retries,
+                threads,
+            )
+        )
+        # Health checks: a short timeout, no retry, threads of their own.
+        self._probe = client(http_client=_http_client(PING_TIMEOUT_S, PING_TIMEOUT_S, 0, 2))
         public = settings.s3_public_endpoint or settings.s3_endpoint
         self._signer = Minio(
             public,
@@ -183,8 +262,18 @@ class S3BlobStore:
             secure=settings.s3_public_secure if settings.s3_public_endpoint else settings.s3_secure,
             region=settings.s3_region,
         )
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="restora-s3")
+        self._probe_pool = ThreadPoolExecutor(2, thread_name_prefix="restora-s3-probe")
         self._bucket_ready = False
         self._retention_days = max(1, -(-settings.retention_s // 86400))
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn` on the store's threads; the store's own failures become StoreUnavailable."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"the object store is unavailable: {exc}") from exc
 
     async def ensure_bucket(self) -> None:
         if self._bucket_ready:
@@ -198,8 +287,8 @@ class S3BlobStore:
                     if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
 
-        await asyncio.to_thread(create)
-        await asyncio.to_thread(self._set_retention)
+        await self._run(create)
+        await self._run(self._set_retention)
         self._bucket_ready = True
 
     def _set_retention(self) -> None:
@@ -234,7 +323,7 @@ class S3BlobStore:
                     part_size=16 << 20,
                 )
 
-        await asyncio.to_thread(upload)
+        await self._run(upload)
 
     async def get(self, key: str) -> bytes:
         def download() -> bytes:
@@ -250,7 +339,7 @@ class S3BlobStore:
                 response.close()
                 response.release_conn()
 
-        return await asyncio.to_thread(download)
+        return await self._run(download)
 
     async def exists(self, key: str) -> bool:
         def stat() -> bool:
@@ -262,7 +351,7 @@ class S3BlobStore:
                     return False
                 raise
 
-        return await asyncio.to_thread(stat)
+        return await self._run(stat)
 
     async def list(self, prefix: str) -> list[str]:
         await self.ensure_bucket()
@@ -271,7 +360,7 @@ class S3BlobStore:
             objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
             return sorted(o.object_name for o in objects if o.object_name)
 
-        return await asyncio.to_thread(listing)
+        return await self._run(listing)
 
     async def delete_prefix(self, prefix: str) -> None:
         keys = await self.list(prefix)
@@ -280,11 +369,14 @@ class S3BlobStore:
             for key in keys:
                 self._client.remove_object(self.bucket, key)
 
-        await asyncio.to_thread(delete)
+        await self._run(delete)
 
     async def ping(self) -> bool:
+        """Whether the store answers, in about PING_TIMEOUT_S at most whatever it does."""
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._client.bucket_exists, self.bucket)
+            probe = loop.run_in_executor(self._probe_pool, self._probe.bucket_exists, self.bucket)
+            await asyncio.wait_for(probe, PING_TIMEOUT_S * 1.5)
             return True
         except Exception:
             return False
@@ -305,5 +397,5 @@ class S3BlobStore:
 def make_blob_store(settings: CommonSettings) -> BlobStore:
     if settings.embedded_store:
         secret = settings.link_secret.encode() or os.urandom(32)
-        return LocalDirBlobStore(settings.data_dir / "objects", secret)
+        return LocalDirBlobStore(settings.data_dir / "objects", secret, settings.store_threads)
     return S3BlobStore(settings)

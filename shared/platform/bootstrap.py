@@ -31,7 +31,9 @@ log = get_logger(__name__)
 
 
 async def connect(settings: CommonSettings) -> tuple[EventBus, BlobStore]:
-    bus = make_event_bus(settings.broker_url, settings.data_dir / "queues")
+    bus = make_event_bus(
+        settings.broker_url, settings.data_dir / "queues", settings.publish_timeout_s
+    )
     await bus.start()
     store = make_blob_store(settings)
     if isinstance(store, S3BlobStore):
@@ -100,6 +102,7 @@ async def run_model_service(
     runtime = build_runtime(settings, settings.weights_dir)
     bus, store = await connect(settings)
     service = build(bus, store, runtime)
+    service.heartbeat_interval_s = settings.heartbeat_interval_s
     await warm_up(runtime, topology.tasks_served_by(service.queue))
     await service.start()
     health = await serve_health({"broker": bus.ping, "store": store.ping}, settings.health_port)

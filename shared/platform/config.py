@@ -48,6 +48,17 @@ class CommonSettings:
     # Uploads, results and job events are deleted this long after the job was created
     # (an S3 bucket lifecycle rule, plus the gateway's sweeper for the local store).
     retention_s: int = 7 * 24 * 3600
+    # Every S3 call: how long to wait for a connection and for each answer, and how often to
+    # retry a refused connection or a 5xx (a server silent past the read timeout is not asked
+    # again); calls run on their own pool of this many threads.
+    s3_connect_timeout_s: float = 2.0
+    s3_read_timeout_s: float = 3.0
+    s3_retries: int = 2
+    store_threads: int = 8
+    # How long a publish may wait for the broker's confirm before the broker counts as down.
+    publish_timeout_s: float = 5.0
+    # A worker holding a job writes the job's heartbeat this often.
+    heartbeat_interval_s: float = 5.0
 
     @property
     def embedded_bus(self) -> bool:
@@ -101,6 +112,8 @@ class GatewaySettings(CommonSettings):
     # Origins (scheme://host[:port]) other sites' pages may call the API from, separated by
     # commas; empty = same origin only.
     cors_origins: str = ""
+    # A job not heard from (heartbeat or status) for this long says "waiting for a worker".
+    worker_stale_s: float = 20.0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,11 @@ Semantics both implementations keep:
 - A handler raising `Reject` dead-letters the message at once (it can never succeed);
   any other exception requeues it, and after `DELIVERY_LIMIT` deliveries it goes to the
   service's dead-letter queue instead.
+- A dead-letter handler raising `Reject` (it cannot read the message) parks the message in
+  `restora.parked`; any other exception retries it, after a pause, up to
+  `DEAD_LETTER_ATTEMPTS` times, then parks it too: a dead letter never loops.
+- `publish` raises `BusUnavailable` at once while the broker connection is down, and when the
+  broker does not confirm within the publish timeout; `ping` is false while reconnecting.
 - Status events fan out to every subscriber (every gateway replica).
 - The bus carries W3C trace context in message headers, in and out.
 """
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -47,6 +53,31 @@ DEPTH_CACHE_S = 1.0
 
 class Reject(Exception):
     """Raised by a handler for a message that no retry can ever process."""
+
+
+class BusUnavailable(RuntimeError):
+    """The broker is unreachable or did not confirm a publish in time."""
+
+
+# Headers a parked or retried dead letter carries.
+DEAD_ATTEMPTS_HEADER = "x-restora-dead-letter-attempts"
+PARKED_FROM_HEADER = "x-restora-parked-from"
+PARKED_REASON_HEADER = "x-restora-parked-reason"
+# The pause before a failed dead letter is tried again grows with its attempts, up to this.
+DEAD_LETTER_PAUSE_S = 1.0
+DEAD_LETTER_MAX_PAUSE_S = 10.0
+PUBLISH_TIMEOUT_S = 5.0
+
+
+def _dead_attempts(headers: dict[str, Any]) -> int:
+    try:
+        return int(str(headers.get(DEAD_ATTEMPTS_HEADER) or 0))
+    except ValueError:
+        return 0
+
+
+def _dead_letter_pause(attempts: int) -> float:
+    return min(DEAD_LETTER_PAUSE_S * attempts, DEAD_LETTER_MAX_PAUSE_S)
 
 
 @dataclass(frozen=True)
@@ -188,6 +219,7 @@ class InProcessBus:
         self._journal = _Journal(journal_dir) if journal_dir is not None else None
         self._queues: dict[str, asyncio.Queue[_Envelope]] = {}
         self.dead_letters: dict[str, list[_Envelope]] = {}
+        self.parked: list[_Envelope] = []
         self._dead_queues: dict[str, asyncio.Queue[_Envelope]] = {}
         self._status_subscribers: list[StatusHandler] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -295,13 +327,35 @@ class InProcessBus:
                 envelope = await source.get()
                 try:
                     await handler(queue, envelope.body, envelope.headers)
-                except Exception:
+                except Reject as exc:
+                    self._park(queue, envelope, f"unreadable: {exc}")
+                except Exception as exc:
                     log.exception("dead_letter_handler_failed", queue=queue.dead_letter_queue)
+                    attempts = _dead_attempts(envelope.headers) + 1
+                    if attempts >= topology.DEAD_LETTER_ATTEMPTS:
+                        self._park(queue, envelope, f"failed {attempts} times: {exc!r}")
+                        continue
+                    await asyncio.sleep(_dead_letter_pause(attempts))
+                    headers = {**envelope.headers, DEAD_ATTEMPTS_HEADER: attempts}
+                    source.put_nowait(_Envelope(envelope.body, headers, envelope.attempt))
 
         self._tasks.append(asyncio.create_task(loop()))
 
-    async def ping(self) -> bool:
+    def _park(self, queue: QueueSpec, envelope: _Envelope, reason: str) -> None:
+        log.warning("dead_letter_parked", queue=queue.dead_letter_queue, reason=reason)
+        headers = {
+            **envelope.headers,
+            PARKED_FROM_HEADER: queue.dead_letter_queue,
+            PARKED_REASON_HEADER: reason[:1000],
+        }
+        self.parked.append(_Envelope(envelope.body, headers, envelope.attempt))
+
+    @property
+    def ready(self) -> bool:
         return not self._closed
+
+    async def ping(self) -> bool:
+        return self.ready
 
     async def queue_depths(self) -> dict[str, int]:
         """Messages waiting in each work queue, for the gateway's queue-depth gauge."""
@@ -320,10 +374,18 @@ class RabbitBus:
 
     _ids = itertools.count()
 
-    def __init__(self, url: str, prefetch: int = topology.PREFETCH) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefetch: int = topology.PREFETCH,
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+    ) -> None:
         self._url = url
         self._prefetch = prefetch
+        self._publish_timeout_s = publish_timeout_s
         self._connection: AbstractRobustConnection | None = None
+        self._link_up = False
+        self._restored = asyncio.Event()  # set while _link_up
         self._publish_channel: AbstractChannel | None = None
         self._jobs: AbstractExchange | None = None
         self._status: AbstractExchange | None = None
@@ -338,8 +400,40 @@ class RabbitBus:
         self._connection = await aio_pika.connect_robust(
             self._url, client_properties={"connection_name": "restora"}
         )
-        self._publish_channel = await self._connection.channel(publisher_confirms=True)
+        # Down from the moment the connection drops until it and its channels are restored.
+        self._connection.close_callbacks.add(self._on_link_down)
+        self._connection.reconnect_callbacks.add(self._on_link_up)
+        # on_return_raises: a message no queue takes is an error, not a silent loss.
+        self._publish_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
         self._jobs, self._status = await declare_topology(self._publish_channel)
+        self._on_link_up(None)
+
+    def _on_link_down(self, sender: object, exc: BaseException | None = None) -> None:
+        if self._link_up and not getattr(sender, "close_called", False):
+            log.warning("broker_connection_lost", error=repr(exc))
+        self._link_up = False
+        self._restored.clear()
+
+    def _on_link_up(self, sender: object) -> None:
+        if sender is not None:
+            log.info("broker_reconnected")
+        self._link_up = True
+        self._restored.set()
+
+    @property
+    def ready(self) -> bool:
+        """Connected, with the publishing channel open: not while the connection recovers."""
+        connection, channel = self._connection, self._publish_channel
+        return (
+            self._link_up
+            and connection is not None
+            and not connection.is_closed
+            and connection.connected.is_set()
+            and channel is not None
+            and not channel.is_closed
+        )
 
     async def drain(self, timeout: float) -> None:
         """Cancel the work consumers (no new deliveries), then wait (up to `timeout`) for the
@@ -356,17 +450,55 @@ class RabbitBus:
             await self._connection.close()
             self._connection = None
 
-    async def _publish(self, exchange: AbstractExchange | None, key: str, body: bytes) -> None:
+    async def _publish(
+        self,
+        exchange: AbstractExchange | None,
+        key: str,
+        body: bytes,
+        headers: dict[str, Any] | None = None,
+        mandatory: bool = True,
+    ) -> None:
         assert exchange is not None, "bus not started"
+        await self._wait_until_ready()
         message = aio_pika.Message(
             body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=_outgoing_headers(),
+            headers=_outgoing_headers() if headers is None else headers,
         )
         # With publisher confirms, this await returns once the broker has the message;
-        # mandatory=True turns an unroutable message into an error instead of a loss.
-        await exchange.publish(message, routing_key=key, mandatory=True)
+        # mandatory=True (with on_return_raises) makes an unroutable message an error.
+        try:
+            await asyncio.wait_for(
+                exchange.publish(message, routing_key=key, mandatory=mandatory),
+                self._publish_timeout_s,
+            )
+        except TimeoutError as exc:
+            raise BusUnavailable(
+                f"the broker did not confirm within {self._publish_timeout_s:g} s"
+            ) from exc
+        except (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
+            raise BusUnavailable(f"publishing failed: {exc!r}") from exc
+
+    async def _wait_until_ready(self) -> None:
+        """Fail at once while the connection is down (a robust channel would wait for the
+        broker to come back); while it is up again but its channels are still being restored
+        (consumers may already get messages then), wait for them, within the publish timeout."""
+        if self.ready:
+            return
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            raise BusUnavailable("the broker connection is down (reconnecting)")
+        try:
+            await asyncio.wait_for(self._restored.wait(), self._publish_timeout_s)
+        except TimeoutError as exc:
+            raise BusUnavailable("the broker connection is still being restored") from exc
+        if not self.ready:
+            raise BusUnavailable("the broker connection is down (reconnecting)")
 
     async def publish(self, queue: QueueSpec, message: Message) -> None:
         with telemetry.tracer().start_as_current_span(
@@ -375,7 +507,9 @@ class RabbitBus:
             await self._publish(self._jobs, queue.routing_key, messages.encode(message))
 
     async def publish_status(self, status: JobStatus) -> None:
-        await self._publish(self._status, "", messages.encode(status))
+        # Not mandatory: with no gateway listening the fan-out has no queue, and that is fine
+        # (the status is in the job's event log already).
+        await self._publish(self._status, "", messages.encode(status), mandatory=False)
 
     async def _consumer_channel(self) -> AbstractChannel:
         assert self._connection is not None, "bus not started"
@@ -412,15 +546,59 @@ class RabbitBus:
         dead_queue = await channel.get_queue(queue.dead_letter_queue, ensure=True)
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
+            headers = dict(incoming.headers or {})
             try:
-                await handler(queue, incoming.body, dict(incoming.headers or {}))
-            except Exception:
+                await handler(queue, incoming.body, headers)
+            except Reject as exc:
+                await self._settle_dead_letter(incoming, queue, headers, f"unreadable: {exc}")
+            except Exception as exc:
                 log.exception("dead_letter_handler_failed", queue=queue.dead_letter_queue)
-                await incoming.nack(requeue=True)
+                attempts = _dead_attempts(headers) + 1
+                if attempts >= topology.DEAD_LETTER_ATTEMPTS:
+                    reason = f"failed {attempts} times: {exc!r}"
+                    await self._settle_dead_letter(incoming, queue, headers, reason)
+                else:
+                    await asyncio.sleep(_dead_letter_pause(attempts))
+                    await self._settle_dead_letter(
+                        incoming, queue, {**headers, DEAD_ATTEMPTS_HEADER: attempts}
+                    )
             else:
                 await incoming.ack()
 
         await dead_queue.consume(on_message, no_ack=False)
+
+    async def _settle_dead_letter(
+        self,
+        incoming: AbstractIncomingMessage,
+        queue: QueueSpec,
+        headers: dict[str, Any],
+        park_reason: str | None = None,
+    ) -> None:
+        """Park the dead letter (with a reason) or put it back at the end of its queue (with
+        its attempts counted), confirmed before it is acked: it is never lost, and never
+        requeued by the broker itself (that would bring it back at once, uncounted)."""
+        assert self._publish_channel is not None, "bus not started"
+        if park_reason is not None:
+            log.warning("dead_letter_parked", queue=queue.dead_letter_queue, reason=park_reason)
+            headers = {
+                **headers,
+                PARKED_FROM_HEADER: queue.dead_letter_queue,
+                PARKED_REASON_HEADER: park_reason[:1000],
+            }
+        target = topology.PARKED_QUEUE if park_reason is not None else queue.dead_letter_queue
+        try:
+            await self._publish(
+                self._publish_channel.default_exchange, target, incoming.body, headers
+            )
+        except BusUnavailable as exc:
+            log.warning("dead_letter_not_settled", queue=queue.dead_letter_queue, error=str(exc))
+            # Left unacked: the broker redelivers it once this channel is gone or restored;
+            # the pause keeps a persistent failure from spinning.
+            await asyncio.sleep(DEAD_LETTER_MAX_PAUSE_S)
+            with contextlib.suppress(Exception):
+                await incoming.nack(requeue=True)
+            return
+        await incoming.ack()
 
     async def subscribe_status(self, handler: StatusHandler) -> None:
         channel = await self._consumer_channel()
@@ -441,7 +619,7 @@ class RabbitBus:
         await own.consume(on_message)
 
     async def ping(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        return self.ready
 
     async def queue_depths(self) -> dict[str, int]:
         """Messages ready in each work queue, for the gateway's queue-depth gauge."""
@@ -483,6 +661,9 @@ async def declare_topology(channel: AbstractChannel) -> tuple[AbstractExchange, 
     dead = await channel.declare_exchange(
         topology.DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
     )
+    await channel.declare_queue(
+        topology.PARKED_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
     for spec in topology.WORK_QUEUES:
         dead_queue = await channel.declare_queue(
             spec.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
@@ -502,6 +683,10 @@ async def declare_topology(channel: AbstractChannel) -> tuple[AbstractExchange, 
     return jobs, status
 
 
-def make_event_bus(broker_url: str, journal_dir: Path | None = None) -> EventBus:
+def make_event_bus(
+    broker_url: str, journal_dir: Path | None = None, publish_timeout_s: float = PUBLISH_TIMEOUT_S
+) -> EventBus:
     """RabbitMQ when a broker URL is given, else the in-process bus (journaled if asked)."""
-    return RabbitBus(broker_url) if broker_url else InProcessBus(journal_dir)
+    if broker_url:
+        return RabbitBus(broker_url, publish_timeout_s=publish_timeout_s)
+    return InProcessBus(journal_dir)

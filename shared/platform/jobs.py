@@ -4,20 +4,32 @@ Every state change or progress report is written as its own object
 (`jobs/<id>/events/<time>-<rank>-<state>-<rand>.json`) by the service that caused it, so
 concurrent writers never lose each other's update; the job document any gateway replica
 serves is folded from these events, and a state can only move forward.
+
+A worker holding a job overwrites one heartbeat object (`jobs/<id>/heartbeat.json`) every few
+seconds instead of appending events, so the log stays small and a reader can tell a job
+whose worker died from one that is merely slow.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import secrets
+import socket
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from shared.platform import messages, records, telemetry
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.eventbus import EventBus
+from shared.platform.logging import get_logger
 from shared.platform.messages import FINAL_STATES, STATE_RANK, JobOptions, JobStatus
+
+logger = get_logger(__name__)
 
 
 def new_job_id() -> str:
@@ -79,6 +91,10 @@ class JobKeys:
     def events_prefix(self) -> str:
         return self.prefix + "events/"
 
+    @property
+    def heartbeat(self) -> str:
+        return self.prefix + "heartbeat.json"
+
 
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -122,6 +138,30 @@ class JobView:
         return self.state in FINAL_STATES
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    worker: str  # service@host:pid
+    at: float
+
+
+WAITING_FOR_A_WORKER = "waiting for a worker"
+
+
+def worker_status(
+    view: JobView, heartbeat: Heartbeat | None, stale_s: float, now: float
+) -> dict[str, Any] | None:
+    """Whether a worker is on an unfinished job: heard from (a heartbeat or any status)
+    within `stale_s`. None for a finished job."""
+    if view.is_final:
+        return None
+    last = max(view.last_event_at, heartbeat.at if heartbeat else 0.0)
+    return {
+        "alive": now - last <= stale_s,
+        "name": heartbeat.worker if heartbeat else None,
+        "last_heartbeat_at": last,
+    }
+
+
 def fold(spec: JobSpec, events: list[JobStatus]) -> JobView:
     """Apply events in time order; a state never moves backwards, a final one never changes."""
     view = JobView(spec=spec, stages={"queued": spec.created_at}, last_event_at=spec.created_at)
@@ -163,6 +203,17 @@ class JobLog:
         key = JobKeys(status.job_id).events_prefix + name
         await self.store.put(key, messages.encode(status), "application/json")
 
+    async def beat(self, job_id: str, worker: str) -> None:
+        body = json.dumps({"worker": worker, "at": time.time()}).encode()
+        await self.store.put(JobKeys(job_id).heartbeat, body, "application/json")
+
+    async def heartbeat(self, job_id: str) -> Heartbeat | None:
+        try:
+            raw = json.loads(await self.store.get(JobKeys(job_id).heartbeat))
+            return Heartbeat(worker=str(raw["worker"]), at=float(raw["at"]))
+        except (BlobNotFound, ValueError, KeyError, TypeError):
+            return None
+
     async def spec(self, job_id: str) -> JobSpec | None:
         try:
             raw = json.loads(await self.store.get(JobKeys(job_id).spec))
@@ -187,6 +238,34 @@ class JobLog:
         return fold(spec, events)
 
 
+def worker_name(service: str) -> str:
+    return f"{service}@{socket.gethostname()}:{os.getpid()}"
+
+
+@contextlib.asynccontextmanager
+async def heartbeats(
+    jobs: JobLog, job_id: str, worker: str, interval_s: float
+) -> AsyncIterator[None]:
+    """Write the job's heartbeat now and every `interval_s` while the block runs (on the event
+    loop: a long inference runs in a thread and never holds it up)."""
+
+    async def beat_forever() -> None:
+        while True:
+            try:
+                await jobs.beat(job_id, worker)
+            except Exception as exc:  # a store hiccup: the next beat may get through
+                logger.warning("heartbeat_failed", job_id=job_id, error=repr(exc))
+            await asyncio.sleep(interval_s)
+
+    task = asyncio.create_task(beat_forever())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class StatusReporter:
     """Appends a status to the job's log, then tells every listener on the bus.
 
@@ -199,7 +278,9 @@ class StatusReporter:
         self.bus = bus
         self.stage = stage
 
-    async def report(self, job_id: str, state: str, **fields: Any) -> JobStatus:
+    async def report(
+        self, job_id: str, state: str, at: float | None = None, **fields: Any
+    ) -> JobStatus:
         if fields.get("progress") is None:
             # Which build of each service handled the job, and in which trace: the job's
             # record takes both from its events.
@@ -207,7 +288,8 @@ class StatusReporter:
             if trace_id := telemetry.current_trace_id():
                 extra["trace_id"] = trace_id
             fields["details"] = {**fields.get("details", {}), **extra}
-        status = JobStatus(job_id=job_id, state=state, stage=self.stage, at=time.time(), **fields)
+        at = time.time() if at is None else at
+        status = JobStatus(job_id=job_id, state=state, stage=self.stage, at=at, **fields)
         await self.log.append(status)
         await self.bus.publish_status(status)
         return status

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+import types
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from functools import cache
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 from shared.ml.registry import TASKS as TASKS  # re-exported: a job names one of them
 
@@ -113,26 +115,71 @@ def encode(message: Message) -> bytes:
 
 
 def decode(data: bytes) -> Message:
+    """The message in `data`; anything malformed raises `MessageError`, never another error.
+
+    A consumer relies on that: a message that cannot be read is rejected (dead-lettered, then
+    parked) instead of failing its handler over and over.
+    """
     try:
         envelope = json.loads(data)
         cls = _MESSAGE_TYPES[envelope["type"]]
         version = envelope["version"]
-        body = dict(envelope["body"])
-    except (ValueError, KeyError, TypeError) as exc:
+        body = envelope["body"]
+    except Exception as exc:  # ValueError, KeyError, TypeError, RecursionError...
         raise MessageError(f"unreadable message: {exc!r}") from exc
-    if version != SCHEMA_VERSION:
-        raise MessageError(f"unsupported schema version {version} for {cls.TYPE}")
+    if version != SCHEMA_VERSION or type(version) is not int:
+        raise MessageError(f"unsupported schema version {version!r} for {cls.TYPE}")
     return _build(cls, body)
 
 
-def _build(cls: type, body: dict[str, Any]) -> Any:
+def job_id_of(data: bytes) -> str | None:
+    """The job id an unreadable message names, if it names one (to fail that job)."""
+    try:
+        job_id = json.loads(data)["body"]["job_id"]
+    except Exception:
+        return None
+    return job_id if isinstance(job_id, str) else None
+
+
+def _build(cls: type, body: object) -> Any:
+    if not isinstance(body, dict):
+        raise MessageError(f"{cls.__name__}: the body is a {type(body).__name__}, not an object")
     known = {f.name for f in fields(cls)}
     unknown = set(body) - known
     if unknown:
         raise MessageError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    body = dict(body)
     if "options" in body:
-        body["options"] = _build(JobOptions, dict(body["options"]))
+        body["options"] = _build(JobOptions, body["options"])
+    hints = _field_types(cls)
+    for name, value in body.items():
+        if not _conforms(value, hints[name]):
+            raise MessageError(f"{cls.__name__}.{name}: unexpected {type(value).__name__}")
     try:
         return cls(**body)
-    except TypeError as exc:
+    except TypeError as exc:  # a required field missing
         raise MessageError(f"{cls.__name__}: {exc}") from exc
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _conforms(value: object, hint: Any) -> bool:
+    """Whether a decoded JSON value fits a field's annotation (the types messages use)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    origin = get_origin(hint) or hint
+    return isinstance(value, origin) if isinstance(origin, type) else True

@@ -2,9 +2,9 @@
 
 A service supplies one `Restorer` (a pure function of arrays); everything around it—
 loading the normalised input, running inference off the event loop so AMQP heartbeats keep
-flowing, progress and cancellation, re-attaching alpha/ICC/orientation, storing the result
-under a deterministic key (a redelivery overwrites, never duplicates), reporting `done`
-with timings—lives here once.
+flowing, progress, the job's heartbeat and cancellation, re-attaching alpha/ICC/orientation,
+storing the result under a deterministic key (a redelivery overwrites, never duplicates),
+reporting `done` with timings—lives here once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from shared.ml.tiling import Cancelled
 from shared.platform import metrics, telemetry
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.eventbus import Delivery, EventBus, Reject
-from shared.platform.jobs import CONTENT_TYPES, JobKeys, JobLog, StatusReporter
+from shared.platform.jobs import (
+    CONTENT_TYPES,
+    JobKeys,
+    JobLog,
+    StatusReporter,
+    heartbeats,
+    worker_name,
+)
 from shared.platform.logging import get_logger
 from shared.platform.messages import JobOptions, RestoreRequested
 from shared.platform.topology import QueueSpec
@@ -37,6 +44,8 @@ log = get_logger(__name__)
 # How often a running job looks for a cancellation and may report progress (seconds).
 CANCEL_POLL_S = 1.0
 PROGRESS_EVERY_S = 1.0
+# How often a running job's heartbeat is written (RESTORA_HEARTBEAT_INTERVAL_S).
+HEARTBEAT_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -109,9 +118,12 @@ class ModelService:
         store: BlobStore,
         device: str = "cpu",
         gate: InferenceGate | None = None,
+        heartbeat_interval_s: float = HEARTBEAT_EVERY_S,
     ) -> None:
         self.name = name
         self.gate = gate or InferenceGate(1)
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.worker = worker_name(name)
         self.queue = queue
         self.restorer = restorer
         self.bus = bus
@@ -132,19 +144,20 @@ class ModelService:
             log.info("skip_job", job_id=request.job_id, state=view.state if view else "deleted")
             return  # cancelled, deleted or already done: ack, never retry
         await self.reporter.report(request.job_id, "running", details={"device": self.device})
-        try:
-            await self._process(_Job(request))
-        except UnprocessableInput as exc:
-            await self.reporter.report(request.job_id, "failed", error=str(exc))
-        except Cancelled:
-            log.info("job_cancelled", job_id=request.job_id)
-        except Exception as exc:
-            reason = f"{self.name} failed (attempt {delivery.attempt}): {exc!r}"
-            final = delivery.is_last_attempt
-            await self.reporter.report(
-                request.job_id, "failed" if final else "running", error=reason
-            )
-            raise
+        async with heartbeats(self.jobs, request.job_id, self.worker, self.heartbeat_interval_s):
+            try:
+                await self._process(_Job(request))
+            except UnprocessableInput as exc:
+                await self.reporter.report(request.job_id, "failed", error=str(exc))
+            except Cancelled:
+                log.info("job_cancelled", job_id=request.job_id)
+            except Exception as exc:
+                reason = f"{self.name} failed (attempt {delivery.attempt}): {exc!r}"
+                final = delivery.is_last_attempt
+                await self.reporter.report(
+                    request.job_id, "failed" if final else "running", error=reason
+                )
+                raise
 
     async def _process(self, job: _Job) -> None:
         request, keys = job.request, JobKeys(job.request.job_id)

@@ -15,6 +15,10 @@ DEAD_LETTER_EXCHANGE = "restora.dead"  # direct: routing key = service name
 
 # A message whose handler failed this many times goes to the service's dead-letter queue.
 DELIVERY_LIMIT = 3
+# Dead letters the gateway cannot read, or still fails to handle after this many tries, are
+# parked here (default exchange, routing key = queue name) for an operator to inspect.
+PARKED_QUEUE = "restora.parked"
+DEAD_LETTER_ATTEMPTS = 5
 # One message at a time per consumer: inference saturates the machine anyway, and a
 # prefetched message would wait behind a long job instead of going to an idle replica.
 PREFETCH = 1
