@@ -11,7 +11,8 @@ from shared.ml.x4plus import WEIGHTS
 
 # Peak working memory per input pixel of a tile (23 blocks × 64 features, ×4, fp32): the peak
 # RSS grew by 12.8 KiB per pixel for a 128² input and 12.3 KiB for 256² over the loaded network
-# (one untiled forward on the CPU, 2026-12-07); the larger, rounded up.
+# (one untiled fp32 forward on the CPU, 2026-12-07; bf16 autocast: 4.0 and 6.6 KiB); the
+# largest, rounded up.
 PIXEL_COST = 13 * 1024
 
 
