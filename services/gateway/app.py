@@ -443,9 +443,9 @@ async def list_models(request: web.Request) -> web.Response:
                 if m.available(weights_dir)
             ],
             "unavailable": [
-                {"name": m.name, "reason": f"missing weights: {', '.join(m.weights)}"}
+                {"name": m.name, "reason": reason}
                 for m in entries
-                if not m.available(weights_dir)
+                if (reason := m.unavailable_reason(weights_dir))
             ],
         }
     return web.json_response(

@@ -21,6 +21,7 @@
   };
   const MODEL_LABELS = {
     mwcnn: "MWCNN network",
+    realesrgan: "Real-ESRGAN network",
     esrgan: "ESRGAN network",
     deepfill: "DeepFill network",
     dip: "Deep image prior (slow)",
@@ -28,7 +29,8 @@
   };
   const MODEL_NOTES = {
     mwcnn: "MWCNN network: the sharpest results.",
-    esrgan: "ESRGAN network: recovers fine texture.",
+    realesrgan: "Real-ESRGAN network: cleans and sharpens real photos.",
+    esrgan: "ESRGAN network: the faithful upscale, recovers fine texture.",
     deepfill: "DeepFill network: fills from the surrounding context.",
     dip: "Deep image prior: a network fitted to this photo alone; takes minutes.",
     classic: "Classic method: fast, no neural network.",

@@ -14,16 +14,20 @@ Parameter names are BasicSR's (`conv_first`, `body.N.rdb1.conv1`, `conv_body`, `
 `conv_up2`, `conv_hr`, `conv_last`), the most widespread naming today. `load_rrdbnet` also reads
 the two older layouts (the 2018 sequential `model.N…sub` one and the ESRGAN repository's
 `RRDB_trunk` one), infers width, depth, growth and scale from tensor shapes and loads strictly.
+A fourth layout is ncnn's (`.param` graph + `.bin` weights, as Real-ESRGAN's official models
+ship for ncnn): :func:`read_ncnn_rrdbnet` parses both files with no ncnn code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -287,8 +291,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
 
 def load_rrdbnet(source: object) -> RRDBNet:
     """An RRDBNet (eval mode, fp32, CPU) from a state dict or a checkpoint path in any of the
-    three known key layouts. Raises `UnrecognizedCheckpointError` on anything else."""
+    three known key layouts, or an ncnn `.param` path (its `.bin` beside it). Raises
+    `UnrecognizedCheckpointError` on anything else."""
     metadata: dict[str, str] = {}
+    if isinstance(source, str | Path) and Path(source).suffix == ".param":
+        sd, config = read_ncnn_rrdbnet(source, Path(source).with_suffix(".bin"))
+        return _strict_model(sd, config)
     if isinstance(source, str | Path):
         source, metadata = read_checkpoint(source)
     sd, config, _ = convert_state_dict(source)
@@ -296,6 +304,10 @@ def load_rrdbnet(source: object) -> RRDBNet:
         stated = RRDBNetConfig(**json.loads(metadata[CONFIG_METADATA_KEY]))
         if stated != config:
             raise UnrecognizedCheckpointError(f"metadata says {stated}, shapes say {config}")
+    return _strict_model(sd, config)
+
+
+def _strict_model(sd: Mapping[str, Tensor], config: RRDBNetConfig) -> RRDBNet:
     model = RRDBNet(**asdict(config))
     try:
         model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
@@ -331,6 +343,190 @@ def to_layout(sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
         else:
             out[f"{inverse[head]}.{kind}"] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# ncnn's layout: a `.param` text graph and a `.bin` of raw weights (Real-ESRGAN's ncnn models)
+
+NCNN_MAGIC = 7767517
+NCNN_FP16_TAG = 0x01306B47  # a weight blob stored as fp16, padded to 4 bytes
+_NCNN_FP32_TAG = 0  # a weight blob stored as raw fp32
+_NCNN_LEAKY_RELU = 2  # Convolution's fused activation (param 9); its slope is param -23310
+_NCNN_LAYERS = {"Input", "Convolution", "Split", "Concat", "Eltwise", "BinaryOp", "Interp"}
+# Convolution params: 0 out, 1 kernel, 2 dilation, 3 stride, 4 pad, 5 bias, 6 weight count,
+# 9 + -23310 activation; 11-16 the kernel-height/dilation/stride/pad variants of 1-4.
+_NCNN_CONV_PARAMS = {"0", "1", "2", "3", "4", "5", "6", "9", "-23310",
+                     "11", "12", "13", "14", "15", "16"}
+_NCNN_SQUARE = {"11": "1", "12": "2", "13": "3", "14": "4", "15": "4", "16": "4"}
+
+
+class ChecksumMismatchError(ValueError):
+    """A weights file whose sha256 is not the pinned one."""
+
+
+@dataclass(frozen=True)
+class NcnnLayer:
+    """One line of an ncnn `.param` file: type, name, bottom and top blobs, `k=v` params."""
+
+    kind: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    params: dict[str, str] = field(default_factory=dict)
+
+    def number(self, key: str, default: float) -> float:
+        return float(self.params[key]) if key in self.params else default
+
+
+def parse_ncnn_param(text: str) -> list[NcnnLayer]:
+    """The layers of an ncnn `.param` file (the text format: magic, counts, one layer a line)."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if not rows or rows[0] != [str(NCNN_MAGIC)]:
+        raise UnrecognizedCheckpointError(f"not an ncnn .param file (magic {NCNN_MAGIC} missing)")
+    layers: list[NcnnLayer] = []
+    try:
+        layer_count = int(rows[1][0])
+        for tokens in rows[2:]:
+            n_in, n_out = int(tokens[2]), int(tokens[3])
+            blobs = tokens[4 : 4 + n_in + n_out]
+            if len(blobs) != n_in + n_out:
+                raise ValueError(f"layer {tokens[1]} lists too few blobs")
+            params = dict(t.split("=", 1) for t in tokens[4 + n_in + n_out :])
+            layers.append(NcnnLayer(tokens[0], tokens[1], tuple(blobs[:n_in]),
+                                    tuple(blobs[n_in:]), params))
+    except (IndexError, ValueError) as err:
+        raise UnrecognizedCheckpointError(f"malformed ncnn .param file: {err}") from None
+    if len(layers) != layer_count:
+        raise UnrecognizedCheckpointError(
+            f"ncnn .param says {layer_count} layers, lists {len(layers)}")
+    return layers
+
+
+def _rrdbnet_convs(config: RRDBNetConfig) -> list[tuple[str, tuple[int, int], bool]]:
+    """(name, (out, in) channels, LeakyReLU after it) of every conv, in the forward order."""
+    f, g = config.features, config.growth
+    first_in = config.in_channels * _UNSHUFFLE[config.scale] ** 2
+    convs = [("conv_first", (f, first_in), False)]
+    for block in range(config.blocks):
+        for rdb in (1, 2, 3):
+            for k in range(1, 6):
+                out = f if k == 5 else g
+                convs.append((f"body.{block}.rdb{rdb}.conv{k}", (out, f + (k - 1) * g), k < 5))
+    convs += [("conv_body", (f, f), False), ("conv_up1", (f, f), True),
+              ("conv_up2", (f, f), True), ("conv_hr", (f, f), True),
+              ("conv_last", (config.out_channels, f), False)]
+    return convs
+
+
+def _ncnn_config(layers: list[NcnnLayer]) -> RRDBNetConfig:
+    kinds = {layer.kind for layer in layers}
+    if kinds - _NCNN_LAYERS:
+        raise UnrecognizedCheckpointError(
+            f"ncnn graph has layers an RRDBNet does not: {sorted(kinds - _NCNN_LAYERS)}")
+    convs = [layer for layer in layers if layer.kind == "Convolution"]
+    blocks, rest = divmod(len(convs) - 6, 15)
+    if blocks < 1 or rest:
+        raise UnrecognizedCheckpointError(
+            f"{len(convs)} convolutions is not 6 + 15 per RRDB block")
+    features = int(convs[0].number("0", 0))
+    growth = int(convs[1].number("0", 0))
+    out_channels = int(convs[-1].number("0", 0))
+    first_in = int(convs[0].number("6", 0)) // max(1, features * 9)
+    scale = {out_channels * u * u: s for s, u in _UNSHUFFLE.items()}.get(first_in)
+    if scale != 4:  # the pixel-unshuffle of ×2/×1 would be more layers than this reader knows
+        raise UnrecognizedCheckpointError(
+            f"ncnn RRDBNet conv_first takes {first_in} channels for {out_channels} out; "
+            "only ×4 is read")
+    return RRDBNetConfig(out_channels, out_channels, features, blocks, growth, scale)
+
+
+def _check_ncnn_graph(layers: list[NcnnLayer], config: RRDBNetConfig) -> None:
+    """Each conv is the 3×3, stride 1, pad 1, biased conv RRDBNet has at that place (with the
+    LeakyReLU(0.2) fused exactly where RRDBNet applies one); the two upsamplings are nearest ×2."""
+    convs = [layer for layer in layers if layer.kind == "Convolution"]
+    for layer, (name, (out, inp), leaky) in zip(convs, _rrdbnet_convs(config), strict=True):
+        expected = {"0": out, "1": 3, "2": 1, "3": 1, "4": 1, "5": 1, "6": out * inp * 9}
+        for key, value in expected.items():
+            default = 1 if key in ("2", "3") else 0
+            if layer.number(key, default) != value:
+                raise UnrecognizedCheckpointError(
+                    f"ncnn layer {layer.name} ({name}): param {key}={layer.params.get(key)}, "
+                    f"RRDBNet {config} needs {value}")
+        unknown = set(layer.params) - _NCNN_CONV_PARAMS
+        if unknown:
+            raise UnrecognizedCheckpointError(
+                f"ncnn layer {layer.name}: params {sorted(unknown)} (int8, dynamic weights...)")
+        for key, same_as in _NCNN_SQUARE.items():  # the height/bottom/right variants
+            if key in layer.params and layer.number(key, 0) != expected[same_as]:
+                raise UnrecognizedCheckpointError(f"ncnn layer {layer.name}: non-square {key}")
+        activation = int(layer.number("9", 0))
+        slope = layer.params.get("-23310", "").split(",")
+        if leaky != (activation == _NCNN_LEAKY_RELU) or (leaky and float(slope[-1]) != _SLOPE):
+            raise UnrecognizedCheckpointError(
+                f"ncnn layer {layer.name} ({name}): activation {activation} {slope}, "
+                f"RRDBNet has {'LeakyReLU(0.2)' if leaky else 'none'}")
+        if activation not in (0, _NCNN_LEAKY_RELU):
+            raise UnrecognizedCheckpointError(f"ncnn layer {layer.name}: activation {activation}")
+    ups = [layer for layer in layers if layer.kind == "Interp"]
+    nearest_x2 = all(
+        layer.number("0", 0) == 1 and layer.number("1", 1) == 2 and layer.number("2", 1) == 2
+        for layer in ups)
+    if len(ups) != 2 or not nearest_x2:
+        raise UnrecognizedCheckpointError("ncnn graph lacks RRDBNet's two nearest ×2 upsamplings")
+
+
+def _ncnn_weight(data: bytes, offset: int, count: int, name: str) -> tuple[Tensor, int]:
+    """One tagged weight blob of an ncnn `.bin` at `offset`: (tensor, offset after it)."""
+    tag = int.from_bytes(data[offset : offset + 4], "little")
+    offset += 4
+    dtype: np.dtype[np.floating]
+    if tag == NCNN_FP16_TAG:
+        dtype, size = np.dtype("<f2"), (2 * count + 3) // 4 * 4
+    elif tag == _NCNN_FP32_TAG:
+        dtype, size = np.dtype("<f4"), 4 * count
+    else:
+        raise UnrecognizedCheckpointError(
+            f"ncnn weights of {name} are stored as tag {tag:#010x}: only fp16 and fp32 are read")
+    if offset + size > len(data):
+        raise UnrecognizedCheckpointError(f"ncnn .bin ends inside the weights of {name}")
+    array = np.frombuffer(data, dtype, count, offset)
+    return torch.from_numpy(array.astype(array.dtype.newbyteorder("="))), offset + size
+
+
+def read_ncnn_rrdbnet(
+    param: str | Path, weights: str | Path, *, bin_sha256: str | None = None
+) -> tuple[dict[str, Tensor], RRDBNetConfig]:
+    """An ncnn RRDBNet (`.param` graph, `.bin` weights) as (state dict in our naming, config).
+
+    Sizes come from the layers (features from the first conv, growth from the second, blocks
+    from the conv count, channels from the first and last); every conv is checked against the
+    RRDBNet of that config in order. Tensors keep the stored precision (fp16 weights, fp32
+    biases in Real-ESRGAN's files). The `.bin` must be consumed exactly; with `bin_sha256` its
+    digest must match (else :class:`ChecksumMismatchError`).
+    """
+    layers = parse_ncnn_param(Path(param).read_text())
+    data = Path(weights).read_bytes()
+    if bin_sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != bin_sha256:
+            raise ChecksumMismatchError(
+                f"{Path(weights).name} has sha256 {digest}, not the pinned {bin_sha256}")
+    config = _ncnn_config(layers)
+    _check_ncnn_graph(layers, config)
+    sd: dict[str, Tensor] = {}
+    offset = 0
+    for name, (out, inp), _ in _rrdbnet_convs(config):
+        weight, offset = _ncnn_weight(data, offset, out * inp * 9, name)
+        if offset + 4 * out > len(data):
+            raise UnrecognizedCheckpointError(f"ncnn .bin ends inside the bias of {name}")
+        bias = np.frombuffer(data, np.dtype("<f4"), out, offset)
+        offset += 4 * out
+        sd[f"{name}.weight"] = weight.reshape(out, inp, 3, 3)
+        sd[f"{name}.bias"] = torch.from_numpy(bias.astype(np.float32))
+    if offset != len(data):
+        raise UnrecognizedCheckpointError(
+            f"ncnn .bin holds {len(data)} bytes, the {config} layers use {offset}")
+    return sd, config
 
 
 def interpolate_state_dicts(
