@@ -25,9 +25,9 @@ from shared.platform import topology
 from shared.platform.blobstore import LocalDirBlobStore
 from shared.platform.config import GatewaySettings
 from shared.platform.eventbus import EventBus, InProcessBus
-from shared.platform.messages import JobOptions, JobSubmitted
+from shared.platform.messages import JobOptions, JobStatus, JobSubmitted
 from tests.pipeline_helpers import png_bytes
-from tests.stack import Stack, free_port, running_stack, submit
+from tests.stack import ADMIN, Stack, free_port, running_stack, submit
 
 IMAGE = png_bytes(data.camera()[:64, :96])
 MiB = 1 << 20
@@ -343,6 +343,39 @@ async def test_the_owner_hook_answers_429_with_retry_after(
     finally:
         await bus.close()
     assert "5 unfinished jobs" in body["error"] and body["max_unfinished"] == 5
+
+
+async def test_an_owner_with_too_many_unfinished_jobs_gets_429_until_one_finishes(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """No workers, so accepted jobs stay queued: the third from one address is refused, the
+    operator is not, and a job's final status frees a place."""
+    image = _flat_png(32, 32)
+    async with running_stack(tmp_path, workers=False, max_unfinished_per_owner=2) as stack:
+        accepted = [await submit(session, stack.url, image, "denoise") for _ in range(2)]
+        assert [status for status, _ in accepted] == [202, 202]
+
+        form = aiohttp.FormData()
+        form.add_field("image", image, filename="photo.png", content_type="image/png")
+        form.add_field("task", "denoise")
+        async with session.post(f"{stack.url}/api/v1/jobs", data=form) as response:
+            assert response.status == 429
+            assert int(response.headers["Retry-After"]) >= 1
+            refusal = await response.json()
+        assert refusal["limit"] == "unfinished jobs per owner" and refusal["max_unfinished"] == 2
+
+        async with aiohttp.ClientSession(headers=ADMIN) as operator:
+            assert (await submit(operator, stack.url, image, "denoise"))[0] == 202
+
+        job_id = accepted[0][1]["id"]
+        await stack.bus.publish_status(JobStatus(job_id=job_id, state="cancelled",
+                                                 stage="test", at=time.time()))
+        for _ in range(50):  # the status fan-out is asynchronous
+            status, _ = await submit(session, stack.url, image, "denoise")
+            if status == 202:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 202
 
 
 # ------------------------------------------------------------------------------ helpers

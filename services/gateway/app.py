@@ -19,6 +19,7 @@ from services.gateway import (
     limits,
     maintenance,
     openapi,
+    owner_limits,
     records_api,
     security,
 )
@@ -89,6 +90,7 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     connections.install(app, connections.ConnectionLimits.from_settings(settings))
     security.install(app, settings)  # CORS, security headers
     auth.install(app, settings)  # job owners, API keys, the operator, rate limits
+    owner_limits.install(app, settings.max_unfinished_per_owner, settings.job_deadline_s)
     app.on_startup.append(_subscribe)
     app.on_startup.append(_start_maintenance)
     app.on_cleanup.append(_stop_maintenance)
@@ -125,7 +127,12 @@ async def _stop_maintenance(app: web.Application) -> None:
 async def _subscribe(app: web.Application) -> None:
     bus = app[BUS]
     # Records first: a client that sees a job end on this replica can read its record.
-    await follow_statuses(bus, app[records_api.RECORD_WRITER].on_status, app[BROADCASTER].on_status)
+    await follow_statuses(
+        bus,
+        app[records_api.RECORD_WRITER].on_status,
+        app[BROADCASTER].on_status,
+        app[owner_limits.UNFINISHED].on_status,
+    )
     jobs = JobLog(app[STORE])
     reporter = StatusReporter(jobs, bus, stage="gateway")
     for queue in topology.WORK_QUEUES:
@@ -233,6 +240,7 @@ async def submit_job(request: web.Request) -> web.Response:
             await _reporter(request.app).report(job_id, "queued", at=stored_at, details=timings)
         except Exception as exc:  # queued all the same: the stages announce its progress
             log.warning("queued_not_announced", job_id=job_id, error=repr(exc))
+    owner_limits.accepted(request, job_id)
     log.info("job_accepted", job_id=job_id, task=task, model=options.model)
     status_url = f"/api/v1/jobs/{job_id}"
     return web.json_response(

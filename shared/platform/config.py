@@ -87,6 +87,9 @@ class GatewaySettings(CommonSettings):
     # it a submission gets 413 with a max_side that fits. 0 = no limit.
     max_job_cost: float = 60.0
     max_slow_job_cost: float = 1800.0
+    # Unfinished (queued or running) jobs one owner may have: an API key, or else a client
+    # address (services/gateway/owner_limits.py); beyond it a submission gets 429. 0 = no limit.
+    max_unfinished_per_owner: int = 50
     # Slow clients (services/gateway/connections.py): a connection must send its request line
     # and headers within header_timeout_s; a body may stall for at most body_timeout_s and must
     # then average min_body_rate bytes/s; an idle kept-alive connection is closed after
