@@ -348,7 +348,7 @@ def test_conversion_is_pinned_idempotent_and_documented(converted: Path) -> None
     assert x4plus.MODULE not in sys.modules  # found and read, never imported
     assert convert_x4plus.convert(converted) == "up to date"
     record = json.loads((converted / x4plus.PROVENANCE).read_text())
-    from training.export import Provenance
+    from shared.ml.provenance import Provenance
 
     assert set(record) == {f.name for f in dataclasses.fields(Provenance)} | {"source"}
     assert record["source"]["bin_sha256"] == x4plus.BIN_SHA256

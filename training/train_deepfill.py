@@ -53,6 +53,7 @@ from shared.ml.models.deepfill_contextual_attention import (
     config_from_metadata,
     count_parameters,
 )
+from shared.ml.provenance import TrainingData
 from training.common import (
     LoopSettings,
     Prepared,
@@ -87,7 +88,7 @@ from training.deepfill_critics import (
     reconstruction_loss,
     spatial_discount,
 )
-from training.export import DATA_ROOT, TrainingData, weights_provenance, write_weights_provenance
+from training.export import DATA_ROOT, weights_provenance, write_weights_provenance
 from training.masks import TRAINING_BANDS, contour_mask, free_form_mask, random_mask
 from training.net2wider import widen_deepfill
 

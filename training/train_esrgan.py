@@ -63,6 +63,7 @@ from shared.ml.models.esrgan import (
     init_rrdbnet_,
     load_rrdbnet,
 )
+from shared.ml.provenance import TrainingData
 from training.common import (
     REPO_ROOT,
     LoopSettings,
@@ -77,7 +78,7 @@ from training.common import (
     run_training,
 )
 from training.degradations import rgb_to_y
-from training.export import DATA_ROOT, TrainingData, weights_provenance, write_weights_provenance
+from training.export import DATA_ROOT, weights_provenance, write_weights_provenance
 from training.matlab_resize import imresize
 from training.sr_degradations import DegradationConfig, degrade
 

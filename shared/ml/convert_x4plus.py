@@ -14,8 +14,9 @@ Where the package is missing or its files differ, nothing is written and the mod
 not offered (`GET /api/v1/models` says why); the exit status is 0 then, unless `--strict` (the
 images use it: a build must not silently lose a model).
 
-The provenance has the keys of `training/export.py`'s schema (the training fields are null: the
-network was not trained here) plus `source`: package, version, licence and both files' sha256.
+The provenance follows the one schema (:mod:`shared.ml.provenance`): the training fields are
+null (the network was not trained here) and `source` names the package, version, licence and
+both files' sha256.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 from shared.ml import x4plus
 from shared.ml.hashing import file_sha256
+from shared.ml.provenance import Provenance, TrainingData
 from shared.ml.registry import SHIPPED_WEIGHTS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -104,25 +106,24 @@ def convert(weights_dir: Path, *, force: bool = False) -> str:
         out.unlink()
         raise RuntimeError(f"{out} does not read back as the source network")
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values()})
-    record = {
-        "file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size,
-        "dtype": ", ".join(dtypes), "network": NETWORK, "config": asdict(config),
-        "parameters": sum(v.numel() for v in tensors.values()), "task": "superres",
-        "usage": {"input": "RGB float in [0, 1], any size; output 4x larger",
-                  "look": "Real-ESRGAN's: denoised, deblurred, sharp; made for real photos, "
-                          "not for matching a bicubic downscale (see README)"},
-        "steps": None, "best_step": None, "steps_total": None, "resumed_from": None,
-        "train_hours": None, "training_args": None, "training_history": None,
-        "validation": None,
-        "checks": {"source_sha256_pinned": True, "ncnn_layers": len(tensors) // 2,
-                   "bin_bytes_consumed": source.bin.stat().st_size, "reload_strict": True,
-                   "bit_exact_to_source": True},
-        "data": {"description": UPSTREAM_TRAINING, "root": None,
-                 "held_out_for_validation": None},
-        "machine": None, "training_code_commit": None,
-        "export_code_commit": conversion_commit(), "checkpoint_saved_at": None,
-        "exported_at": dt.datetime.now(dt.UTC).isoformat(),
-        "source": {
+    record = Provenance(
+        file=out.name, sha256=file_sha256(out), bytes=out.stat().st_size,
+        dtype=", ".join(dtypes), network=NETWORK, config=asdict(config),
+        parameters=sum(v.numel() for v in tensors.values()), task="superres",
+        usage={"input": "RGB float in [0, 1], any size; output 4x larger",
+               "look": "Real-ESRGAN's: denoised, deblurred, sharp; made for real photos, "
+                       "not for matching a bicubic downscale (see README)"},
+        steps=None, best_step=None, steps_total=None, resumed_from=None,
+        train_hours=None, training_args=None, training_history=None, validation=None,
+        checks={"source_sha256_pinned": True, "ncnn_layers": len(tensors) // 2,
+                "bin_bytes_consumed": source.bin.stat().st_size, "reload_strict": True,
+                "bit_exact_to_source": True},
+        data=TrainingData(description=UPSTREAM_TRAINING, root=None,
+                          held_out_for_validation=None),
+        machine=None, training_code_commit=None,
+        export_code_commit=conversion_commit(), checkpoint_saved_at=None,
+        exported_at=dt.datetime.now(dt.UTC).isoformat(),
+        source={
             "package": x4plus.PACKAGE, "version": source.version,
             "pinned_version": x4plus.VERSION, "license": x4plus.LICENSE,
             "upstream": "Real-ESRGAN RealESRGAN_x4plus (BSD-3-Clause)",
@@ -130,7 +131,7 @@ def convert(weights_dir: Path, *, force: bool = False) -> str:
             "bin_file": x4plus.BIN_FILE, "bin_sha256": x4plus.BIN_SHA256,
             "converted_by": "shared/ml/convert_x4plus.py",
         },
-    }
+    ).to_json()
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     _write_atomically(weights_dir / x4plus.PROVENANCE, lambda tmp: tmp.write_text(text))
     return "converted"
