@@ -56,7 +56,7 @@ from tests.servers import (
     ServerBinaryMissing,
     in_ci,
 )
-from tests.stack import free_port, running_stack, wait_for_state
+from tests.stack import ADMIN, ADMIN_TOKEN, free_port, running_stack, wait_for_state
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = png_bytes(data.camera()[:48, :64])
@@ -142,7 +142,10 @@ def own_s3() -> Iterator[SeaweedS3Server]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as client:
+    # The operator's credential: it reads every job (and no owner limit applies to it).
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=60), headers=ADMIN
+    ) as client:
         yield client
 
 
@@ -316,7 +319,7 @@ async def test_a_job_the_broker_cannot_take_is_rolled_back_and_answered_503(
     store = LocalDirBlobStore(tmp_path / "objects", b"s")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = GatewaySettings(port=port, data_dir=tmp_path)
+    settings = GatewaySettings(port=port, data_dir=tmp_path, admin_token=ADMIN_TOKEN)
     async with running_gateway(create_app(DownBus(), store, settings), "127.0.0.1", port):
         answer = await post_job(session, url)
         assert answer.status == 503 and answer.retry_after == str(faults.RETRY_AFTER_S), answer

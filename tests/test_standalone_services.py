@@ -16,7 +16,7 @@ import pytest
 
 from tests.pipeline_helpers import png_bytes
 from tests.servers import S3Endpoint
-from tests.stack import follow_events, free_port, running_stack, s3_settings, submit
+from tests.stack import ADMIN, follow_events, free_port, running_stack, s3_settings, submit
 
 pytestmark = pytest.mark.servers
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ async def test_standalone_processes_serve_health_and_jobs(
     s3_server: S3Endpoint,
     s3_env: dict[str, str],
 ) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=ADMIN) as session:  # the operator reads any job
         for port in standalone.values():
             assert await wait_ready(session, port) == {"ready": True, "broker": True, "store": True}
             async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
