@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 from services.preprocess.core import InvalidInput, Limits, NormalizedInput, normalize
-from shared.ml import imaging
+from shared.ml import chains, imaging
 from shared.platform import metrics, telemetry, topology
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.config import PreprocessSettings
@@ -34,9 +34,10 @@ class PreprocessService:
         )
 
     def limits_for(self, task: str) -> Limits:
+        """A chain's are its strictest step's (superres's, where it has one)."""
         return Limits(
             max_upload_bytes=self.settings.max_upload_bytes,
-            max_input_pixels=self.settings.max_pixels_for(task),
+            max_input_pixels=min(self.settings.max_pixels_for(s) for s in chains.steps_of(task)),
         )
 
     async def handle(self, delivery: Delivery) -> None:
@@ -67,7 +68,7 @@ class PreprocessService:
                     normalized = await asyncio.to_thread(
                         normalize,
                         image,
-                        task=job.task,  # type: ignore[arg-type]
+                        task=chains.steps_of(job.task)[0],  # type: ignore[arg-type]
                         mask_bytes=mask,
                         max_side=job.options.max_side,
                         limits=self.limits_for(job.task),
@@ -99,7 +100,10 @@ class PreprocessService:
             },
         )
         # Published last: once a model service may see the job, preprocess is done with it.
-        await self.bus.publish(topology.queue_for_task(job.task, job.options.model), request)
+        first = request.task
+        await self.bus.publish(
+            topology.queue_for_task(first, request.options.for_step(first).model), request
+        )
 
     async def _store_normalized(
         self, job: JobSubmitted, normalized: NormalizedInput
@@ -117,12 +121,13 @@ class PreprocessService:
             icc_key = keys.icc
             await self.store.put(icc_key, normalized.icc_profile, "application/vnd.iccprofile")
         options = job.options
-        if job.task == "artifacts" and options.quality is None and normalized.jpeg_quality:
+        steps = chains.steps_of(job.task)
+        if "artifacts" in steps and options.quality is None and normalized.jpeg_quality:
             # "auto": the quality the file says it was saved at, read before decoding.
             options = dataclasses.replace(options, quality=normalized.jpeg_quality)
         return RestoreRequested(
             job_id=job.job_id,
-            task=job.task,
+            task=steps[0],
             options=options,
             input_key=keys.input,
             mask_key=mask_key,
@@ -131,4 +136,5 @@ class PreprocessService:
             orientation_after=normalized.orientation_after,
             source_format=normalized.source_format,
             submitted_at=job.submitted_at,
+            steps=list(steps) if len(steps) > 1 else [],
         )
