@@ -317,13 +317,21 @@ def job_document(
 ) -> dict[str, Any]:
     spec = view.spec
     worker = worker_status(view, heartbeat, settings.worker_stale_s, time.time())
+    choice = view.details.get("auto")
+    if spec.task == chains.AUTO:  # the chain preprocess chose (None until it has)
+        steps = list(choice["chain"]) if isinstance(choice, dict) else None
+    else:
+        steps = list(chains.steps_of(spec.task))
+    models = {**spec.options.models, **view.details.get("models", {})}
     doc: dict[str, Any] = {
         "id": spec.job_id,
         "task": spec.task,
-        "steps": list(chains.steps_of(spec.task)),  # the fixes, in order (one, or a chain)
+        "steps": steps,  # the fixes, in order (one, or a chain)
+        # task=auto: {"chain": [...], "reasons": ["JPEG quality 35 → artifacts", ...]}
+        "auto": choice,
         "model": view.details.get("model", spec.options.model),
         # A chain's model per step (what ran, else what was asked); None for a single task.
-        "models": ({**spec.options.models, **view.details.get("models", {})}
+        "models": ({s: models[s] for s in steps or () if s in models}
                    if spec.options.models else None),
         "options": {
             "sigma": spec.options.sigma if spec.options.sigma is not None else "auto",

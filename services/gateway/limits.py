@@ -20,7 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.ml import chains, cost, registry
+from shared.ml import auto, chains, cost, registry
+from shared.ml.imaging import shrunk_size
 from shared.platform import topology
 from shared.platform.config import GatewaySettings
 from shared.platform.eventbus import EventBus
@@ -99,8 +100,13 @@ async def check_job(
     """Refuse a validated job that costs too much, or for which too many jobs are waiting.
 
     A chain's cost is its steps' sum; its queues are its first step's (where it waits first).
+    `auto` is budgeted for every step it may choose for the photo's size.
     """
-    steps = [registry.find(step, options.for_step(step).model) for step in chains.steps_of(task)]
+    names = chains.steps_of(task)
+    if task == chains.AUTO:
+        shrunk = shrunk_size(size, options.max_side) if size else None
+        names = auto.possible_steps(shrunk) if shrunk else auto.AUTO_STEPS
+    steps = [registry.find(step, options.for_step(step).model) for step in names]
     restorers = [r for r in steps if r is not None]
     if not restorers or len(restorers) != len(steps):
         return  # validation names the models; nothing to estimate

@@ -24,7 +24,7 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
             "image": {"type": "string", "format": "binary", "description": "the photo"},
             "task": {
                 "type": "string",
-                "pattern": "^(" + "|".join(TASKS) + ")(,(" + "|".join(TASKS) + "))*$",
+                "pattern": "^(auto|(" + "|".join(TASKS) + ")(,(" + "|".join(TASKS) + "))*)$",
                 "x-tasks": list(TASKS),
                 "x-max-steps": chains.MAX_STEPS,
                 "description": "one fix, or a chain of them run in order, separated by commas "
@@ -32,7 +32,9 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
                 f"{chains.MAX_STEPS} steps, none repeated, inpaint first (with a mask), "
                 "artifacts before denoise, superres last; each rule broken is a 400 naming it. "
                 "The options apply to the steps that read them (sigma: denoise, quality: "
-                "artifacts, scale/strength: superres)",
+                "artifacts, scale/strength: superres). auto: the chain is chosen from the photo "
+                "(JPEG quality, noise level, size; the job's `auto` says which and why), "
+                "possibly none",
             },
             "mask": {
                 "type": "string",

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from shared.ml import chains, registry
+from shared.ml import auto, chains, registry
 from shared.platform.messages import OUTPUT_FORMATS, TASKS, JobOptions
 
 N = TypeVar("N", int, float)
@@ -33,8 +33,10 @@ def parse_options(
             f"the form field 'task' is required: one of {', '.join(TASKS)}, or a chain of them "
             "separated by commas"
         )
+    is_auto = task.strip() == chains.AUTO
     try:
-        steps = chains.validate_chain(task, has_mask)
+        # auto: preprocess picks among these (shared.ml.auto); `model` applies as in a chain.
+        steps = auto.AUTO_STEPS if is_auto else chains.validate_chain(task, has_mask)
         models = chains.parse_models(
             fields.get("model") or "", steps, lambda t: registry.models_for(t, weights_dir)
         )
@@ -65,7 +67,7 @@ def parse_options(
         strength=_strength(reads_strength, models[reads_strength], fields, weights_dir),
         iterations=_optional_int(fields, "iterations", registry.DIP_ITERATIONS_RANGE),
         ensemble=ensemble,
-        models=models if len(steps) > 1 else {},
+        models=models if len(steps) > 1 or is_auto else {},
     )
 
 

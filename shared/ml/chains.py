@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 from shared.ml.registry import TASKS
 
+#: The task that lets preprocess choose the chain from the photo (shared.ml.auto).
+AUTO = "auto"
 #: The most fixes one job may chain (each is a full pass over the image).
 MAX_STEPS = 4
 SEPARATOR = ","
