@@ -32,7 +32,7 @@ from services.gateway.uploads import (
     sniff_image,
 )
 from services.gateway.validation import InvalidRequest, parse_options
-from shared.ml import registry
+from shared.ml import chains, registry
 from shared.platform import messages, metrics, telemetry, topology
 from shared.platform.blobstore import (
     LOCAL_FILES_ROUTE,
@@ -261,13 +261,10 @@ def _validate(form: UploadForm, weights_dir: Path) -> tuple[messages.JobOptions,
     if "image" not in form.files:
         raise InvalidRequest("the form has no file field 'image'")
     task = form.fields.get("task", "")
-    options = parse_options(task, form.fields, weights_dir)
+    options = parse_options(task, form.fields, weights_dir, has_mask="mask" in form.files)
+    task = chains.SEPARATOR.join(chains.steps_of(task))  # as stored: no spaces
     sniff_image(form.files["image"], "image")
-    if task == "inpaint":
-        if "mask" not in form.files:
-            raise InvalidRequest(
-                "inpaint needs a 'mask' file: same size as the image, white = fill"
-            )
+    if "inpaint" in chains.steps_of(task):
         sniff_image(form.files["mask"], "mask")
         check_mask_matches(form.files["image"], form.files["mask"])
     return options, task
@@ -320,10 +317,22 @@ def job_document(
 ) -> dict[str, Any]:
     spec = view.spec
     worker = worker_status(view, heartbeat, settings.worker_stale_s, time.time())
+    choice = view.details.get("auto")
+    if spec.task == chains.AUTO:  # the chain preprocess chose (None until it has)
+        steps = list(choice["chain"]) if isinstance(choice, dict) else None
+    else:
+        steps = list(chains.steps_of(spec.task))
+    models = {**spec.options.models, **view.details.get("models", {})}
     doc: dict[str, Any] = {
         "id": spec.job_id,
         "task": spec.task,
+        "steps": steps,  # the fixes, in order (one, or a chain)
+        # task=auto: {"chain": [...], "reasons": ["JPEG quality 35 → artifacts", ...]}
+        "auto": choice,
         "model": view.details.get("model", spec.options.model),
+        # A chain's model per step (what ran, else what was asked); None for a single task.
+        "models": ({s: models[s] for s in steps or () if s in models}
+                   if spec.options.models else None),
         "options": {
             "sigma": spec.options.sigma if spec.options.sigma is not None else "auto",
             "quality": spec.options.quality if spec.options.quality is not None else "auto",
@@ -418,13 +427,15 @@ def _catch_up(view: JobView, last_sent: int) -> list[JobStatus]:
 
 async def _send(response: web.StreamResponse, status: JobStatus) -> int:
     ident = event_id(status)
-    data = {
+    data: dict[str, Any] = {
         "state": status.state,
         "stage": status.stage,
         "progress": status.progress,
         "error": status.error,
         "at": status.at,
     }
+    if isinstance(step := status.details.get("step"), dict):
+        data["step"] = step  # a chain's: {"index", "name", "of"}
     payload = f"id: {ident}\nevent: status\ndata: {json.dumps(data)}\n\n"
     await response.write(payload.encode())
     return int(ident)

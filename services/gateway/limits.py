@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from shared.ml import cost, registry
+from shared.ml import auto, chains, cost, registry
+from shared.ml.imaging import shrunk_size
 from shared.platform import topology
 from shared.platform.config import GatewaySettings
 from shared.platform.eventbus import EventBus
@@ -96,50 +97,61 @@ async def check_job(
     options: JobOptions,
     size: tuple[int, int] | None,
 ) -> None:
-    """Refuse a validated job that costs too much, or for which too many jobs are waiting."""
-    restorer = registry.find(task, options.model)
-    if restorer is None:
+    """Refuse a validated job that costs too much, or for which too many jobs are waiting.
+
+    A chain's cost is its steps' sum; its queues are its first step's (where it waits first).
+    `auto` is budgeted for every step it may choose for the photo's size.
+    """
+    names = chains.steps_of(task)
+    if task == chains.AUTO:
+        shrunk = shrunk_size(size, options.max_side) if size else None
+        names = auto.possible_steps(shrunk) if shrunk else auto.AUTO_STEPS
+    steps = [registry.find(step, options.for_step(step).model) for step in names]
+    restorers = [r for r in steps if r is not None]
+    if not restorers or len(restorers) != len(steps):
         return  # validation names the models; nothing to estimate
     if size is not None:
-        check_cost(restorer, options, size, settings)
-    await check_queues(bus, settings, restorer)
+        check_cost(restorers, options, size, settings)
+    await check_queues(bus, settings, restorers[0])
     owner_check = request.app.get(OWNER_CHECK)
     if owner_check is not None and (refusal := await owner_check(request)) is not None:
         raise refusal
 
 
 def check_cost(
-    restorer: registry.Restorer, options: JobOptions, size: tuple[int, int],
-    settings: GatewaySettings,
+    restorers: registry.Restorer | Sequence[registry.Restorer], options: JobOptions,
+    size: tuple[int, int], settings: GatewaySettings,
 ) -> None:
-    """413 when the job's estimate is over its budget, with the largest `max_side` that fits."""
+    """413 when the job's estimate (a chain's: summed over its steps) is over its budget, with
+    the largest `max_side` that fits."""
+    steps = (restorers,) if isinstance(restorers, registry.Restorer) else tuple(restorers)
     budget, setting = (
         (settings.max_slow_job_cost, "RESTORA_MAX_SLOW_JOB_COST")
-        if restorer.slow
+        if any(r.slow for r in steps)
         else (settings.max_job_cost, "RESTORA_MAX_JOB_COST")
     )
     if budget <= 0:
         return
     shape = cost.JobShape(size, options.scale, options.max_side, options.ensemble,
                           options.iterations)
-    estimate = cost.estimate(restorer, shape)
+    estimate = cost.estimate(steps, shape)
     if estimate.units <= budget:
         return
     width, height = estimate.size
-    what = f"{restorer.task} with {restorer.name} on {width}x{height}"
+    what = " then ".join(f"{r.task} with {r.name}" for r in steps) + f" on {width}x{height}"
     if options.ensemble:
         what += " with ensemble=true (8 passes)"
     message = (
         f"this job would cost about {estimate.units:.0f} work units ({what}); the limit per job "
         f"is {budget:g} ({setting})"
     )
-    fits = cost.largest_max_side(restorer, shape, budget)
-    steps = cost.largest_iterations(restorer, shape, budget, registry.DIP_ITERATIONS_RANGE)
+    fits = cost.largest_max_side(steps, shape, budget)
+    iterations = cost.largest_iterations(steps, shape, budget, registry.DIP_ITERATIONS_RANGE)
     advice = []
     if fits is not None and fits < max(width, height):
         advice.append(f"max_side={fits} (the long side shrunk to {fits} px first)")
-    if steps is not None:
-        advice.append(f"iterations={steps}")
+    if iterations is not None:
+        advice.append(f"iterations={iterations}")
     if options.ensemble:
         advice.append("ensemble=false")
     message += ": send it with " + " or ".join(advice) if advice else ": send a smaller image"
@@ -151,7 +163,7 @@ def check_cost(
         cost=round(estimate.units, 1),
         max_cost=budget,
         max_side=fits if fits is not None and fits < max(width, height) else None,
-        iterations=steps,
+        iterations=iterations,
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from services.gateway.records_api import MAX_BUCKETS, MAX_LIMIT
-from shared.ml import registry
+from shared.ml import chains, registry
 from shared.platform.messages import OUTPUT_FORMATS, TASKS
 from shared.platform.records import RECORDED_OUTCOMES
 
@@ -22,7 +22,20 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
         "required": ["image", "task"],
         "properties": {
             "image": {"type": "string", "format": "binary", "description": "the photo"},
-            "task": {"type": "string", "enum": list(TASKS)},
+            "task": {
+                "type": "string",
+                "pattern": "^(auto|(" + "|".join(TASKS) + ")(,(" + "|".join(TASKS) + "))*)$",
+                "x-tasks": list(TASKS),
+                "x-max-steps": chains.MAX_STEPS,
+                "description": "one fix, or a chain of them run in order, separated by commas "
+                "(e.g. artifacts,denoise,superres): at most "
+                f"{chains.MAX_STEPS} steps, none repeated, inpaint first (with a mask), "
+                "artifacts before denoise, superres last; each rule broken is a 400 naming it. "
+                "The options apply to the steps that read them (sigma: denoise, quality: "
+                "artifacts, scale/strength: superres). auto: the chain is chosen from the photo "
+                "(JPEG quality, noise level, size; the job's `auto` says which and why), "
+                "possibly none",
+            },
             "mask": {
                 "type": "string",
                 "format": "binary",
@@ -30,8 +43,11 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
             },
             "model": {
                 "type": "string",
-                "enum": models,
-                "description": "default: the task's best available model",
+                "x-models": models,
+                "description": "default: the task's best available model. A chain: one name, "
+                "used by every step that has a model of that name (the others take their "
+                "default), or step:model pairs separated by commas "
+                "(artifacts:mwcnn,denoise:classic), unnamed steps taking their default",
             },
             "sigma": {
                 **auto_or(*registry.SIGMA_RANGE),

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from shared.ml import registry
+from shared.ml import auto, chains, registry
 from shared.platform.messages import OUTPUT_FORMATS, TASKS, JobOptions
 
 N = TypeVar("N", int, float)
@@ -21,35 +21,53 @@ class InvalidRequest(ValueError):
 
 
 def parse_options(
-    task: str | None, fields: Mapping[str, str], weights_dir: Path = registry.SHIPPED_WEIGHTS_DIR
+    task: str | None,
+    fields: Mapping[str, str],
+    weights_dir: Path = registry.SHIPPED_WEIGHTS_DIR,
+    has_mask: bool | None = None,
 ) -> JobOptions:
+    """The options of a job whose `task` is one fix or a chain of them (`artifacts,denoise`:
+    shared.ml.chains says which orders are accepted and how `model` names each step's)."""
     if not task:
-        raise InvalidRequest(f"the form field 'task' is required: one of {', '.join(TASKS)}")
-    if task not in TASKS:
-        raise InvalidRequest(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-    models = registry.models_for(task, weights_dir)
-    model = fields.get("model") or models[0]
-    if model not in models:
         raise InvalidRequest(
-            f"task {task!r} has no model {model!r}: use one of {', '.join(models)}"
+            f"the form field 'task' is required: one of {', '.join(TASKS)}, or a chain of them "
+            "separated by commas"
         )
+    is_auto = task.strip() == chains.AUTO
+    try:
+        # auto: preprocess picks among these (shared.ml.auto); `model` applies as in a chain.
+        steps = auto.AUTO_STEPS if is_auto else chains.validate_chain(task, has_mask)
+        models = chains.parse_models(
+            fields.get("model") or "", steps, lambda t: registry.models_for(t, weights_dir)
+        )
+    except chains.ChainError as exc:
+        raise InvalidRequest(str(exc)) from None
     ensemble = _flag(fields, "ensemble")
-    if ensemble and not registry.offers_ensemble(task, model):
-        offering = [m for m in models if registry.offers_ensemble(task, m)]
+    if ensemble and not any(registry.offers_ensemble(s, models[s]) for s in steps):
+        offering = [
+            f"{s}:{m}" if len(steps) > 1 else m
+            for s in steps
+            for m in registry.models_for(s, weights_dir)
+            if registry.offers_ensemble(s, m)
+        ]
+        what = f"{steps[0]!r} model {models[steps[0]]!r}" if len(steps) == 1 else "any step"
         raise InvalidRequest(
-            f"ensemble=true is not offered by {task!r} model {model!r}"
+            f"ensemble=true is not offered by {what}"
             + (f": use model {', '.join(offering)}" if offering else "")
         )
+    # strength is superres's option: in a chain, its step's model is the one asked.
+    reads_strength = "superres" if "superres" in steps else steps[0]
     return JobOptions(
-        model=model,
+        model=models[steps[0]],
         sigma=_auto_or_number(fields, "sigma", float, registry.SIGMA_RANGE),
         quality=_auto_or_number(fields, "quality", int, registry.JPEG_QUALITY_RANGE),
         scale=_scale(fields),
         max_side=_optional_int(fields, "max_side", registry.MAX_SIDE_RANGE),
         format=_format(fields),
-        strength=_strength(task, model, fields, weights_dir),
+        strength=_strength(reads_strength, models[reads_strength], fields, weights_dir),
         iterations=_optional_int(fields, "iterations", registry.DIP_ITERATIONS_RANGE),
         ensemble=ensemble,
+        models=models if len(steps) > 1 or is_auto else {},
     )
 
 

@@ -5,18 +5,43 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Any
 
 from services.preprocess.core import InvalidInput, Limits, NormalizedInput, normalize
-from shared.ml import imaging
+from shared.errors import UnprocessableInput
+from shared.ml import auto, chains, imaging
+from shared.ml.noise_estimation import estimate_noise_sigma
 from shared.platform import metrics, telemetry, topology
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.config import PreprocessSettings
 from shared.platform.eventbus import Delivery, EventBus, Reject
-from shared.platform.jobs import JobKeys, JobLog, StatusReporter, heartbeats, worker_name
+from shared.platform.jobs import (
+    CONTENT_TYPES,
+    JobKeys,
+    JobLog,
+    StatusReporter,
+    heartbeats,
+    worker_name,
+)
 from shared.platform.logging import get_logger
 from shared.platform.messages import JobSubmitted, RestoreRequested
 
 log = get_logger(__name__)
+
+
+def _normalized_for(task: str) -> str:
+    """The task whose normalisation a job gets: its first step's; auto's is artifacts's (the
+    stored 8x8 grid kept, orientation applied to the result), since it may deblock."""
+    return "artifacts" if task == chains.AUTO else chains.steps_of(task)[0]
+
+
+def _choose(normalized: NormalizedInput) -> auto.AutoChoice:
+    try:
+        sigma: float | None = estimate_noise_sigma(normalized.pixels)
+    except UnprocessableInput:  # too small to tell: no denoising
+        sigma = None
+    height, width = normalized.pixels.shape[:2]
+    return auto.choose(normalized.jpeg_quality, sigma, (width, height))
 
 
 class PreprocessService:
@@ -34,9 +59,12 @@ class PreprocessService:
         )
 
     def limits_for(self, task: str) -> Limits:
+        """A chain's are its strictest step's (superres's, where it has one); auto's are those
+        of the fixes at full size (it upscales only small photos)."""
+        steps = ("artifacts", "denoise") if task == chains.AUTO else chains.steps_of(task)
         return Limits(
             max_upload_bytes=self.settings.max_upload_bytes,
-            max_input_pixels=self.settings.max_pixels_for(task),
+            max_input_pixels=min(self.settings.max_pixels_for(s) for s in steps),
         )
 
     async def handle(self, delivery: Delivery) -> None:
@@ -67,7 +95,7 @@ class PreprocessService:
                     normalized = await asyncio.to_thread(
                         normalize,
                         image,
-                        task=job.task,  # type: ignore[arg-type]
+                        task=_normalized_for(job.task),  # type: ignore[arg-type]
                         mask_bytes=mask,
                         max_side=job.options.max_side,
                         limits=self.limits_for(job.task),
@@ -78,16 +106,25 @@ class PreprocessService:
         except InvalidInput as exc:
             await self.reporter.report(job.job_id, "failed", error=str(exc))
             return
-        request = await self._store_normalized(job, normalized)
+        height, width = normalized.pixels.shape[:2]
+        steps, extra = chains.steps_of(job.task), {}
+        if job.task == chains.AUTO:
+            choice = await asyncio.to_thread(_choose, normalized)
+            steps, extra = choice.chain, {"auto": choice.as_details()}
+            log.info("auto_chain", job_id=job.job_id, chain=list(steps))
+        if not steps:  # auto found nothing to fix: the original is the result
+            await self._finish_untouched(job, normalized, started, extra)
+            return
+        request = await self._store_normalized(job, normalized, steps)
         elapsed = time.time() - started
         metrics.observe_stage("preprocess", elapsed, task=job.task)
-        height, width = normalized.pixels.shape[:2]
         log.info("preprocessed", job_id=job.job_id, width=width, height=height)
         await self.reporter.report(
             job.job_id,
             "preprocessing",
             progress=1.0,
             details={
+                **extra,
                 "timings": {"preprocess": {"total_s": elapsed}},
                 "input": {
                     "width": width,
@@ -99,10 +136,52 @@ class PreprocessService:
             },
         )
         # Published last: once a model service may see the job, preprocess is done with it.
-        await self.bus.publish(topology.queue_for_task(job.task, job.options.model), request)
+        first = request.task
+        await self.bus.publish(
+            topology.queue_for_task(first, request.options.for_step(first).model), request
+        )
+
+    async def _finish_untouched(
+        self, job: JobSubmitted, normalized: NormalizedInput, started: float,
+        details: dict[str, Any],
+    ) -> None:
+        """`auto` with nothing to fix: the photo as sent (orientation, alpha and ICC as a
+        result gets them, in the requested format) is the result, and the job is done."""
+        fmt = job.options.format
+        encoded = await asyncio.to_thread(
+            imaging.encode_result,
+            normalized.pixels,
+            alpha=normalized.alpha,
+            icc_profile=normalized.icc_profile,
+            fmt=fmt,  # type: ignore[arg-type]
+            orientation=normalized.orientation_after,
+        )
+        keys = JobKeys(job.job_id)
+        await self.store.put(keys.result(fmt), encoded, CONTENT_TYPES[fmt])
+        for key, side in ((keys.thumbnail, imaging.THUMBNAIL_SIDE),
+                          (keys.preview, imaging.PREVIEW_SIDE)):
+            data, content_type = await asyncio.to_thread(imaging.rendition, encoded, side)
+            await self.store.put(key, data, content_type)
+        elapsed = time.time() - started
+        metrics.observe_stage("preprocess", elapsed, task=job.task)
+        height, width = normalized.pixels.shape[:2]
+        await self.reporter.report(
+            job.job_id,
+            "done",
+            result_key=keys.result(fmt),
+            details={
+                **details,
+                "model": "none",
+                "timings": {"preprocess": {"total_s": elapsed}},
+                "input": {"width": width, "height": height, "format": normalized.source_format,
+                          "resized": normalized.was_resized,
+                          "jpeg_quality": normalized.jpeg_quality},
+                "output": {"width": width, "height": height, "bytes": len(encoded)},
+            },
+        )
 
     async def _store_normalized(
-        self, job: JobSubmitted, normalized: NormalizedInput
+        self, job: JobSubmitted, normalized: NormalizedInput, steps: tuple[str, ...]
     ) -> RestoreRequested:
         keys = JobKeys(job.job_id)
         await self.store.put(keys.input, imaging.encode_png_array(normalized.pixels), "image/png")
@@ -117,12 +196,12 @@ class PreprocessService:
             icc_key = keys.icc
             await self.store.put(icc_key, normalized.icc_profile, "application/vnd.iccprofile")
         options = job.options
-        if job.task == "artifacts" and options.quality is None and normalized.jpeg_quality:
+        if "artifacts" in steps and options.quality is None and normalized.jpeg_quality:
             # "auto": the quality the file says it was saved at, read before decoding.
             options = dataclasses.replace(options, quality=normalized.jpeg_quality)
         return RestoreRequested(
             job_id=job.job_id,
-            task=job.task,
+            task=steps[0],
             options=options,
             input_key=keys.input,
             mask_key=mask_key,
@@ -131,4 +210,5 @@ class PreprocessService:
             orientation_after=normalized.orientation_after,
             source_format=normalized.source_format,
             submitted_at=job.submitted_at,
+            steps=list(steps) if len(steps) > 1 else [],
         )

@@ -5,11 +5,14 @@ The unit is the registry's: about a second of a 2-core CPU. A job costs its rest
 superres counts its output; a restorer working on a bounded window stops growing there), times
 8 for the ensemble, times the share of its default iterations asked for, plus the handling every
 job pays per input megapixel (decoding, converting, encoding the result and its renditions).
+A chain of fixes costs the sum of its steps (each on the previous step's output: superres,
+which multiplies the pixels, is always last, so every step before it works on the input size).
 Pure: the gateway refuses a job over its budget with it, and says what `max_side` would fit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from shared.ml.imaging import shrunk_size
@@ -41,7 +44,24 @@ class JobShape:
     iterations: int | None = None
 
 
-def estimate(restorer: Restorer, job: JobShape) -> CostEstimate:
+#: One restorer, or a chain's restorers in order.
+Steps = Restorer | Sequence[Restorer]
+
+
+def _steps(restorer: Steps) -> tuple[Restorer, ...]:
+    return (restorer,) if isinstance(restorer, Restorer) else tuple(restorer)
+
+
+def estimate(restorer: Steps, job: JobShape) -> CostEstimate:
+    """The cost of a job (a chain's: the sum over its steps, ensemble where a step offers it)."""
+    if not isinstance(restorer, Restorer):
+        steps = _steps(restorer)
+        if len(steps) == 1:
+            return estimate(steps[0], job)
+        parts = [estimate(r, replace(job, ensemble=job.ensemble and r.ensemble)) for r in steps]
+        return CostEstimate(
+            sum(p.units for p in parts), parts[0].size, sum(p.work_megapixels for p in parts)
+        )
     width, height = shrunk_size(job.size, job.max_side)
     input_mp = width * height / 1e6
     work_mp = input_mp * (job.scale**2 if restorer.task in OUTPUT_SIZED_TASKS else 1)
@@ -56,7 +76,7 @@ def estimate(restorer: Restorer, job: JobShape) -> CostEstimate:
     return CostEstimate(units, (width, height), work_mp)
 
 
-def largest_max_side(restorer: Restorer, job: JobShape, budget: float) -> int | None:
+def largest_max_side(restorer: Steps, job: JobShape, budget: float) -> int | None:
     """The largest `max_side` whose job fits `budget`, or None when even the smallest does not.
 
     The cost never shrinks as `max_side` grows, so a binary search over the allowed range
@@ -76,10 +96,10 @@ def largest_max_side(restorer: Restorer, job: JobShape, budget: float) -> int | 
 
 
 def largest_iterations(
-    restorer: Restorer, job: JobShape, budget: float, bounds: tuple[int, int]
+    restorer: Steps, job: JobShape, budget: float, bounds: tuple[int, int]
 ) -> int | None:
     """For a restorer fitted per image: the most iterations within `budget` (None: none fit)."""
-    if not restorer.default_iterations:
+    if not any(r.default_iterations for r in _steps(restorer)):
         return None
     low, high = bounds
     if estimate(restorer, replace(job, iterations=low)).units > budget:

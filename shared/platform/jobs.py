@@ -72,6 +72,10 @@ class JobKeys:
     def input_alpha(self) -> str:
         return self.prefix + "work/alpha.png"
 
+    def step_output(self, index: int, step: str) -> str:
+        """A chain step's output (PNG), the next step's input."""
+        return self.prefix + f"work/step-{index}-{step}.png"
+
     @property
     def icc(self) -> str:
         return self.prefix + "work/icc.bin"
@@ -162,6 +166,10 @@ def worker_status(
     }
 
 
+# Details every stage adds its own entry to (per stage or chain step), merged not replaced.
+_MERGED_DETAILS = ("timings", "models")
+
+
 def fold(spec: JobSpec, events: list[JobStatus]) -> JobView:
     """Apply events in time order; a state never moves backwards, a final one never changes."""
     view = JobView(spec=spec, stages={"queued": spec.created_at}, last_event_at=spec.created_at)
@@ -183,7 +191,15 @@ def fold(spec: JobSpec, events: list[JobStatus]) -> JobView:
             view.error = event.error
         if event.result_key:
             view.result_key = event.result_key
+        step = event.details.get("step")
+        if isinstance(step, dict) and isinstance(step.get("name"), str):
+            # A chain's step: a stage of its own, named by its task ("artifacts", "superres").
+            view.stages.setdefault(step["name"], event.at)
+        merged = {key: {**view.details.get(key, {}), **event.details.get(key, {})}
+                  for key in _MERGED_DETAILS}
         view.details.update(event.details)
+        # Each stage's (each chain step's) own entry, merged one level deep.
+        view.details.update({key: value for key, value in merged.items() if value})
     return view
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import time
 import types
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
+from shared.ml import registry
 from shared.ml.registry import TASKS as TASKS  # re-exported: a job names one of them
 
+# Version 1, extended compatibly: fields added since (a chain's `steps`, `step`, `models`) have
+# defaults and are left out of a message that does not use them, so a message without them
+# decodes as before and a single-task message reads the same to a service that predates them.
 SCHEMA_VERSION = 1
 
 Task = Literal["denoise", "artifacts", "superres", "inpaint"]  # registry.TASKS, for type checks
@@ -51,6 +55,16 @@ class JobOptions:
     strength: float = 0.0  # SR: interpolation between PSNR (0) and GAN (1) weights
     iterations: int | None = None  # DIP
     ensemble: bool = False  # average over 8 flips/rotations (8× the time; networks that offer it)
+    # A chain's model per step (task → model); empty for a single task, which uses `model`.
+    models: dict[str, str] = field(default_factory=dict)
+
+    def for_step(self, step: str) -> JobOptions:
+        """The options one step of a chain runs with: its model, ensemble where it offers it."""
+        if not self.models:
+            return self
+        model = self.models.get(step, self.model)
+        return replace(self, model=model,
+                       ensemble=self.ensemble and registry.offers_ensemble(step, model))
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,14 @@ class RestoreRequested:
     orientation_after: int = 1
     source_format: str = ""
     submitted_at: float = field(default_factory=time.time)
+    # A chain: every step in order (`task` is steps[step]); empty for a single task. A step's
+    # service publishes the next step's request with its output as the input.
+    steps: list[str] = field(default_factory=list)
+    step: int = 0
+
+    @property
+    def is_last_step(self) -> bool:
+        return self.step >= len(self.steps) - 1
 
 
 @dataclass(frozen=True)
@@ -109,8 +131,22 @@ _MESSAGE_TYPES: dict[str, type[JobSubmitted | RestoreRequested | JobStatus]] = {
 }
 
 
+# Fields left out of an encoded message while they hold their default (see SCHEMA_VERSION).
+_OMITTED_WHEN_EMPTY = {"steps": [], "step": 0, "models": {}}
+
+
+def _compact(body: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if _OMITTED_WHEN_EMPTY.get(k, ...) != v}
+    if isinstance(out.get("options"), dict):
+        out["options"] = _compact(out["options"])
+    return out
+
+
 def encode(message: Message) -> bytes:
-    envelope = {"type": message.TYPE, "version": SCHEMA_VERSION, "body": asdict(message)}
+    body = asdict(message)
+    if not isinstance(message, JobStatus):
+        body = _compact(body)
+    envelope = {"type": message.TYPE, "version": SCHEMA_VERSION, "body": body}
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 

@@ -10,6 +10,7 @@ reporting `done` with timings—lives here once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from shared.ml.inference import InferenceGate
 from shared.ml.restorers.common import RestoreJob
 from shared.ml.runtime import ModelRuntime
 from shared.ml.tiling import Cancelled
-from shared.platform import metrics, telemetry
+from shared.platform import metrics, telemetry, topology
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.eventbus import Delivery, EventBus, Reject
 from shared.platform.jobs import (
@@ -143,16 +144,22 @@ class ModelService:
         if view is None or view.is_final:
             log.info("skip_job", job_id=request.job_id, state=view.state if view else "deleted")
             return  # cancelled, deleted or already done: ack, never retry
-        await self.reporter.report(request.job_id, "running", details={"device": self.device})
+        await self.reporter.report(
+            request.job_id, "running", details={"device": self.device, **_step_details(request)}
+        )
         async with heartbeats(self.jobs, request.job_id, self.worker, self.heartbeat_interval_s):
             try:
                 await self._process(_Job(request))
             except UnprocessableInput as exc:
-                await self.reporter.report(request.job_id, "failed", error=str(exc))
+                await self.reporter.report(
+                    request.job_id, "failed", error=_step_named(request, str(exc))
+                )
             except Cancelled:
                 log.info("job_cancelled", job_id=request.job_id)
             except Exception as exc:
-                reason = f"{self.name} failed (attempt {delivery.attempt}): {exc!r}"
+                reason = _step_named(
+                    request, f"{self.name} failed (attempt {delivery.attempt}): {exc!r}"
+                )
                 final = delivery.is_last_attempt
                 await self.reporter.report(
                     request.job_id, "failed" if final else "running", error=reason
@@ -167,9 +174,10 @@ class ModelService:
         timings["load_s"] = time.time() - started
 
         loop = asyncio.get_running_loop()
+        options = request.options.for_step(request.task)
         restore_input = RestoreInput(
             task=request.task,
-            options=request.options,
+            options=options,
             pixels=pixels,
             mask=mask,
             source_format=request.source_format,
@@ -183,7 +191,8 @@ class ModelService:
                 f"{self.name} inference",
                 attributes={
                     "restora.task": request.task,
-                    "restora.model": request.options.model,
+                    "restora.model": options.model,
+                    "restora.step": request.step,
                     "restora.megapixels": pixels.shape[0] * pixels.shape[1] / 1e6,
                     "restora.device": self.device,
                 },
@@ -194,6 +203,9 @@ class ModelService:
         finally:
             watcher.cancel()
         timings["inference_s"] = time.time() - t0
+        if not request.is_last_step:
+            await self._next_step(job, output, timings)
+            return
 
         t0 = time.time()
         if alpha is not None and alpha.shape != output.pixels.shape[:2]:
@@ -227,11 +239,42 @@ class ModelService:
             result_key=result_key,
             details={
                 "model": output.model,
-                "timings": {self.name: timings},
+                "timings": {_timings_key(request, self.name): timings},
                 "output": {"width": width, "height": height, "bytes": len(encoded)},
+                **_step_details(request, output.model),
                 **output.details,
             },
         )
+
+    async def _next_step(self, job: _Job, output: RestoreOutput, timings: dict[str, float]) -> None:
+        """A chain's step before the last: store the output as the next step's input (PNG, in
+        the stored frame: alpha, ICC and orientation wait for the last step) and publish it."""
+        request = job.request
+        t0 = time.time()
+        encoded = await asyncio.to_thread(imaging.encode_png_array, output.pixels)
+        timings["encode_s"] = time.time() - t0
+        if job.cancelled.is_set() or await self._cancelled(request.job_id):
+            raise Cancelled()
+        t0 = time.time()
+        key = JobKeys(request.job_id).step_output(request.step, request.task)
+        await self.store.put(key, encoded, "image/png")
+        timings["store_s"] = time.time() - t0
+        metrics.observe_stages(timings, task=request.task)
+        await self.reporter.report(
+            request.job_id,
+            "running",
+            progress=round((request.step + 1) / len(request.steps), 4),
+            details={
+                "timings": {request.task: timings},
+                **_step_details(request, output.model),
+            },
+        )
+        following = request.steps[request.step + 1]
+        next_request = dataclasses.replace(
+            request, task=following, step=request.step + 1, input_key=key, mask_key=None
+        )
+        queue = topology.queue_for_task(following, request.options.for_step(following).model)
+        await self.bus.publish(queue, next_request)
 
     async def _load(
         self, request: RestoreRequested
@@ -271,8 +314,32 @@ class ModelService:
         if now - job.last_progress_at < PROGRESS_EVERY_S and fraction < 1.0:
             return
         job.last_progress_at = now
-        coro = self.reporter.report(job.request.job_id, "running", progress=round(fraction, 4))
+        request = job.request
+        if request.steps:  # the whole chain's: (step + fraction) / steps
+            fraction = (request.step + fraction) / len(request.steps)
+        coro = self.reporter.report(
+            request.job_id, "running", progress=round(fraction, 4), details=_step_details(request)
+        )
         asyncio.run_coroutine_threadsafe(coro, loop)
+
+
+def _step_details(request: RestoreRequested, model: str | None = None) -> dict[str, Any]:
+    """What a chain's step adds to its statuses: which step it is (a stage of the job's), and
+    once run, the model it ran."""
+    if not request.steps:
+        return {}
+    step = {"index": request.step, "name": request.task, "of": len(request.steps)}
+    return {"step": step, **({"models": {request.task: model}} if model else {})}
+
+
+def _step_named(request: RestoreRequested, reason: str) -> str:
+    if not request.steps:
+        return reason
+    return f"step {request.step + 1} of {len(request.steps)} ({request.task}) failed: {reason}"
+
+
+def _timings_key(request: RestoreRequested, service: str) -> str:
+    return request.task if request.steps else service
 
 
 def _renditions(encoded: bytes) -> list[tuple[bytes, str]]:

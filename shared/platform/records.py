@@ -47,6 +47,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.ml import chains
 from shared.platform import metrics, topology
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.logging import get_logger
@@ -177,7 +178,8 @@ def _pixels(part: dict[str, Any]) -> int | None:
 
 
 def _stage_times(
-    events: Sequence[JobStatus], details: dict[str, Any], task_service: str | None
+    events: Sequence[JobStatus], details: dict[str, Any], task_service: str | None,
+    task: str = "",
 ) -> dict[str, float | None]:
     """Queue waits from event times (they span services); processing from each service."""
     timings = details.get("timings") or {}
@@ -186,6 +188,12 @@ def _stage_times(
     model: dict[str, Any] = (timings.get(task_service) if task_service else None) or next(
         (v for k, v in timings.items() if k not in ("gateway", "preprocess")), {}
     )
+    steps = [timings[s] for s in chains.steps_of(task) if isinstance(timings.get(s), dict)]
+    if len(steps) > 1:  # a chain: each processing time summed over its steps
+        model = {
+            name: sum(float(t.get(name) or 0.0) for t in steps)
+            for name in ("load_s", "inference_s", "encode_s", "store_s")
+        }
     queued = _first_at(events, "queued")
     preprocess_start = _first_at(events, "preprocessing")
     preprocess_end = _first_at(events, "preprocessing", progress=1.0)
@@ -225,7 +233,7 @@ def build_record(view: JobView, recorded_by: str) -> dict[str, Any] | None:
         task_service: str | None = topology.queue_for_task(spec.task, spec.options.model).service
     except KeyError:
         task_service = None
-    stages = _stage_times(events, details, task_service)
+    stages = _stage_times(events, details, task_service, spec.task)
     upload_s = stages["upload_s"]
     queued = _first_at(events, "queued") or spec.created_at
     started_at = queued - upload_s if upload_s is not None else spec.created_at
