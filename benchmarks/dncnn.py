@@ -2,10 +2,11 @@
 
 Only the benchmark uses it: running the official σ=25 weights through our noise and metric code
 must reproduce the published BSD68 number (29.22 dB), which shows that those code paths are
-right. It is not a served model. The layout is KAIR's ``DnCNN(in_nc=1, out_nc=1, nc=64, nb=17,
-act_mode='R')`` with BatchNorm already merged into the convolutions: 17 3×3 convs with bias,
-ReLU between them, and a residual output ``x - net(x)``; state-dict keys ``model.0`` …
-``model.32`` (even indices are convs, odd ones ReLUs).
+right. The same gray weights run on each RGB channel are a yardstick for the colour columns
+(:func:`run_dncnn_per_channel`). It is not a served model. The layout is KAIR's
+``DnCNN(in_nc=1, out_nc=1, nc=64, nb=17, act_mode='R')`` with BatchNorm already merged into the
+convolutions: 17 3×3 convs with bias, ReLU between them, and a residual output ``x - net(x)``;
+state-dict keys ``model.0`` … ``model.32`` (even indices are convs, odd ones ReLUs).
 """
 
 from __future__ import annotations
@@ -48,3 +49,9 @@ def run_dncnn(net: DnCNN, noisy01: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(noisy01, dtype=np.float32))[None, None]
     out = net(x)[0, 0].clamp(0.0, 1.0).mul(255.0).round()
     return out.to(torch.uint8).numpy()
+
+
+def run_dncnn_per_channel(net: DnCNN, noisy01: np.ndarray) -> np.ndarray:
+    """Denoise an H×W×C float image on the [0, 1] scale one channel at a time (the gray
+    network knows no colour); uint8 H×W×C out."""
+    return np.dstack([run_dncnn(net, noisy01[..., c]) for c in range(noisy01.shape[2])])

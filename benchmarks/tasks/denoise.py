@@ -1,4 +1,5 @@
-"""Gaussian denoising: gray BSD68/Set12 at σ 15/25/50, colour CBSD68/Kodak24 at σ 25/50.
+"""Gaussian denoising: gray BSD68/Set12 at σ 15/25/50, colour CBSD68 at σ 15/25/50 and Kodak24
+at σ 25/50.
 
 Two input conventions, from the same noise draw:
 * ``float`` — the papers': clean + N(0, σ²) in floating point, neither clipped nor rounded, fed
@@ -18,6 +19,13 @@ generator once per set, ``np.random.seed(0)``, and draws ``np.random.normal(0, �
 for each image in file-name order (one stream, as DnCNN's MATLAB test seeds once); this is what
 reproduces its numbers exactly. KAIR's script instead re-seeds 0 before every image, which gives
 29.233 / 30.432 (same images, another noise draw: the spread between noise draws is ~0.01 dB).
+
+Colour yardstick: the same DnCNN-S σ25 weights run on each RGB channel (σ25 colour columns only).
+``ours, sigma=auto`` is the default network with the noise level estimated from the upload, as
+the service's ``sigma=auto`` does (compare it with the ``[uint8]`` row, given the true σ).
+``--models mwcnn,colour-bases`` adds a row for every way of denoising a colour photo the MWCNN
+restorer knows (the colour network; the gray network on the planes of each colour basis), to
+re-measure the choice of ``shared.ml.restorers.mwcnn.COLOUR_BASIS`` after retraining.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.dncnn import DnCNN, load_dncnn, run_dncnn
+from benchmarks.dncnn import DnCNN, load_dncnn, run_dncnn, run_dncnn_per_channel
 from benchmarks.harness import Case, Row, Sample, Scores, View
 from benchmarks.metrics import psnr, ssim, to_uint8
 from benchmarks.tasks.common import (
@@ -46,19 +54,31 @@ from benchmarks.tasks.common import (
     our_models,
     read_image,
     restore,
+    runtime,
     source_version,
     wanted,
 )
+from shared.ml.models.mwcnn import level_from_sigma
 from shared.ml.restorers import classic as nlm_module
+from shared.ml.restorers import mwcnn
+from shared.ml.restorers.common import RestoreJob
 from training.degradations import add_gaussian_noise
 
 NOISE_SEED = 20180618
 NOISE_VERSION = "1"  # bump when the noise recipe above changes (part of the cache keys)
 GRAY_SETS = {"BSD68": (15, 25, 50), "Set12": (15, 25, 50)}
-COLOUR_SETS = {"CBSD68": (25, 50), "Kodak24": (25, 50)}
+COLOUR_SETS = {"CBSD68": (15, 25, 50), "Kodak24": (25, 50)}
 SLOW_COLUMNS = frozenset({"BSD68 σ25", "CBSD68 σ25"})  # where a slow model (DIP) is scored
 DNCNN_WEIGHTS = Path("weights/dncnn/kair_dncnn_25.pth")
 DNCNN_SIGMA = 25
+# The DnCNN-S σ25 yardstick on colour: the σ25 colour columns.
+DNCNN_COLOUR_COLUMNS = frozenset({"CBSD68 σ25", "Kodak24 σ25"})
+# sigma=auto: the estimated noise level against the true one, on CBSD68.
+AUTO_SIGMA_COLUMNS = frozenset({"CBSD68 σ15", "CBSD68 σ25", "CBSD68 σ50"})
+# --models colour-bases: every colour path of the MWCNN restorer, on the colour columns.
+COLOUR_BASES_MODEL = "colour-bases"
+COLOUR_COLUMNS = frozenset(f"{name} σ{sigma}" for name, sigmas in COLOUR_SETS.items()
+                           for sigma in sigmas)
 
 # MWCNN Table 1 (PSNR / SSIM where printed); BM3D and DnCNN columns of the same table.
 PAPER_MWCNN = {
@@ -153,12 +173,31 @@ def _nlm(sample: Sample) -> np.ndarray:
                             sigma=float(sample["sigma"])))
 
 
-def _ours(model: str, sample: Sample, convention: str, ensemble: bool = False) -> np.ndarray:
+def _network_input(sample: Sample, convention: str) -> np.ndarray:
     noisy = sample["noisy"]
     # float convention: the unclipped noisy image on the [0, 1] scale our networks work in
-    image = noisy.astype(np.float32) / 255.0 if convention == "float" else to_uint8(noisy)
-    return to_uint8(restore("denoise", model, image, sigma=float(sample["sigma"]),
-                            ensemble=ensemble))
+    return noisy.astype(np.float32) / 255.0 if convention == "float" else to_uint8(noisy)
+
+
+def _ours(model: str, sample: Sample, convention: str, ensemble: bool = False) -> np.ndarray:
+    return to_uint8(restore("denoise", model, _network_input(sample, convention),
+                            sigma=float(sample["sigma"]), ensemble=ensemble))
+
+
+def _ours_auto_sigma(model: str, sample: Sample) -> np.ndarray:
+    """The upload (uint8) with sigma=auto: the service estimates σ from the image."""
+    return to_uint8(restore("denoise", model, to_uint8(sample["noisy"]), sigma=None))
+
+
+def _colour_path(basis: mwcnn.ColourBasis | None, sample: Sample, convention: str) -> np.ndarray:
+    """One way of denoising a colour image with the MWCNN weights (None: the colour network)."""
+    image, sigma = _network_input(sample, convention), float(sample["sigma"])
+    job = RestoreJob(pixels=image, sigma=sigma)
+    if basis is None:
+        return mwcnn.run_at_level(runtime(), mwcnn.DENOISE_WEIGHTS, image,
+                                  level_from_sigma(sigma), job)
+    return mwcnn.denoise_colour_planes(runtime(), mwcnn.DENOISE_GRAY_WEIGHTS, image, sigma,
+                                       basis, job)
 
 
 @functools.cache
@@ -168,6 +207,24 @@ def _dncnn(path: Path) -> DnCNN:
 
 def _dncnn_seed0(path: Path, sample: Sample) -> np.ndarray:
     return run_dncnn(_dncnn(path), sample["noisy01"])
+
+
+def _dncnn_each_channel(path: Path, sample: Sample, convention: str) -> np.ndarray:
+    noisy = sample["noisy"] if convention == "float" else to_uint8(sample["noisy"])
+    return run_dncnn_per_channel(_dncnn(path), noisy.astype(np.float64) / 255.0)
+
+
+def _colour_base_rows() -> list[Row]:
+    """--models colour-bases: the colour network and the gray network on each basis' planes."""
+    paths: list[tuple[str, mwcnn.ColourBasis | None]] = [("colour network", None)]
+    paths += [(f"gray network, {b.name} planes", b) for b in mwcnn.COLOUR_BASES]
+    rows = []
+    for (label, basis), conv in itertools.product(paths, ("float", "uint8")):
+        key = f"mwcnn-{'colour' if basis is None else basis.name}[{conv}]"
+        rows.append(Row(f"mwcnn, {label} [{conv}]", key,
+                        functools.partial(_colour_path, basis, convention=conv), conv,
+                        columns=COLOUR_COLUMNS, kind="model"))
+    return rows
 
 
 def _bm3d_version() -> str | None:
@@ -211,6 +268,12 @@ def build_rows(options: Options) -> tuple[list[Row], list[str]]:
                     kind="model",
                 )
             )
+    if "mwcnn" in our_models("denoise", options):
+        rows.append(Row("ours, sigma=auto [uint8]", "mwcnn-sigma-auto[uint8]",
+                        functools.partial(_ours_auto_sigma, "mwcnn"), "uint8",
+                        columns=AUTO_SIGMA_COLUMNS, kind="model"))
+    if options.models is not None and COLOUR_BASES_MODEL in options.models:
+        rows += _colour_base_rows()
     rows += [
         Row("MWCNN (paper)", "paper-mwcnn", published=PAPER_MWCNN, kind="paper"),
         Row("DnCNN-S (paper)", "paper-dncnn", published=PAPER_DNCNN, kind="paper"),
@@ -230,8 +293,19 @@ def build_rows(options: Options) -> tuple[list[Row], list[str]]:
                 kind="calibration",
             )
         )
+        for conv in ("float", "uint8"):
+            rows.append(
+                Row(
+                    f"DnCNN-S σ25, each channel [{conv}]",
+                    f"dncnn25-each-channel[{conv}]",
+                    functools.partial(_dncnn_each_channel, weights, convention=conv),
+                    conv,
+                    version=f"{file_version(weights)}-noise-v{NOISE_VERSION}",
+                    columns=DNCNN_COLOUR_COLUMNS,
+                )
+            )
     else:
-        notes.append(f"DnCNN calibration skipped: {weights} not found")
+        notes.append(f"DnCNN calibration and colour yardstick skipped: {weights} not found")
     return rows, notes
 
 
