@@ -27,8 +27,11 @@ DENOISE_WEIGHTS = "mwcnn-denoise.safetensors"
 #: Optional one-channel denoiser: a black-and-white photo goes through it when it is installed.
 DENOISE_GRAY_WEIGHTS = "mwcnn-denoise-gray.safetensors"
 ARTIFACTS_WEIGHTS = "mwcnn-artifacts.safetensors"
-# Peak working memory per input pixel of a tile (measured for the paper's width: ~2.1 KiB).
-MWCNN_PIXEL_COST = 4096
+# Peak working memory per input pixel of a tile: 1.5× the largest peak-RSS growth measured by
+# benchmarks/tile_memory.py (2-core AMD EPYC, torch 2.13, 128² and 256² tiles): colour denoiser
+# 0.84 / 0.62 KiB fp32, 0.32 / 0.48 bf16; gray 0.78 / 0.69 fp32, 0.43 / 0.61 bf16.
+MWCNN_PIXEL_COST = 1280
+MWCNN_PIXEL_COST_BF16 = 1024
 
 
 # --------------------------------------------------------------------------- colour bases
@@ -123,6 +126,7 @@ def _build(path: Path, runtime: ModelRuntime) -> LoadedNetwork:
         in_channels=model.config.in_channels,
         multiple=SIZE_MULTIPLE,
         pixel_cost=MWCNN_PIXEL_COST,
+        pixel_cost_bf16=MWCNN_PIXEL_COST_BF16,
     )
 
 
@@ -157,7 +161,8 @@ def denoise_colour_planes(runtime: ModelRuntime, weights: str, image: np.ndarray
     levels = [level_from_sigma(sigma * gain) for gain in basis.noise_gains]
     # Three planes per tile: three times the gray network's working memory.
     network = dataclasses.replace(gray, in_channels=3, weights_id=f"{gray.weights_id}+{basis.name}",
-                                  pixel_cost=3 * gray.pixel_cost)
+                                  pixel_cost=3 * gray.pixel_cost,
+                                  pixel_cost_bf16=3 * gray.cost_per_pixel(bf16=True))
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         n, _, h, w = batch.shape
