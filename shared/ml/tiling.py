@@ -348,7 +348,12 @@ def run_tiled(
     if image.ndim != 4 or not image.is_floating_point():
         raise ValueError(f"expected a float NCHW tensor, got {tuple(image.shape)} {image.dtype}")
     device = device or image.device
-    n, _, height, width = image.shape
+    n, channels, height, width = image.shape
+    # The fp32 output accumulator lives beside the tiles on the CPU: it comes out of the budget
+    # (a 24 MP ×4 result is 288 MB), leaving the tiles at least a quarter of it.
+    budget = memory_budget(device, budget_bytes=budget_bytes)
+    if device.type == "cpu":
+        budget = max(budget - n * channels * height * width * scale * scale * 4, budget // 4)
     plan = plan_tiles(
         height,
         width,
@@ -359,7 +364,7 @@ def run_tiled(
         batch=batch,
         pixel_cost=pixel_cost,
         device=device,
-        budget_bytes=budget_bytes,
+        budget_bytes=budget,
     )
     padded = pad_to_multiple(image, multiple)
     ph, pw = padded.shape[-2:]
