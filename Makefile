@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv x4plus-weights system-deps lint pytest test run bench-quality bench-speed \
-	clean-venv
+	bench-load clean-venv
 
 help: ## List the targets
 	@echo "Restora make targets:"
@@ -62,6 +62,9 @@ bench-quality: venv ## Quality benchmark for TASK=denoise|artifacts|superres|inp
 
 bench-speed: venv ## Speed benchmark for TASK=denoise|artifacts|superres|inpaint
 	$(BIN)/python -m benchmarks.speed --task $(TASK) $(BENCH_ARGS)
+
+bench-load: venv system-deps ## Load: N clients x M jobs on RabbitMQ, S3 and every service as a process
+	$(BIN)/python -m benchmarks.load $(BENCH_ARGS)
 
 clean-venv: ## Delete .venv (the next target recreates it)
 	rm -rf $(VENV)

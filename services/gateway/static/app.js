@@ -18,6 +18,23 @@
     artifacts: "Remove JPEG artifacts",
     superres: "Upscale 4×",
     inpaint: "Fill in a region",
+    auto: "Fix everything (auto)",
+    "artifacts,denoise": "JPEG + noise",
+  };
+  const BATCH_KEY = "restora.batch";
+  // What task=auto may pick from (shared/ml/auto.py): the model choices offered for it.
+  const AUTO_STEPS = ["artifacts", "denoise", "superres"];
+  const BATCH_STATE_TEXT = {
+    waiting: "Waiting to upload",
+    uploading: "Uploading…",
+    queued: "Queued",
+    preprocessing: "Preparing",
+    running: "Restoring…",
+    done: "Done",
+    failed: "Failed",
+    cancelled: "Cancelled",
+    refused: "Not accepted",
+    gone: "Files expired",
   };
   const MODEL_LABELS = {
     mwcnn: "MWCNN network",
@@ -49,7 +66,7 @@
     dropzone: $("dropzone"), dropEmpty: $("dropzone-empty"), dropOverlay: $("drop-overlay"),
     fileInput: $("file-input"), cameraInput: $("camera-input"),
     preview: $("preview"), previewImg: $("preview-img"), previewFrame: $("preview-frame"),
-    fileInfo: $("file-info"),
+    fileInfo: $("file-info"), fileList: $("file-list"), changePhoto: $("change-photo"),
     mask: $("mask-canvas"), maskTools: $("mask-tools"), maskHint: $("mask-hint"),
     brushSize: $("brush-size"), brushSizeOut: $("brush-size-out"),
     undo: $("mask-undo"), clear: $("mask-clear"),
@@ -67,12 +84,18 @@
     compare: $("compare"), zoomIn: $("zoom-in"), zoomOut: $("zoom-out"), zoomFit: $("zoom-fit"),
     zoom100: $("zoom-100"), zoomLevel: $("zoom-level"),
     download: $("download"), openResult: $("open-result"), again: $("again"),
+    batchCard: $("batch-card"), batchCounts: $("batch-counts"), batchStatus: $("batch-status"),
+    batchGrid: $("batch-grid"), batchDownload: $("batch-download"), batchForget: $("batch-forget"),
     recentList: $("recent-list"), recentEmpty: $("recent-empty"), recentClear: $("recent-clear"),
   };
 
   const state = {
     catalog: null,
     file: null,
+    files: [], // several photos chosen at once: they go as a batch
+    fileUrls: [],
+    batch: null, // {id, token, task, items: [...], uploading, finished}
+    batchTimer: 0,
     image: null, // {url, width, height, format, decoded}
     strokes: [],
     stroke: null,
@@ -172,7 +195,30 @@
     input.dispatchEvent(new Event("input"));
   }
 
+  function stepsOf(task) {
+    return task === "auto" ? AUTO_STEPS : task.split(",");
+  }
+
+  // A chain (or auto) takes one model name for every step that has it; the default is each
+  // step's best model.
+  function fillChainModels(task) {
+    const names = [];
+    for (const step of stepsOf(task)) {
+      for (const { name } of state.catalog?.tasks?.[step]?.models || []) {
+        if (!names.includes(name)) names.push(name);
+      }
+    }
+    el.model.replaceChildren(new Option("Best for each step (default)", ""));
+    for (const name of names) el.model.append(new Option(MODEL_LABELS[name] || name, name));
+    el.model.value = "";
+    describeModel();
+  }
+
   function fillModels(task) {
+    if (stepsOf(task).length > 1) {
+      fillChainModels(task);
+      return;
+    }
     const entry = state.catalog?.tasks?.[task];
     const models = entry?.models || [];
     el.model.replaceChildren();
@@ -232,11 +278,55 @@
     return file.type ? `${file.type} file` : "unknown type";
   }
 
+  function loadFiles(files) {
+    if (files.length > 1) loadMany(files);
+    else loadFile(files[0]);
+  }
+
+  // Several photos: a strip of thumbnails instead of the preview; the fix applies to all.
+  function loadMany(files) {
+    if (state.image?.url) URL.revokeObjectURL(state.image.url);
+    state.file = null;
+    state.image = null;
+    state.files = files;
+    state.fileUrls = files.map((file) => URL.createObjectURL(file));
+    state.maxSide = 0;
+    el.formError.hidden = true;
+    el.previewImg.removeAttribute("src");
+    el.previewFrame.hidden = true;
+    $("no-preview").hidden = true;
+    el.fileList.replaceChildren(...files.map((file, i) => {
+      const li = document.createElement("li");
+      const img = document.createElement("img");
+      img.src = state.fileUrls[i];
+      img.alt = "";
+      img.addEventListener("error", () => img.remove(), { once: true });
+      const name = document.createElement("span");
+      name.textContent = file.name || `photo ${i + 1}`;
+      li.append(img, name);
+      return li;
+    }));
+    el.fileList.hidden = false;
+    el.dropEmpty.hidden = true;
+    el.preview.hidden = false;
+    el.dropzone.dataset.empty = "false";
+    const total = files.reduce((sum, f) => sum + f.size, 0);
+    el.fileInfo.textContent = `${files.length} photos · ${formatBytes(total)} in all`;
+    el.changePhoto.textContent = "Change photos";
+    resetMask();
+    updatePainting();
+    updateSubmit();
+  }
+
   async function loadFile(file) {
     if (!file) return;
     if (state.image?.url) URL.revokeObjectURL(state.image.url);
     const url = URL.createObjectURL(file);
     state.file = file;
+    state.files = [file];
+    el.fileList.hidden = true;
+    el.fileList.replaceChildren();
+    el.changePhoto.textContent = "Change photo";
     state.maxSide = 0;
     state.image = { url, width: 0, height: 0, format: await sniffFormat(file), decoded: false };
     el.formError.hidden = true;
@@ -286,16 +376,16 @@
   function bindFileInputs() {
     for (const input of [el.fileInput, el.cameraInput]) {
       input.addEventListener("change", () => {
-        loadFile(input.files[0]);
+        loadFiles([...input.files]);
         input.value = ""; // choosing the same file again still fires `change`
       });
     }
     document.addEventListener("paste", (event) => {
       const files = [...(event.clipboardData?.files || [])];
-      const file = files.find((f) => f.type.startsWith("image/")) || files[0];
-      if (file) {
+      const images = files.filter((f) => f.type.startsWith("image/"));
+      if (files.length) {
         event.preventDefault();
-        loadFile(file);
+        loadFiles(images.length ? images : files.slice(0, 1));
       }
     });
     bindDragAndDrop();
@@ -322,7 +412,8 @@
       event.preventDefault();
       depth = 0;
       hideDrop();
-      loadFile(event.dataTransfer.files[0]);
+      const files = [...event.dataTransfer.files];
+      if (files.length) loadFiles(files);
     });
     function hideDrop() {
       el.dropOverlay.hidden = true;
@@ -465,17 +556,22 @@
   function updateSubmit() {
     let hint = "";
     const wait = Math.ceil((state.retryAt - Date.now()) / 1000);
-    if (!state.file) hint = "Choose a photo first.";
-    else if (selectedTask() === "inpaint" && state.image?.decoded && !state.strokes.some((s) => !s.erase)) {
+    const many = state.files.length > 1;
+    if (!state.file && !many) hint = "Choose a photo first.";
+    else if (many && selectedTask() === "inpaint") hint = "Fill in a region works on one photo at a time.";
+    else if (!many && selectedTask() === "inpaint" && state.image?.decoded && !state.strokes.some((s) => !s.erase)) {
       hint = "Paint the region to fill in.";
     } else if (wait > 0) hint = `Restora is busy: try again in ${wait} s.`;
-    el.submit.disabled = !!hint || !!(state.job && !state.job.final);
-    el.submitHint.textContent = state.job && !state.job.final ? "A job is running…" : hint;
+    const running = many ? !!state.batch?.uploading : !!(state.job && !state.job.final);
+    el.submit.disabled = !!hint || running;
+    el.submit.textContent = many ? `Restore ${state.files.length} photos` : "Restore";
+    if (running) el.submitHint.textContent = many ? "Sending the photos…" : "A job is running…";
+    else el.submitHint.textContent = hint;
   }
 
-  function buildForm(task) {
+  function buildForm(task, file = state.file) {
     const form = new FormData();
-    form.append("image", state.file, state.file.name || "photo");
+    form.append("image", file, file.name || "photo");
     form.append("task", task);
     if (el.model.value) form.append("model", el.model.value);
     form.append("format", el.format.value);
@@ -507,10 +603,14 @@
   // ------------------------------------------------------------------ push-back
   // 503/429: too much work is waiting (or this user has too many jobs): say so, and keep the
   // button off until the Retry-After the server gave.
-  function showBusy(answer) {
+  function retrySeconds(answer) {
     const header = Number.parseInt(answer.retryAfter || "", 10);
     const fromBody = Number.parseInt(answer.body.retry_after_s, 10);
-    const seconds = [header, fromBody].find((n) => Number.isFinite(n) && n > 0) || 5;
+    return [header, fromBody].find((n) => Number.isFinite(n) && n > 0) || 5;
+  }
+
+  function showBusy(answer) {
+    const seconds = retrySeconds(answer);
     const title = answer.status === 429 ? "You have too many jobs running." : "Restora is busy right now.";
     const detail = String(answer.body.error || "too much work is waiting").replace(/^restora is busy:\s*/i, "");
     showAlert(el.formError, title, detail);
@@ -552,7 +652,8 @@
 
   async function onSubmit(event) {
     event.preventDefault();
-    await submitJob();
+    if (state.files.length > 1) await submitBatch();
+    else await submitJob();
   }
 
   async function submitJob() {
@@ -805,6 +906,16 @@
     if (doc.model) extra.push(`model: ${doc.model}`);
     if (doc.options?.ensemble) extra.push("8-pass ensemble");
     if (extra.length) add(` · ${extra.join(" · ")}`);
+    const auto = doc.auto || doc.details?.auto;
+    if (auto && Array.isArray(auto.chain)) {
+      const chose = document.createElement("span");
+      chose.id = "auto-choice";
+      chose.className = "auto-choice";
+      const fixes = auto.chain.map((s) => TASK_LABELS[s] || s).join(" → ") || "nothing to fix";
+      const why = Array.isArray(auto.reasons) && auto.reasons.length ? ` (${auto.reasons.join("; ")})` : "";
+      chose.textContent = `Auto chose: ${fixes}${why}`;
+      el.resultInfo.append(chose);
+    }
     el.resultInfo.dataset.width = out.width || "";
     el.resultInfo.dataset.height = out.height || "";
   }
@@ -987,6 +1098,297 @@
     updateCompareText();
   }
 
+  // ------------------------------------------------------------------ batches (several photos)
+  // Each photo is its own job with the same fix and options; the accepted ones are grouped in
+  // a batch (POST /batches) whose id and token are kept in localStorage, so a reload shows the
+  // grid again. The grid follows the batch document; "Download all" asks it for a fresh zip link.
+  const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+  function loadSavedBatch() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(BATCH_KEY) || "null");
+      if (saved && typeof saved.id === "string" && typeof saved.token === "string" && Array.isArray(saved.items)) return saved;
+    } catch { /* unreadable: start without */ }
+    return null;
+  }
+
+  function saveBatch(batch) {
+    try {
+      if (!batch) {
+        localStorage.removeItem(BATCH_KEY);
+        return;
+      }
+      localStorage.setItem(BATCH_KEY, JSON.stringify({
+        id: batch.id, token: batch.token, task: batch.task, created: batch.created,
+        items: batch.items.map(({ name, jobId, jobIndex, error }) => ({ name, jobId, jobIndex, error })),
+      }));
+    } catch { /* private mode: the batch lasts as long as the page */ }
+  }
+
+  function batchHeaders(batch) {
+    return { Authorization: `Bearer ${batch.token}` };
+  }
+
+  async function submitWithRetry(batch, item, file, task) {
+    for (;;) {
+      let answer;
+      try {
+        answer = await postForm(buildForm(task, file), (f) => {
+          item.progress = f;
+          renderBatchItem(item);
+        });
+      } catch (err) {
+        return { status: 0, body: { error: err.message } };
+      }
+      if (answer.status !== 429 && answer.status !== 503) return answer;
+      const wait = retrySeconds(answer);
+      item.state = "waiting";
+      item.progress = null;
+      renderBatchItem(item);
+      el.batchStatus.textContent = `Restora is busy: sending the next photo in ${wait} s…`;
+      await sleep(wait * 1000);
+      if (state.batch !== batch) return null;
+      el.batchStatus.textContent = "Sending the photos…";
+      item.state = "uploading";
+      renderBatchItem(item);
+    }
+  }
+
+  async function submitBatch() {
+    const files = state.files;
+    const task = selectedTask();
+    if (files.length < 2 || el.submit.disabled) return;
+    stopBatch();
+    el.formError.hidden = true;
+    const batch = {
+      id: null, token: null, task, created: Date.now(), uploading: true, finished: false,
+      items: files.map((file, i) => ({
+        name: file.name || `photo-${i + 1}`, localUrl: state.fileUrls[i], jobId: null,
+        jobIndex: null, state: "waiting", progress: null, error: null,
+      })),
+    };
+    state.batch = batch;
+    showBatch(batch);
+    el.batchStatus.textContent = "Sending the photos…";
+    updateSubmit();
+    const accepted = [];
+    for (const [i, file] of files.entries()) {
+      const item = batch.items[i];
+      item.state = "uploading";
+      renderBatchItem(item);
+      const answer = await submitWithRetry(batch, item, file, task);
+      if (state.batch !== batch) return; // forgotten while uploading
+      item.progress = null;
+      if (answer.status === 202 || answer.status === 200) {
+        const { id, owner_token: token } = answer.body;
+        state.tokens.set(id, token);
+        Object.assign(item, { jobId: id, jobIndex: accepted.length, state: "queued" });
+        accepted.push({ id, token, name: item.name });
+      } else {
+        item.state = "refused";
+        item.error = answer.body.error || `the server answered HTTP ${answer.status}`;
+      }
+      renderBatchItem(item);
+    }
+    batch.uploading = false;
+    updateSubmit();
+    if (!accepted.length) {
+      el.batchStatus.textContent = "No photo was accepted.";
+      return;
+    }
+    let response;
+    try {
+      response = await fetch(`${API}/batches`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ jobs: accepted }),
+      });
+    } catch (err) {
+      el.batchStatus.textContent = `The batch could not be made: ${err.message}`;
+      return;
+    }
+    const body = await readBody(response);
+    if (state.batch !== batch) return;
+    if (response.status !== 201 && response.status !== 200) {
+      el.batchStatus.textContent = `The batch could not be made: ${sentence(body.error || `HTTP ${response.status}`)}`;
+      return;
+    }
+    batch.id = body.id;
+    batch.token = body.batch_token;
+    saveBatch(batch);
+    el.batchStatus.textContent = "";
+    pollBatch();
+  }
+
+  function restoreBatch() {
+    const saved = loadSavedBatch();
+    if (!saved) return;
+    const batch = {
+      id: saved.id, token: saved.token, task: saved.task, created: saved.created,
+      uploading: false, finished: false,
+      items: saved.items.map((it) => ({
+        name: String(it.name || ""), jobId: it.jobId ?? null, jobIndex: it.jobIndex ?? null,
+        localUrl: null, state: it.jobIndex == null ? "refused" : "queued", progress: null,
+        error: it.error || null,
+      })),
+    };
+    state.batch = batch;
+    showBatch(batch);
+    pollBatch();
+  }
+
+  async function fetchBatch(batch) {
+    const response = await fetch(`${API}/batches/${encodeURIComponent(batch.id)}`,
+      { cache: "no-store", headers: batchHeaders(batch) });
+    if (response.status === 404) return null;
+    if (!response.ok) throw new Error((await readBody(response)).error || `HTTP ${response.status}`);
+    return response.json();
+  }
+
+  async function pollBatch() {
+    const batch = state.batch;
+    if (!batch?.id) return;
+    clearTimeout(state.batchTimer);
+    let doc;
+    try {
+      doc = await fetchBatch(batch);
+    } catch {
+      doc = undefined; // a missed poll is retried below
+    }
+    if (state.batch !== batch) return;
+    if (doc === null) {
+      batch.finished = true;
+      for (const item of batch.items) if (item.jobIndex != null) item.state = "gone";
+      batch.items.forEach(renderBatchItem);
+      el.batchStatus.textContent = "This batch is no longer on the server: its files expired.";
+      el.batchDownload.disabled = true;
+      return;
+    }
+    if (doc) applyBatchDoc(batch, doc);
+    if (!batch.finished) state.batchTimer = setTimeout(pollBatch, 1000);
+  }
+
+  function applyBatchDoc(batch, doc) {
+    for (const job of doc.jobs || []) {
+      const item = batch.items.find((it) => it.jobIndex === job.index);
+      if (!item) continue;
+      item.state = job.state;
+      item.progress = job.progress;
+      item.error = job.error;
+      if (job.thumbnail_url && !item.thumbUrl) item.thumbUrl = job.thumbnail_url;
+      renderBatchItem(item);
+    }
+    batch.finished = !!doc.finished;
+    const counts = doc.counts || {};
+    const parts = [`${counts.done || 0} of ${doc.total} done`];
+    if (counts.failed) parts.push(`${counts.failed} failed`);
+    if (counts.cancelled) parts.push(`${counts.cancelled} cancelled`);
+    const refused = batch.items.filter((it) => it.state === "refused").length;
+    if (refused) parts.push(`${refused} not accepted`);
+    el.batchCounts.textContent = parts.join(" · ");
+    el.batchCard.dataset.finished = String(batch.finished);
+    el.batchDownload.disabled = !batch.finished || !counts.done;
+    if (batch.finished) el.batchStatus.textContent = counts.done ? "Finished: download the results as one zip." : "Finished, but no photo could be restored.";
+  }
+
+  function showBatch(batch) {
+    el.batchCard.hidden = false;
+    el.batchCard.dataset.finished = "false";
+    el.batchCounts.textContent = "";
+    el.batchStatus.textContent = "";
+    el.batchDownload.disabled = true;
+    el.batchGrid.replaceChildren(...batch.items.map((item) => {
+      item.li = batchItemElement(item);
+      renderBatchItem(item);
+      return item.li;
+    }));
+    el.batchCard.scrollIntoView({ behavior: scrollBehavior(), block: "nearest" });
+  }
+
+  function batchItemElement(item) {
+    const li = document.createElement("li");
+    const thumb = document.createElement("div");
+    thumb.className = "thumb";
+    const name = document.createElement("strong");
+    name.className = "batch-name";
+    name.textContent = item.name;
+    const line = document.createElement("span");
+    line.className = "batch-state";
+    const bar = document.createElement("progress");
+    bar.max = 1;
+    bar.hidden = true;
+    li.append(thumb, name, line, bar);
+    return li;
+  }
+
+  function renderBatchItem(item) {
+    const li = item.li;
+    if (!li) return;
+    const [thumb, , line, bar] = li.children;
+    li.dataset.state = item.state;
+    const src = item.thumbUrl || item.localUrl;
+    const img = thumb.querySelector("img");
+    if (src && img?.dataset.src !== src) {
+      const next = document.createElement("img");
+      next.alt = "";
+      next.src = src;
+      next.dataset.src = src;
+      next.addEventListener("error", () => { next.remove(); }, { once: true });
+      thumb.replaceChildren(next);
+    } else if (!src && !img) {
+      thumb.textContent = "No preview";
+    }
+    let text = BATCH_STATE_TEXT[item.state] || item.state;
+    if (item.progress != null && (item.state === "running" || item.state === "uploading")) {
+      text += ` ${Math.round(item.progress * 100)}%`;
+    }
+    if (item.error && (item.state === "failed" || item.state === "refused")) text += `: ${sentence(item.error)}`;
+    line.textContent = text;
+    line.className = `batch-state state-${item.state}`;
+    const showBar = item.progress != null && !FINAL_STATES.has(item.state);
+    bar.hidden = !showBar;
+    if (showBar) bar.value = item.progress;
+  }
+
+  function stopBatch() {
+    clearTimeout(state.batchTimer);
+  }
+
+  async function downloadBatch() {
+    const batch = state.batch;
+    if (!batch?.id) return;
+    el.batchDownload.disabled = true;
+    try {
+      const doc = await fetchBatch(batch);
+      if (!doc) throw new Error("the batch is no longer on the server");
+      applyBatchDoc(batch, doc);
+      if (!doc.finished) {
+        el.batchStatus.textContent = "Some photos are not finished yet.";
+        return;
+      }
+      // The zip link carries a short-lived access token, so it is asked for just now.
+      const link = document.createElement("a");
+      link.href = doc.zip_url;
+      link.download = "";
+      link.hidden = true;
+      document.body.append(link);
+      link.click();
+      link.remove();
+    } catch (err) {
+      el.batchStatus.textContent = `The zip could not be fetched: ${sentence(err.message)}`;
+    } finally {
+      el.batchDownload.disabled = !batch.finished;
+    }
+  }
+
+  function forgetBatch() {
+    stopBatch();
+    state.batch = null;
+    saveBatch(null);
+    el.batchCard.hidden = true;
+    el.batchGrid.replaceChildren();
+    updateSubmit();
+  }
+
   // ------------------------------------------------------------------ recent jobs (localStorage)
   function loadRecent() {
     try {
@@ -1134,6 +1536,9 @@
       el.fileInput.focus();
     });
     el.recentClear.addEventListener("click", () => { saveRecent([]); renderRecent(); });
+    el.batchDownload.addEventListener("click", downloadBatch);
+    el.batchForget.addEventListener("click", forgetBatch);
+    restoreBatch();
     loadCatalog();
     renderRecent();
     refreshRecent();
