@@ -100,15 +100,22 @@ def numpy_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
 
 
-def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """1×C×H×W or C×H×W in [0, 1] → uint8 H×W×C (H×W when C = 1), rounded and clipped."""
+def tensor_to_numpy(tensor: torch.Tensor, *, in_place: bool = False) -> np.ndarray:
+    """1×C×H×W or C×H×W in [0, 1] → uint8 H×W×C (H×W when C = 1), rounded and clipped.
+
+    `in_place` scales an fp32 CPU `tensor` the caller no longer needs in place, so a large
+    (super-resolved) result is not copied three times on its way to uint8."""
     if tensor.ndim == 4:
         if tensor.shape[0] != 1:
             raise ValueError(f"expected one image, got batch of {tensor.shape[0]}")
         tensor = tensor[0]
     if tensor.ndim != 3:
         raise ValueError(f"expected C×H×W, got shape {tuple(tensor.shape)}")
-    scaled = tensor.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round()
+    scaled = tensor.detach().to("cpu", torch.float32)
+    if in_place and scaled.data_ptr() == tensor.data_ptr() and not scaled.is_inference():
+        scaled.clamp_(0.0, 1.0).mul_(255.0).round_()
+    else:
+        scaled = scaled.clamp(0.0, 1.0).mul(255.0).round()
     array = scaled.to(torch.uint8).permute(1, 2, 0).numpy()
     return np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
@@ -294,7 +301,12 @@ class LoadedNetwork:
     in_channels: int
     scale: int = 1
     multiple: int = 1
-    pixel_cost: int = DEFAULT_PIXEL_COST
+    pixel_cost: int = DEFAULT_PIXEL_COST  # tile working memory per input pixel, fp32
+    pixel_cost_bf16: int | None = None  # the same under bf16 autocast (None: as fp32)
+
+    def cost_per_pixel(self, bf16: bool) -> int:
+        """Bytes per input pixel of a tile the tiler budgets for, at the precision it runs."""
+        return self.pixel_cost_bf16 if bf16 and self.pixel_cost_bf16 else self.pixel_cost
 
 
 def run_network(
@@ -329,7 +341,7 @@ def run_network(
         tensor,
         scale=network.scale,
         multiple=network.multiple,
-        pixel_cost=network.pixel_cost,
+        pixel_cost=network.cost_per_pixel(bf16),
         device=network.device,
         on_progress=on_progress,
         should_cancel=should_cancel,
@@ -337,4 +349,4 @@ def run_network(
     )
     if gray_through_colour:
         output = output.mean(dim=1, keepdim=True)
-    return tensor_to_numpy(output)
+    return tensor_to_numpy(output, in_place=True)

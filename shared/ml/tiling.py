@@ -47,8 +47,6 @@ _GIB = 1024**3
 # message broker client and the decoded images still fit beside it.
 _BUDGET_FRACTION = {"cpu": 0.25, "cuda": 0.5}
 _BUDGET_CAP = {"cpu": 2 * _GIB, "cuda": 16 * _GIB}
-# Bigger tiles mean less overlap recomputed but no faster convolutions past this size.
-_MAX_TILE = {"cpu": 512, "cuda": 1024}
 _MAX_BATCH = 16
 _FALLBACK_AVAILABLE = 2 * _GIB
 
@@ -61,11 +59,24 @@ class Cancelled(Exception):
 class TilePlan:
     """How an image is cut: all sizes in input pixels."""
 
-    tile: int  # side of a square tile (a dimension smaller than this is one tile high/wide)
+    tile_h: int  # tile height (every tile of the grid has the same size)
+    tile_w: int  # tile width
     overlap: int  # minimum overlap between neighbouring tiles
     scale: int  # output pixels per input pixel
     multiple: int  # the network needs input sides divisible by this
     batch: int  # tiles per network call
+    rows: tuple[int, ...] = (0,)  # tile origins down the padded image
+    cols: tuple[int, ...] = (0,)  # tile origins across it
+
+    @property
+    def tile(self) -> int:
+        """The longer tile side."""
+        return max(self.tile_h, self.tile_w)
+
+    @property
+    def computed_pixels(self) -> int:
+        """Input pixels the network computes per image, halo and padding included."""
+        return computed_pixels(self)
 
 
 # --------------------------------------------------------------------------- memory
@@ -139,6 +150,21 @@ def _round_down(value: int, multiple: int) -> int:
     return value // multiple * multiple
 
 
+def even_side(length: int, count: int, overlap: int, multiple: int) -> int:
+    """The side of `count` equal tiles covering `length` with neighbours overlapping by at
+    least `overlap`, rounded up to `multiple` (one tile: the whole length)."""
+    if count <= 1:
+        return length
+    return min(_round_up(-(-(length + (count - 1) * overlap) // count), multiple), length)
+
+
+def fewest_tiles(length: int, max_side: int, overlap: int) -> int:
+    """The fewest tiles of side at most `max_side` that cover `length` with `overlap`."""
+    if length <= max_side:
+        return 1
+    return -(-(length - overlap) // (max_side - overlap))
+
+
 def plan_tiles(
     height: int,
     width: int,
@@ -153,48 +179,93 @@ def plan_tiles(
     available_bytes: int | None = None,
     budget_bytes: int | None = None,
 ) -> TilePlan:
-    """Choose tile side and batch for an image of `height`×`width` input pixels.
+    """Choose the grid, the tile height and width, and the batch for `height`×`width` input.
 
-    Explicit `tile`/`batch` win (rounded to valid values); otherwise they come from the memory
-    budget and `pixel_cost` (bytes per input pixel of a tile while the network runs). An image
-    whose whole padded area fits the budget runs as one tile.
+    The grid comes first: of the grids whose equal tiles fit the memory budget (a tile's
+    height × width × `pixel_cost`, the bytes one input pixel of a tile costs while the network
+    runs), the one that computes the fewest pixels, halo included; then the tiles are sized
+    evenly, each side rounded up to `multiple`. An image whose padded area fits the budget runs
+    as one tile. An explicit `tile` caps both sides instead of the budget.
     """
     if min(height, width, scale, multiple) < 1 or overlap < 0 or pixel_cost < 1:
         raise ValueError("sizes, scale, multiple and pixel_cost must be positive, overlap >= 0")
     budget = memory_budget(device, available_bytes, budget_bytes)
     padded_h, padded_w = _round_up(height, multiple), _round_up(width, multiple)
-    kind = "cuda" if device is not None and device.type == "cuda" else "cpu"
+    min_side = 2 * multiple
 
     if tile is not None:
-        side = max(_round_up(tile, multiple), 2 * multiple)
+        cap = max(_round_up(tile, multiple), min_side)
+        max_area = cap * cap
     elif padded_h * padded_w * pixel_cost <= budget:
-        side = max(padded_h, padded_w)  # small image: one tile, no seams at all
+        cap = max_area = padded_h * padded_w  # small image: one tile, no seams at all
     else:
-        fit = _round_down(math.isqrt(budget // pixel_cost), multiple)
-        side = max(min(fit, _MAX_TILE[kind]), 2 * multiple)
+        max_area = max(budget // pixel_cost, min_side * min_side)
+        cap = max(_round_down(max_area // min_side, multiple), min_side)
+    # Overlap on the multiple grid, leaving a stride of at least one multiple even for the
+    # smallest tile the budget allows.
+    smallest = max(min(_round_down(math.isqrt(max_area), multiple), cap), min_side)
+    ov = min(_round_up(overlap, multiple), smallest - multiple)
 
-    # Overlap on the multiple grid and leaving a stride of at least one multiple.
-    ov = min(_round_up(overlap, multiple), side - multiple)
+    best: tuple[int, int, int, int, int] | None = None  # computed pixels, tiles, rows, th, tw
+    # Rows from one up to as many as tiles of the smallest sensible height would need.
+    for rows in range(1, fewest_tiles(padded_h, smallest, ov) + 1):
+        th = even_side(padded_h, rows, ov, multiple)
+        if th > cap or (rows > 1 and th - ov < multiple):
+            continue
+        width_cap = min(cap, _round_down(max_area // th, multiple))
+        if width_cap < min(min_side, padded_w) or (width_cap <= ov and padded_w > width_cap):
+            continue
+        cols = fewest_tiles(padded_w, width_cap, ov)
+        tw = even_side(padded_w, cols, ov, multiple)
+        candidate = (rows * cols * th * tw, rows * cols, rows, th, tw)
+        if best is None or candidate[:2] < best[:2]:
+            best = candidate
+    if best is None:  # starved: the smallest tiles, whatever the budget says
+        side = min(smallest, cap)
+        rows, cols = fewest_tiles(padded_h, side, ov), fewest_tiles(padded_w, side, ov)
+        th, tw = even_side(padded_h, rows, ov, multiple), even_side(padded_w, cols, ov, multiple)
+    else:
+        _, _, rows, th, tw = best
+        cols = fewest_tiles(padded_w, tw, ov)
 
     if batch is None:
-        per_tile = min(side, padded_h) * min(side, padded_w) * pixel_cost
-        batch = budget // max(per_tile, 1)
+        batch = budget // max(th * tw * pixel_cost, 1)
     batch = max(1, min(batch, _MAX_BATCH))
-    return TilePlan(tile=side, overlap=ov, scale=scale, multiple=multiple, batch=batch)
+    return TilePlan(
+        tile_h=th,
+        tile_w=tw,
+        overlap=ov,
+        scale=scale,
+        multiple=multiple,
+        batch=batch,
+        rows=tuple(_even_starts(padded_h, th, rows, multiple)),
+        cols=tuple(_even_starts(padded_w, tw, cols, multiple)),
+    )
+
+
+def computed_pixels(plan: TilePlan, height: int = 0, width: int = 0) -> int:
+    """Input pixels the network computes for one image under `plan`: every tile whole, halo
+    and padding included. (`height`, `width`: the image's, accepted for symmetry; the plan
+    already holds its grid.)"""
+    return len(plan.rows) * len(plan.cols) * plan.tile_h * plan.tile_w
+
+
+def _even_starts(length: int, tile: int, count: int, multiple: int) -> list[int]:
+    """`count` origins spread evenly over `length`, snapped down to `multiple`, the last one
+    ending exactly at `length`. Snapping never widens a gap beyond ``tile - overlap`` when the
+    tile came from :func:`even_side`, because that gap bound is itself a multiple."""
+    if count <= 1 or length <= tile:
+        return [0]
+    span = length - tile
+    return sorted({(i * span // (count - 1)) // multiple * multiple for i in range(count)})
 
 
 def tile_starts(length: int, tile: int, overlap: int, multiple: int) -> list[int]:
-    """Origins along one axis of length `length` (a multiple of `multiple`).
-
-    As few tiles as keep every neighbour overlap >= `overlap`, spread evenly, snapped down to
-    the `multiple` grid; the last one ends exactly at `length`.
-    """
+    """Origins along one axis of length `length` (a multiple of `multiple`) for tiles of side
+    `tile`: as few as keep every neighbour overlap >= `overlap`, spread evenly."""
     if length <= tile:
         return [0]
-    count = math.ceil((length - overlap) / (tile - overlap))
-    span = length - tile
-    # Floor-snapping never widens a gap beyond tile - overlap because that is itself a multiple.
-    return sorted({(i * span // (count - 1)) // multiple * multiple for i in range(count)})
+    return _even_starts(length, tile, fewest_tiles(length, tile, overlap), multiple)
 
 
 def _ramp(size: int, zero: int, ramp: int) -> torch.Tensor:
@@ -277,7 +348,12 @@ def run_tiled(
     if image.ndim != 4 or not image.is_floating_point():
         raise ValueError(f"expected a float NCHW tensor, got {tuple(image.shape)} {image.dtype}")
     device = device or image.device
-    n, _, height, width = image.shape
+    n, channels, height, width = image.shape
+    # The fp32 output accumulator lives beside the tiles on the CPU: it comes out of the budget
+    # (a 24 MP ×4 result is 288 MB), leaving the tiles at least a quarter of it.
+    budget = memory_budget(device, budget_bytes=budget_bytes)
+    if device.type == "cpu":
+        budget = max(budget - n * channels * height * width * scale * scale * 4, budget // 4)
     plan = plan_tiles(
         height,
         width,
@@ -288,52 +364,46 @@ def run_tiled(
         batch=batch,
         pixel_cost=pixel_cost,
         device=device,
-        budget_bytes=budget_bytes,
+        budget_bytes=budget,
     )
     padded = pad_to_multiple(image, multiple)
     ph, pw = padded.shape[-2:]
-    th, tw = min(plan.tile, ph), min(plan.tile, pw)
-    ys = tile_starts(ph, th, plan.overlap, multiple)
-    xs = tile_starts(pw, tw, plan.overlap, multiple)
+    th, tw = plan.tile_h, plan.tile_w
+    ys, xs = plan.rows, plan.cols
     wys = axis_weights(ys, th, ph, plan.overlap, scale)
     wxs = axis_weights(xs, tw, pw, plan.overlap, scale)
     jobs = [(k, j, i) for k in range(n) for j in range(len(ys)) for i in range(len(xs))]
 
+    # Allocated once for the whole run: the batch of input tiles (refilled in place) and the
+    # output accumulator; the blend weights are applied to each tile's output in place.
+    tiles = torch.empty(
+        min(plan.batch, len(jobs)), image.shape[1], th, tw, dtype=padded.dtype, device=device
+    ).contiguous(memory_format=torch.channels_last)
     out: torch.Tensor | None = None
     batches = math.ceil(len(jobs) / plan.batch)
     for b in range(batches):
         if should_cancel is not None and should_cancel():
             raise Cancelled(f"cancelled after {b} of {batches} tile batches")
         chunk = jobs[b * plan.batch : (b + 1) * plan.batch]
-        result = _run_batch(net, padded, chunk, ys, xs, th, tw, device)
-        if result.shape[-2:] != (th * scale, tw * scale):
-            raise ValueError(
-                f"network returned {tuple(result.shape)} for {th}×{tw} tiles at scale {scale}"
-            )
-        if out is None:
-            out = torch.zeros(n, result.shape[1], height * scale, width * scale)
-        _accumulate(out, result, chunk, ys, xs, wys, wxs, scale)
+        for slot, (k, j, i) in enumerate(chunk):
+            tiles[slot].copy_(padded[k, :, ys[j] : ys[j] + th, xs[i] : xs[i] + tw])
+        with torch.inference_mode():
+            result = net(tiles[: len(chunk)]).to("cpu", torch.float32)
+            if result.shape[-2:] != (th * scale, tw * scale):
+                raise ValueError(
+                    f"network returned {tuple(result.shape)} for {th}×{tw} tiles at scale {scale}"
+                )
+            if out is None:
+                with torch.inference_mode(False):
+                    out = torch.zeros(n, result.shape[1], height * scale, width * scale)
+            # The result is this run's own (the network's output, or the refilled input batch
+            # for an identity), so the weights are applied to it in place.
+            _accumulate(out, result, chunk, ys, xs, wys, wxs, scale)
+        del result
         if on_progress is not None:
             on_progress((b + 1) / batches)
     assert out is not None  # at least one tile always exists
     return out
-
-
-def _run_batch(
-    net: Net,
-    padded: torch.Tensor,
-    chunk: Sequence[tuple[int, int, int]],
-    ys: Sequence[int],
-    xs: Sequence[int],
-    th: int,
-    tw: int,
-    device: torch.device,
-) -> torch.Tensor:
-    tiles = torch.stack([padded[k, :, ys[j] : ys[j] + th, xs[i] : xs[i] + tw] for k, j, i in chunk])
-    tiles = tiles.to(device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        result = net(tiles)
-    return result.detach().to("cpu", torch.float32)
 
 
 def _accumulate(
@@ -351,5 +421,6 @@ def _accumulate(
     for tile_out, (k, j, i) in zip(result, chunk, strict=True):
         oy, ox = ys[j] * scale, xs[i] * scale
         h, w = min(tile_out.shape[-2], out_h - oy), min(tile_out.shape[-1], out_w - ox)
-        weight = wys[j][:h, None] * wxs[i][None, :w]
-        out[k, :, oy : oy + h, ox : ox + w].addcmul_(tile_out[:, :h, :w], weight)
+        part = tile_out[:, :h, :w]
+        part.mul_(wys[j][:h, None]).mul_(wxs[i][None, :w])
+        out[k, :, oy : oy + h, ox : ox + w].add_(part)

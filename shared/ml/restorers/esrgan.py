@@ -15,8 +15,16 @@ from shared.ml.runtime import ModelRuntime
 
 PSNR_WEIGHTS = "esrgan-psnr.safetensors"
 GAN_WEIGHTS = "esrgan-gan.safetensors"
-# Peak working memory per input pixel of a tile at ×4 (measured ~13 KiB for 64×23).
-RRDBNET_PIXEL_COST = 16 * 1024
+# Peak working memory per input pixel of a tile at ×4: 1.25× the largest peak-RSS growth that
+# benchmarks/tile_memory.py measured for the shipped 32×4 network (2-core AMD EPYC, torch 2.13,
+# 128² and 256² tiles): 8.20 / 6.47 KiB fp32, 3.82 / 3.00 KiB bf16. An operator's official
+# 64×23 checkpoint costs more: it gets Real-ESRGAN's measured x4plus cost (same architecture).
+RRDBNET_PIXEL_COST = 10 * 1024
+RRDBNET_PIXEL_COST_BF16 = 5 * 1024
+# The paper's 64×23 (Real-ESRGAN x4plus, official ESRGAN checkpoints), measured the same way:
+# 13.16 / 11.94 KiB fp32, 6.91 / 6.59 KiB bf16; 1.25× the largest, rounded up.
+X4PLUS_PIXEL_COST = 17 * 1024
+X4PLUS_PIXEL_COST_BF16 = 9 * 1024
 # Strengths are rounded to this step so a handful of interpolated networks cover the range.
 STRENGTH_STEP = 0.05
 
@@ -53,6 +61,7 @@ def _build(runtime: ModelRuntime, step: float) -> LoadedNetwork:
 
 
 def _wrap(model: RRDBNet, weights_id: str, runtime: ModelRuntime) -> LoadedNetwork:
+    shipped_size = model.config.features <= 32 and model.config.blocks <= 4
     return LoadedNetwork(
         module=prepare_for_inference(model, runtime.device),
         device=runtime.device,
@@ -61,7 +70,8 @@ def _wrap(model: RRDBNet, weights_id: str, runtime: ModelRuntime) -> LoadedNetwo
         scale=model.config.scale,
         # Below ×4 the body runs on pixel-unshuffled input: sizes must divide by the factor.
         multiple=4 // model.config.scale,
-        pixel_cost=RRDBNET_PIXEL_COST,
+        pixel_cost=RRDBNET_PIXEL_COST if shipped_size else X4PLUS_PIXEL_COST,
+        pixel_cost_bf16=RRDBNET_PIXEL_COST_BF16 if shipped_size else X4PLUS_PIXEL_COST_BF16,
     )
 
 

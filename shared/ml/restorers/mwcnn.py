@@ -27,8 +27,11 @@ DENOISE_WEIGHTS = "mwcnn-denoise.safetensors"
 #: Optional one-channel denoiser: a black-and-white photo goes through it when it is installed.
 DENOISE_GRAY_WEIGHTS = "mwcnn-denoise-gray.safetensors"
 ARTIFACTS_WEIGHTS = "mwcnn-artifacts.safetensors"
-# Peak working memory per input pixel of a tile (measured for the paper's width: ~2.1 KiB).
-MWCNN_PIXEL_COST = 4096
+# Peak working memory per input pixel of a tile: 1.5× the largest peak-RSS growth measured by
+# benchmarks/tile_memory.py (2-core AMD EPYC, torch 2.13, 128² and 256² tiles): colour denoiser
+# 0.84 / 0.62 KiB fp32, 0.32 / 0.48 bf16; gray 0.78 / 0.69 fp32, 0.43 / 0.61 bf16.
+MWCNN_PIXEL_COST = 1280
+MWCNN_PIXEL_COST_BF16 = 1024
 
 
 # --------------------------------------------------------------------------- colour bases
@@ -131,6 +134,7 @@ def _build(path: Path, runtime: ModelRuntime) -> LoadedNetwork:
         in_channels=model.config.in_channels,
         multiple=SIZE_MULTIPLE,
         pixel_cost=MWCNN_PIXEL_COST,
+        pixel_cost_bf16=MWCNN_PIXEL_COST_BF16,
     )
 
 

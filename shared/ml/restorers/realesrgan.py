@@ -6,14 +6,14 @@ from __future__ import annotations
 from shared.ml.inference import LoadedNetwork, prepare_for_inference
 from shared.ml.models.esrgan import load_rrdbnet
 from shared.ml.restorers.common import Restored, RestoreJob, require_scale
+from shared.ml.restorers.esrgan import X4PLUS_PIXEL_COST, X4PLUS_PIXEL_COST_BF16
 from shared.ml.runtime import ModelRuntime
 from shared.ml.x4plus import WEIGHTS
 
-# Peak working memory per input pixel of a tile (23 blocks × 64 features, ×4, fp32): the peak
-# RSS grew by 12.8 KiB per pixel for a 128² input and 12.3 KiB for 256² over the loaded network
-# (one untiled fp32 forward on the CPU, 2026-12-07; bf16 autocast: 4.0 and 6.6 KiB); the
-# largest, rounded up.
-PIXEL_COST = 13 * 1024
+# Peak working memory per input pixel of a tile (23 blocks × 64 features, ×4): measured by
+# benchmarks/tile_memory.py, see shared.ml.restorers.esrgan.X4PLUS_PIXEL_COST.
+PIXEL_COST = X4PLUS_PIXEL_COST
+PIXEL_COST_BF16 = X4PLUS_PIXEL_COST_BF16
 
 
 def load_network(runtime: ModelRuntime) -> LoadedNetwork:
@@ -32,6 +32,7 @@ def _build(runtime: ModelRuntime) -> LoadedNetwork:
         in_channels=model.config.in_channels,
         scale=model.config.scale,
         pixel_cost=PIXEL_COST,
+        pixel_cost_bf16=PIXEL_COST_BF16,
     )
 
 
