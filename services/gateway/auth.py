@@ -155,25 +155,39 @@ def may_access(request: web.Request, spec: JobSpec) -> bool:
     return False
 
 
-def events_token(key: bytes, spec: JobSpec, now: float | None = None) -> str:
-    expires = int((time.time() if now is None else now) + EVENTS_TOKEN_TTL_S)
-    return f"{expires}.{_events_mac(key, spec, expires)}"
+def access_token(key: bytes, scope: str, holder_sha256: str, ttl_s: float,
+                 now: float | None = None) -> str:
+    """A link credential that opens one thing (`scope`, e.g. a job's events) until it expires.
+
+    Keyed by the gateway's secret and the holder's credential digest: any replica configured
+    alike checks it, and it stops working when the holder's credential is not the one it was.
+    """
+    expires = int((time.time() if now is None else now) + ttl_s)
+    return f"{expires}.{_access_mac(key, scope, holder_sha256, expires)}"
 
 
-def verify_events_token(key: bytes, spec: JobSpec, token: str, now: float | None = None) -> bool:
+def verify_access_token(key: bytes, scope: str, holder_sha256: str, token: str,
+                        now: float | None = None) -> bool:
     expires, _, mac = token.partition(".")
-    if not expires.isdigit() or not spec.owner_token_sha256:
+    if not expires.isdigit() or not holder_sha256:
         return False
     if int(expires) < (time.time() if now is None else now):
         return False
-    return same(mac, _events_mac(key, spec, int(expires)))
+    return same(mac, _access_mac(key, scope, holder_sha256, int(expires)))
 
 
-def _events_mac(key: bytes, spec: JobSpec, expires: int) -> str:
-    # Keyed by the gateway's secret and the job's owner digest: any replica configured alike
-    # checks it, and it opens that job's events only.
-    message = f"events:{spec.job_id}:{expires}".encode()
-    return hmac.new(key + spec.owner_token_sha256.encode(), message, hashlib.sha256).hexdigest()
+def _access_mac(key: bytes, scope: str, holder_sha256: str, expires: int) -> str:
+    message = f"{scope}:{expires}".encode()
+    return hmac.new(key + holder_sha256.encode(), message, hashlib.sha256).hexdigest()
+
+
+def events_token(key: bytes, spec: JobSpec, now: float | None = None) -> str:
+    return access_token(key, f"events:{spec.job_id}", spec.owner_token_sha256,
+                        EVENTS_TOKEN_TTL_S, now)
+
+
+def verify_events_token(key: bytes, spec: JobSpec, token: str, now: float | None = None) -> bool:
+    return verify_access_token(key, f"events:{spec.job_id}", spec.owner_token_sha256, token, now)
 
 
 def events_url(request: web.Request, spec: JobSpec) -> str:

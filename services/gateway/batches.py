@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
@@ -182,20 +181,13 @@ def _may_read(request: web.Request, batch: Batch, zip_route: bool) -> bool:
 
 
 def zip_token(key: bytes, batch: Batch, now: float | None = None) -> str:
-    expires = int((time.time() if now is None else now) + ZIP_TOKEN_TTL_S)
-    return f"{expires}.{_zip_mac(key, batch, expires)}"
+    return auth.access_token(key, f"batch-zip:{batch.batch_id}", batch.token_sha256,
+                             ZIP_TOKEN_TTL_S, now)
 
 
 def verify_zip_token(key: bytes, batch: Batch, token: str, now: float | None = None) -> bool:
-    expires, _, mac = token.partition(".")
-    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
-        return False
-    return auth.same(mac, _zip_mac(key, batch, int(expires)))
-
-
-def _zip_mac(key: bytes, batch: Batch, expires: int) -> str:
-    message = f"batch-zip:{batch.batch_id}:{expires}".encode()
-    return hmac.new(key + batch.token_sha256.encode(), message, hashlib.sha256).hexdigest()
+    return auth.verify_access_token(key, f"batch-zip:{batch.batch_id}", batch.token_sha256,
+                                    token, now)
 
 
 async def load_batch(request: web.Request, store: BlobStore, zip_route: bool = False) -> Batch:
