@@ -189,7 +189,7 @@ def denoise_colour_planes(runtime: ModelRuntime, weights: str, image: np.ndarray
 #:
 #:   path                       CBSD68 σ25     CBSD68 σ50     Kodak24 σ25    Kodak24 σ50
 #:   colour network (48/96/96)  29.71 / 29.63  26.41 / 26.28  30.41 / 30.28  27.12 / 26.95
-#:   gray net, OPPONENT planes  30.59 / 30.26  27.38 / 26.63  31.41 / 31.12  28.32 / 27.56
+#:   gray net, OPPONENT planes  30.59 / 30.26  27.38 / 26.63  31.41 / 31.12  28.31 / 27.56
 #:   gray net, OPPONENT_FITTED  30.55 / 30.23  27.38 / 26.57  31.37 / 31.07  28.31 / 27.48
 #:   gray net, YCBCR planes     29.97 / 29.76  26.91 / 26.27  30.89 / 30.68  27.90 / 27.23
 #:   gray net, RGB planes       28.61 / 28.58  25.77 / 25.72  29.65 / 29.60  26.81 / 26.72
