@@ -130,7 +130,7 @@ def _deepfill_inpaint(runtime: ModelRuntime, job: RestoreJob) -> Restored:
 def _load_mwcnn_denoise(runtime: ModelRuntime) -> object:
     from shared.ml.restorers import mwcnn
 
-    return mwcnn.load_network(runtime, mwcnn.DENOISE_WEIGHTS)
+    return mwcnn.load_denoisers(runtime)  # the gray network too: it serves colour photos
 
 
 def _load_mwcnn_deblock(runtime: ModelRuntime) -> object:
