@@ -18,7 +18,13 @@ import torch
 
 from shared.ml import accel
 from shared.ml.hashing import cached_file_sha256
-from shared.ml.inference import InferenceGate, LoadedNetwork, run_network, set_cpu_threads
+from shared.ml.inference import (
+    InferenceGate,
+    LoadedNetwork,
+    precision_for,
+    run_network,
+    set_cpu_threads,
+)
 from shared.ml.registry import SHIPPED_WEIGHTS_DIR
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -123,8 +129,6 @@ class ModelRuntime:
     def uses_bf16(self, forward: Callable[[torch.Tensor], torch.Tensor], probe: torch.Tensor,
                   model_id: str) -> bool:
         """The precision policy: bf16 only where allowed, native and accurate (≥ 50 dB)."""
-        from shared.ml.inference import precision_for
-
         return self.bf16 and precision_for(forward, self.device, probe,  # type: ignore[arg-type]
                                            model_id=model_id)
 
