@@ -465,9 +465,11 @@ async def list_models(request: web.Request) -> web.Response:
     weights_dir = request.app[SETTINGS].weights_dir
     tasks = {}
     for task in registry.TASKS:
-        entries = registry.restorers(task)
+        # Each restorer's availability is checked once (x4plus reads its provenance to answer).
+        reasons = {m.name: m.unavailable_reason(weights_dir) for m in registry.restorers(task)}
+        offered = [m for m in registry.restorers(task) if reasons[m.name] is None]
         tasks[task] = {
-            "default": registry.default_model(task, weights_dir),
+            "default": offered[0].name,
             "models": [
                 {
                     "name": m.name,
@@ -475,13 +477,10 @@ async def list_models(request: web.Request) -> web.Response:
                     "ensemble": m.ensemble,
                     "strength": m.offers_strength(weights_dir),
                 }
-                for m in entries
-                if m.available(weights_dir)
+                for m in offered
             ],
             "unavailable": [
-                {"name": m.name, "reason": reason}
-                for m in entries
-                if (reason := m.unavailable_reason(weights_dir))
+                {"name": name, "reason": reason} for name, reason in reasons.items() if reason
             ],
         }
     return web.json_response(
