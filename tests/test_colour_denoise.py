@@ -9,14 +9,17 @@ import pytest
 import torch
 from skimage import data
 
-from shared.ml import registry
+from shared.ml import colour_planes, registry
 from shared.ml.hashing import file_sha256
-from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, level_from_sigma, save_mwcnn
+from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, level_from_sigma, save_mwcnn, with_guides
 from shared.ml.restorers import mwcnn
 from shared.ml.restorers.common import RestoreJob, resolve_sigma
 from shared.ml.runtime import ModelRuntime
 
 TINY = {"widths": (8, 8, 8), "block_depth": 2, "bottom_depth": 2}
+#: What the shipped colour-plane network must add over the gray one on colour photos at σ 25
+#: (set below the gain measured on these crops when it shipped).
+PLANES_OVER_GRAY_MARGIN_DB = 0.1
 
 
 def _tiny(in_channels: int, seed: int) -> MWCNN:
@@ -50,9 +53,9 @@ def _all_rgb_levels() -> torch.Tensor:
 
 
 def test_the_opponent_transform_is_orthonormal_and_round_trips() -> None:
-    m = np.array(mwcnn.OPPONENT_ORTHONORMAL)
+    m = np.array(colour_planes.OPPONENT_ORTHONORMAL)
     np.testing.assert_allclose(m @ m.T, np.eye(3), atol=1e-12)
-    for basis in mwcnn.COLOUR_BASES:
+    for basis in colour_planes.COLOUR_BASES:
         rgb = _all_rgb_levels()
         back = basis.to_rgb(basis.to_planes(rgb))
         assert torch.equal(back.mul(255).round(), rgb.mul(255).round()), basis.name
@@ -60,25 +63,25 @@ def test_the_opponent_transform_is_orthonormal_and_round_trips() -> None:
 
 
 def test_the_planes_sit_in_the_gray_networks_range() -> None:
-    for basis in (mwcnn.OPPONENT_FITTED, mwcnn.YCBCR, mwcnn.RGB):
+    for basis in (colour_planes.OPPONENT_FITTED, colour_planes.YCBCR, colour_planes.RGB):
         planes = basis.to_planes(_all_rgb_levels())
         assert float(planes.min()) >= -1e-6 and float(planes.max()) <= 1 + 1e-6, basis.name
     # the fitted opponent planes span exactly [0, 1]
-    planes = mwcnn.OPPONENT_FITTED.to_planes(_all_rgb_levels())
+    planes = colour_planes.OPPONENT_FITTED.to_planes(_all_rgb_levels())
     np.testing.assert_allclose(planes.amin(dim=(0, 2, 3)), 0, atol=1e-6)
     np.testing.assert_allclose(planes.amax(dim=(0, 2, 3)), 1, atol=1e-6)
     # the shipped ones: luminance in [0, 1], chroma centred on 0.5 (±1/√2, ±2/√6 at most)
-    lo, hi = mwcnn.OPPONENT.to_planes(_all_rgb_levels()).aminmax(dim=0)
+    lo, hi = colour_planes.OPPONENT.to_planes(_all_rgb_levels()).aminmax(dim=0)
     np.testing.assert_allclose(lo.flatten(), [0, 0.5 - 2**-0.5, 0.5 - (2 / 3) ** 0.5], atol=1e-6)
     np.testing.assert_allclose(hi.flatten(), [1, 0.5 + 2**-0.5, 0.5 + (2 / 3) ** 0.5], atol=1e-6)
     # and a gray pixel has no chroma
-    gray = mwcnn.OPPONENT.to_planes(torch.full((1, 3, 1, 1), 0.3))
+    gray = colour_planes.OPPONENT.to_planes(torch.full((1, 3, 1, 1), 0.3))
     np.testing.assert_allclose(gray.flatten(), [0.3, 0.5, 0.5], atol=1e-6)
 
 
-@pytest.mark.parametrize("basis", [mwcnn.OPPONENT, mwcnn.OPPONENT_FITTED])
+@pytest.mark.parametrize("basis", [colour_planes.OPPONENT, colour_planes.OPPONENT_FITTED])
 def test_white_noise_stays_white_with_the_stated_sigma_per_plane(
-    basis: mwcnn.ColourBasis,
+    basis: colour_planes.ColourBasis,
 ) -> None:
     sigma = 25 / 255
     noise = torch.from_numpy(np.random.default_rng(1).normal(0, sigma, (1, 3, 400, 500)))
@@ -93,7 +96,7 @@ def test_white_noise_stays_white_with_the_stated_sigma_per_plane(
     for plane in planes[0].double().numpy():
         assert abs(np.corrcoef(plane[:, 1:].ravel(), plane[:, :-1].ravel())[0, 1]) < 0.01
     # the orthonormal transform itself keeps σ in every plane
-    matrix = torch.tensor(mwcnn.OPPONENT_ORTHONORMAL, dtype=noise.dtype)
+    matrix = torch.tensor(colour_planes.OPPONENT_ORTHONORMAL, dtype=noise.dtype)
     ortho = torch.einsum("ck,nkhw->nchw", matrix, noise)
     np.testing.assert_allclose(ortho[0].reshape(3, -1).std(dim=1).numpy(), sigma, rtol=0.01)
 
@@ -184,3 +187,89 @@ def test_sigma_auto_reads_a_clipped_upload_with_saturated_areas(sigma: float) ->
     rng = np.random.default_rng(7)
     upload = np.clip(np.rint(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
     assert resolve_sigma(upload, None) == pytest.approx(sigma, rel=0.08)
+
+
+def _tiny_guided(seed: int) -> MWCNN:
+    model = with_guides(_tiny(1, seed), 3)
+    with torch.no_grad():
+        model.enc1[0].weight.normal_(0, 0.1)  # the guides weigh in
+    return model.eval()
+
+
+def test_guides_start_at_zero_weight_and_are_required() -> None:
+    gray = _tiny(1, 2)
+    guided = with_guides(gray, 3).eval()
+    x, guide = torch.rand(2, 1, 16, 24), torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        assert torch.equal(guided(x, 0.1, guide), gray(x, 0.1))
+        with pytest.raises(ValueError, match="3 guide channels"):
+            guided(x, 0.1)
+        with pytest.raises(ValueError, match="3 guide channels"):
+            guided(x, 0.1, guide[:, :2])
+    with pytest.raises(ValueError, match="already"):
+        with_guides(guided, 3)
+
+
+def test_a_colour_photo_goes_through_the_plane_network_where_it_is_installed(
+    weights: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "with-planes"
+    folder.mkdir()
+    for name in (mwcnn.DENOISE_WEIGHTS, mwcnn.DENOISE_GRAY_WEIGHTS):
+        (folder / name).write_bytes((weights / name).read_bytes())
+    save_mwcnn(_tiny_guided(3), folder / mwcnn.DENOISE_PLANES_WEIGHTS)
+    runtime = _runtime(folder)
+    photo = data.astronaut()[100:140, 150:198]
+    result = registry.restore(runtime, "denoise", "mwcnn", RestoreJob(photo, sigma=25))
+    planes_sha = file_sha256(folder / mwcnn.DENOISE_PLANES_WEIGHTS)
+    assert result.details["weights_sha256"] == planes_sha
+    assert result.details["colour_planes"] == "opponent"
+
+    # each plane restored with all three noisy planes beside it, each with its own σ
+    basis = colour_planes.OPPONENT
+    planes_net = mwcnn.load_network(runtime, mwcnn.DENOISE_PLANES_WEIGHTS)
+    rgb = torch.from_numpy(photo.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    planes = basis.to_planes(rgb)
+    with torch.no_grad():
+        out = torch.cat([
+            planes_net.module(planes[:, c:c + 1], level_from_sigma(25 * basis.noise_gains[c]),
+                              planes)
+            for c in range(3)
+        ], dim=1)
+    expected = basis.to_rgb(out)[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
+    assert np.abs(result.pixels.astype(int) - expected.astype(int)).max() <= 1
+    without_guides = registry.restore(_runtime(weights), "denoise", "mwcnn",
+                                      RestoreJob(photo, sigma=25))
+    assert not np.array_equal(without_guides.pixels, result.pixels)
+
+    # a gray photo still goes through the gray network; a worker loads all three at start
+    gray = registry.restore(runtime, "denoise", "mwcnn", RestoreJob(data.camera()[:40, :48],
+                                                                    sigma=25))
+    assert gray.details["weights_sha256"] == file_sha256(folder / mwcnn.DENOISE_GRAY_WEIGHTS)
+    loaded = mwcnn.load_denoisers(runtime)
+    assert [n.module.config.guide_channels for n in loaded] == [3, 0, 0]
+
+
+def test_the_shipped_plane_network_beats_the_gray_network_on_colour_photos(
+    tmp_path: Path,
+) -> None:
+    """What the colour-plane fine-tune added (skimage photos, σ 25, uint8 uploads)."""
+    shipped = registry.SHIPPED_WEIGHTS_DIR
+    if not (shipped / mwcnn.DENOISE_PLANES_WEIGHTS).is_file():
+        pytest.skip("the colour-plane network is not shipped")
+    gray_only = tmp_path / "gray-only"
+    gray_only.mkdir()
+    for name in (mwcnn.DENOISE_WEIGHTS, mwcnn.DENOISE_GRAY_WEIGHTS):
+        (gray_only / name).symlink_to(shipped / name)
+    with_planes = ModelRuntime(shipped, torch.device("cpu"))
+    without = ModelRuntime(gray_only, torch.device("cpu"))
+    gains = []
+    for clean in (data.astronaut()[:128, 200:328], data.coffee()[100:228, 200:328],
+                  data.chelsea()[:128, 100:228]):
+        rng = np.random.default_rng(5)
+        noisy = np.clip(np.rint(clean + rng.normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
+        job = RestoreJob(noisy, sigma=25)
+        outs = [registry.restore(r, "denoise", "mwcnn", job).pixels for r in (with_planes, without)]
+        mse = [np.mean((out.astype(float) - clean) ** 2) for out in outs]
+        gains.append(10 * np.log10(mse[1] / mse[0]))
+    assert np.mean(gains) > PLANES_OVER_GRAY_MARGIN_DB

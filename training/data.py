@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from shared.ml.colour_planes import ColourBasis
 from shared.ml.models.mwcnn import level_from_quality, level_from_sigma
 from shared.ml.registry import JPEG_QUALITY_RANGE, SIGMA_RANGE
 from training.degradations import add_gaussian_noise, jpeg_compress
@@ -175,7 +177,7 @@ class PatchSampler:
             raise ValueError(f"focus range {focus[:2]} is outside the served range {served}")
         self.focus = focus
 
-    def _draw_level(self) -> float:
+    def draw_level(self) -> float:
         low, high = SIGMA_RANGE if self.task == "denoise" else JPEG_QUALITY_RANGE
         if self.focus is not None and self.rng.random() < self.focus[2]:
             low, high = self.focus[0], self.focus[1]
@@ -190,12 +192,61 @@ class PatchSampler:
             pool = self.images.gray if gray else self.images.colour
             img = pool[int(self.rng.integers(len(pool)))]
             clean = random_dihedral(random_crop(img, self.patch, self.rng), self.rng)
-            value = self._draw_level()
+            value = self.draw_level()
             clip = bool(self.rng.random() < self.clip_prob)
             inputs.append(to_chw(degrade(clean, self.task, value, self.rng, clip), self.channels))
             targets.append(to_chw(clean, self.channels))
             levels.append(level_of(self.task, value))
         return Batch(np.stack(inputs), np.stack(targets), np.asarray(levels, dtype=np.float32))
+
+
+@dataclass
+class PlaneBatch:
+    """Patches for a network that restores one colour plane while it sees all three."""
+
+    inputs: np.ndarray  # (B, 1, P, P) float32, the noisy plane to restore
+    guides: np.ndarray  # (B, 3, P, P) float32, all three noisy planes
+    targets: np.ndarray  # (B, 1, P, P) float32, the clean plane
+    levels: np.ndarray  # (B,) float32, the plane's level-map value
+
+
+class ColourPlaneSampler:
+    """Noisy/clean colour patches (BSD200, T91) mapped onto the planes of ``basis``.
+
+    Noise is added in RGB, as a photo has it (σ per channel as :class:`PatchSampler` draws it,
+    clipped and rounded with probability ``clip_prob``); both images are then mapped onto the
+    basis' planes and one plane, drawn uniformly, is the target, with its own level (σ times the
+    plane's noise gain).
+    """
+
+    def __init__(self, images: TrainingImages, patch: int, rng: np.random.Generator,
+                 basis: ColourBasis, clip_prob: float = 0.5,
+                 focus: tuple[float, float, float] | None = None) -> None:
+        self.levels = PatchSampler(images, "denoise", patch, rng, 0.0, clip_prob, focus)
+        self.images, self.patch, self.rng, self.basis = images, patch, rng, basis
+        self.clip_prob = clip_prob
+
+    def sample(self, batch: int) -> PlaneBatch:
+        noisy, clean, sigmas = [], [], []
+        for _ in range(batch):
+            img = self.images.colour[int(self.rng.integers(len(self.images.colour)))]
+            patch = random_dihedral(random_crop(img, self.patch, self.rng), self.rng)
+            sigma = self.levels.draw_level()
+            clip = bool(self.rng.random() < self.clip_prob)
+            noisy.append(to_chw(degrade(patch, "denoise", sigma, self.rng, clip), 3))
+            clean.append(to_chw(patch, 3))
+            sigmas.append(sigma)
+        noisy_planes = self.basis.to_planes(torch.from_numpy(np.stack(noisy))).numpy()
+        clean_planes = self.basis.to_planes(torch.from_numpy(np.stack(clean))).numpy()
+        target = self.rng.integers(3, size=batch)
+        rows = np.arange(batch)
+        gains = np.asarray(self.basis.noise_gains, dtype=np.float32)[target]
+        return PlaneBatch(
+            inputs=np.ascontiguousarray(noisy_planes[rows, target][:, None]),
+            guides=np.ascontiguousarray(noisy_planes),
+            targets=np.ascontiguousarray(clean_planes[rows, target][:, None]),
+            levels=np.asarray([level_from_sigma(s) for s in sigmas], dtype=np.float32) * gains,
+        )
 
 
 @dataclass

@@ -20,7 +20,7 @@ import argparse
 import datetime as dt
 import hashlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from training.common import (
     write_provenance,
 )
 from training.data import VALIDATION, validation_set
-from training.train_mwcnn import validate
+from training.train_mwcnn import colour_validation_set, validate, validate_colour_planes
 
 LEVEL_MAPS = {
     "denoise": "level = sigma / 255 (sigma on the 0-255 scale, trained range [0, 75])",
@@ -128,8 +128,14 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def usage_notes(task: str, in_channels: int) -> dict[str, str]:
+def usage_notes(task: str, in_channels: int, guide_channels: int = 0) -> dict[str, str]:
     """How to call a shipped MWCNN: its input, noise/quality level and gray handling."""
+    if guide_channels:
+        return {"input": "one opponent plane of a colour photo (float, H and W multiples of 8) "
+                         "and, as guide channels, all three noisy planes",
+                "level_map": LEVEL_MAPS.get(task, "") + ", times the plane's noise gain",
+                "gray_handling": "colour photos only, plane by plane "
+                                 "(shared/ml/colour_planes.py); gray photos use the gray network"}
     if in_channels == 1:
         return {"input": "gray float in [0, 1], H and W multiples of 8",
                 "level_map": LEVEL_MAPS.get(task, ""),
@@ -141,6 +147,16 @@ def usage_notes(task: str, in_channels: int) -> dict[str, str]:
                              "output averaged"}
 
 
+def validation_score(task: str, config: MWCNNConfig) -> Callable[[MWCNN, torch.device], float]:
+    """The validation its trainer ran: colour-plane networks are scored on RGB, as served."""
+    if config.guide_channels:
+        colour_items = colour_validation_set()
+        return lambda model, device: validate_colour_planes(model, colour_items, device,
+                                                            bf16=False)["all"]
+    items = validation_set(task, channels=config.in_channels)
+    return lambda model, device: validate(model, items, device, bf16=False)["all"]
+
+
 def provenance(state: dict[str, Any], model: MWCNN, out: Path,
                checks: dict[str, Any]) -> Provenance:
     extra = state.get("extra", {})
@@ -149,7 +165,7 @@ def provenance(state: dict[str, Any], model: MWCNN, out: Path,
         out, state,
         network="MWCNN (Liu et al., CVPRW 2018), see shared/ml/models/mwcnn.py",
         config=model.config.to_json(), parameters=count_parameters(model), task=task,
-        usage=usage_notes(task, model.config.in_channels),
+        usage=usage_notes(task, model.config.in_channels, model.config.guide_channels),
         data=TrainingData(description=extra.get("data"), root=DATA_ROOT,
                           held_out_for_validation=VALIDATION),
         checks=checks,
@@ -169,11 +185,10 @@ def main(argv: list[str] | None = None) -> int:
 
     checks: dict[str, Any] = {}
     if not args.skip_validation:
-        items = validation_set(task, channels=config.in_channels)
-        # fp32 on purpose: the check is about the stored precision, not the runtime's.
-        with torch.autocast("cpu", enabled=False):
-            fp32 = validate(model, items, device)["all"]
-            fp16 = validate(fp16_roundtrip(model), items, device)["all"]
+        score = validation_score(task, config)
+        # fp32 compute on purpose: the check is about the stored precision, not the runtime's.
+        fp32 = score(model, device)
+        fp16 = score(fp16_roundtrip(model), device)
         change = fp16 - fp32
         checks = {"val_psnr_fp32": fp32, "val_psnr_fp16_weights": fp16, "change_db": change}
         print(f"validation PSNR fp32 {fp32:.4f} dB, fp16 weights {fp16:.4f} dB, "

@@ -30,12 +30,14 @@ import torch
 from torch import nn
 
 from shared.ml.accel import autocast_for
+from shared.ml.colour_planes import OPPONENT, denoise_planes
 from shared.ml.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
     fold_batchnorm,
     gray_from_colour,
     load_mwcnn,
+    with_guides,
 )
 from training.common import (
     LoopSettings,
@@ -47,7 +49,18 @@ from training.common import (
     psnr,
     run_training,
 )
-from training.data import TASKS, PatchSampler, TrainingImages, ValItem, validation_set
+from training.data import (
+    TASKS,
+    VAL_SEED,
+    VAL_SIGMAS,
+    ColourPlaneSampler,
+    PatchSampler,
+    TrainingImages,
+    ValItem,
+    validation_images,
+    validation_set,
+)
+from training.degradations import add_gaussian_noise
 from training.net2wider import widen_mwcnn
 
 
@@ -68,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gray", action="store_true",
                    help="a one-channel (gray) network trained on gray patches only; a colour "
                         "--init is converted to it exactly (mwcnn.gray_from_colour)")
+    p.add_argument("--colour-planes", action="store_true",
+                   help="a gray network that restores one opponent plane of a colour patch while "
+                        "it sees all three (guide channels); a --gray --init starts it exactly "
+                        "where it was (mwcnn.with_guides)")
     p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "
@@ -107,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> MWCNNConfig:
         widths = MWCNNConfig().widths
     return MWCNNConfig(widths=widths, block_depth=args.block_depth,  # type: ignore[arg-type]
                        bottom_depth=args.bottom_depth, batch_norm=not args.no_bn,
-                       in_channels=1 if args.gray else 3)
+                       in_channels=1 if args.gray else 3,
+                       guide_channels=PLANES if args.colour_planes else 0)
 
 
 def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -121,14 +139,16 @@ def restored_uint8(out: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, items: list[ValItem], device: torch.device) -> dict[str, float]:
-    """Mean PSNR (8-bit outputs; gray scored on the channel mean) overall and per level."""
+def validate(model: nn.Module, items: list[ValItem], device: torch.device,
+             bf16: bool | None = None) -> dict[str, float]:
+    """Mean PSNR (8-bit outputs; gray scored on the channel mean) overall and per level
+    (``bf16``: None runs as training does, False in fp32)."""
     was_training = model.training
     model.eval()
     scores: dict[str, list[float]] = {}
     for item in items:
         inp = to_tensor(item.input[None], device)
-        with autocast_for(device):
+        with autocast_for(device, bf16):
             out = model(inp, torch.tensor([item.level], device=device))
         out = restored_uint8(out)[0].cpu()
         target = torch.from_numpy(item.target)
@@ -169,6 +189,9 @@ def build_model(args: argparse.Namespace, device: torch.device, log: RunLog) -> 
         if args.gray and model.config.in_channels != 1:
             model = gray_from_colour(model)
             log(f"--gray: {args.init} converted to a one-channel network (same gray function)")
+        if args.colour_planes and model.config.guide_channels == 0:
+            model = with_guides(model, PLANES)
+            log(f"--colour-planes: {args.init} given {PLANES} zero-weighted guide channels")
     elif args.fold_bn or args.widen_to:
         raise SystemExit("--fold-bn and --widen-to need --init (the model to start from)")
     else:
@@ -235,12 +258,83 @@ class MWCNNTraining:
         return None
 
 
+PLANES = 3  # the opponent planes a --colour-planes network sees
+
+
+class ColourPlaneTraining(MWCNNTraining):
+    """A gray MWCNN with guide channels, trained on the OPPONENT planes of colour patches and
+    validated as the service runs it: RGB PSNR of the three planes restored one by one."""
+
+    def prepare(self) -> Prepared:
+        args = self.args
+        if args.task != "denoise" or not args.gray:
+            raise SystemExit("--colour-planes needs --task denoise --gray")
+        images = TrainingImages.load(min_size=args.patch)
+        focus = (*args.focus_range, args.focus_prob) if args.focus_range else None
+        self.plane_sampler = ColourPlaneSampler(images, args.patch, self.np_rng, OPPONENT,
+                                                args.clip_prob, focus)
+        self.colour_val = colour_validation_set()
+        return Prepared(data=images.describe(), log={"val_items": len(self.colour_val)})
+
+    def train_step(self, step: int) -> dict[str, float]:
+        batch = self.plane_sampler.sample(self.args.batch)
+        inp, target = to_tensor(batch.inputs, self.device), to_tensor(batch.targets, self.device)
+        guide = to_tensor(batch.guides, self.device)
+        levels = torch.from_numpy(batch.levels).to(self.device)
+        with autocast_for(self.device):
+            out = self.model(inp, levels, guide)
+        loss = self.criterion(out.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": float(loss.detach())}
+
+    def validate(self, model: nn.Module) -> Validation:
+        scores = validate_colour_planes(model, self.colour_val, self.device)
+        return Validation(score=scores["all"], scores=scores, log={"psnr": scores})
+
+
+def colour_validation_set() -> list[tuple[str, float, np.ndarray, np.ndarray]]:
+    """(name, σ, noisy RGB float, clean RGB) of the held-out colour images (seeded float noise)."""
+    rng = np.random.default_rng(VAL_SEED)
+    items = []
+    for name, clean in validation_images():
+        if clean.ndim != 3:
+            continue
+        for sigma in VAL_SIGMAS:
+            noisy = add_gaussian_noise(clean.astype(np.float32), sigma, rng, clip=False)
+            items.append((name, sigma, noisy, clean))
+    return items
+
+
+@torch.no_grad()
+def validate_colour_planes(model: nn.Module, items: list[tuple[str, float, np.ndarray, np.ndarray]],
+                           device: torch.device, bf16: bool | None = None) -> dict[str, float]:
+    """Mean RGB PSNR (8-bit outputs) overall and per σ, planes restored as the service does
+    (``bf16``: None runs as training does, False in fp32)."""
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[float]] = {}
+    for _name, sigma, noisy, clean in items:
+        rgb = to_tensor(noisy.transpose(2, 0, 1)[None] / 255.0, device)
+        with autocast_for(device, bf16):
+            out = denoise_planes(model, rgb, sigma, OPPONENT, guided=True)
+        value = psnr(restored_uint8(out)[0].cpu(),
+                     torch.from_numpy(clean.transpose(2, 0, 1).astype(np.float32) / 255.0))
+        scores.setdefault(f"{sigma:g}", []).append(value)
+        scores.setdefault("all", []).append(value)
+    model.train(was_training)
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     loop = LoopSettings(args.log_every, args.val_every, args.ckpt_minutes, args.max_minutes)
     # "best_psnr": the key of every MWCNN checkpoint so far (runs resume across the change).
     spec = RunSpec.from_args(args, desc=f"mwcnn-{args.task}", loop=loop, best_key="best_psnr")
-    run_training(spec, lambda run: MWCNNTraining(args, run))
+    trainer = ColourPlaneTraining if args.colour_planes else MWCNNTraining
+    run_training(spec, lambda run: trainer(args, run))
     return 0
 
 

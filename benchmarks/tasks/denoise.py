@@ -58,6 +58,7 @@ from benchmarks.tasks.common import (
     source_version,
     wanted,
 )
+from shared.ml import colour_planes
 from shared.ml.models.mwcnn import level_from_sigma
 from shared.ml.restorers import classic as nlm_module
 from shared.ml.restorers import mwcnn
@@ -189,7 +190,8 @@ def _ours_auto_sigma(model: str, sample: Sample) -> np.ndarray:
     return to_uint8(restore("denoise", model, to_uint8(sample["noisy"]), sigma=None))
 
 
-def _colour_path(basis: mwcnn.ColourBasis | None, sample: Sample, convention: str) -> np.ndarray:
+def _colour_path(basis: colour_planes.ColourBasis | None, sample: Sample,
+                 convention: str) -> np.ndarray:
     """One way of denoising a colour image with the MWCNN weights (None: the colour network)."""
     image, sigma = _network_input(sample, convention), float(sample["sigma"])
     job = RestoreJob(pixels=image, sigma=sigma)
@@ -216,8 +218,8 @@ def _dncnn_each_channel(path: Path, sample: Sample, convention: str) -> np.ndarr
 
 def _colour_base_rows() -> list[Row]:
     """--models colour-bases: the colour network and the gray network on each basis' planes."""
-    paths: list[tuple[str, mwcnn.ColourBasis | None]] = [("colour network", None)]
-    paths += [(f"gray network, {b.name} planes", b) for b in mwcnn.COLOUR_BASES]
+    paths: list[tuple[str, colour_planes.ColourBasis | None]] = [("colour network", None)]
+    paths += [(f"gray network, {b.name} planes", b) for b in colour_planes.COLOUR_BASES]
     rows = []
     for (label, basis), conv in itertools.product(paths, ("float", "uint8")):
         key = f"mwcnn-{'colour' if basis is None else basis.name}[{conv}]"

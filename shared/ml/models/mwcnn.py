@@ -127,6 +127,7 @@ class MWCNNConfig:
     bottom_depth: int = 8  # conv layers of the deepest (level-3) block
     batch_norm: bool = True
     level_channel: bool = True  # FFDNet-style degradation-level input map
+    guide_channels: int = 0  # extra inputs seen but not restored (see forward's ``guide``)
     extra: dict[str, str] = field(default_factory=dict, compare=False)  # free-form notes
 
     def __post_init__(self) -> None:
@@ -183,16 +184,18 @@ def _block(
 class MWCNN(nn.Module):
     """MWCNN with an optional FFDNet-style level input; see the module docstring for details.
 
-    ``forward(x, level)``: ``x`` is (N, C, H, W) in [0, 1] (H, W multiples of 8); ``level`` is
-    a float, or a tensor of shape (N,) / (N, 1, H, W) with per-image levels (required when the
-    config has ``level_channel=True``, ignored otherwise). Returns the restored (N, C, H, W).
+    ``forward(x, level, guide)``: ``x`` is (N, C, H, W) in [0, 1] (H, W multiples of 8);
+    ``level`` is a float, or a tensor of shape (N,) / (N, 1, H, W) with per-image levels
+    (required when the config has ``level_channel=True``, ignored otherwise); ``guide`` is
+    (N, guide_channels, H, W), maps the network sees beside ``x`` without restoring them (the
+    other colour planes of a plane-by-plane colour denoise). Returns the restored (N, C, H, W).
     """
 
     def __init__(self, config: MWCNNConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or MWCNNConfig()
         w1, w2, w3 = cfg.widths
-        c0 = cfg.in_channels + (1 if cfg.level_channel else 0)
+        c0 = cfg.in_channels + cfg.guide_channels + (1 if cfg.level_channel else 0)
         bn, d, db = cfg.batch_norm, cfg.block_depth, cfg.bottom_depth
         self.dwt, self.iwt = HaarDWT(), HaarIWT()
         self.enc1 = _block(4 * c0, w1, w1, d, bn, last_plain=False)
@@ -219,6 +222,15 @@ class MWCNN(nn.Module):
         if last.bias is not None:
             nn.init.zeros_(last.bias)
 
+    def _with_guide(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+        wanted = self.config.guide_channels
+        if wanted == 0:
+            return x
+        if guide is None or guide.shape[1] != wanted:
+            got = None if guide is None else guide.shape[1]
+            raise ValueError(f"this MWCNN takes {wanted} guide channels, got {got}")
+        return torch.cat((x, guide.to(x.dtype)), dim=1)
+
     def _with_level(self, x: torch.Tensor, level: float | torch.Tensor | None) -> torch.Tensor:
         if not self.config.level_channel:
             return x
@@ -230,11 +242,12 @@ class MWCNN(nn.Module):
             lv = lv.reshape(-1, 1, 1, 1).expand(n, 1, h, w)
         return torch.cat((x, lv), dim=1)
 
-    def forward(self, x: torch.Tensor, level: float | torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: float | torch.Tensor | None = None,
+                guide: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
             raise ValueError(f"MWCNN input must be a multiple of {SIZE_MULTIPLE}, got {h}×{w}")
-        inp = self._with_level(x, level)
+        inp = self._with_level(self._with_guide(x, guide), level)
         e1 = self.enc1(self.dwt(inp))
         e2 = self.enc2(self.dwt(e1))
         d2 = self.iwt(self.bottom(self.dwt(e2))).to(e2.dtype) + e2
@@ -289,6 +302,26 @@ def gray_from_colour(model: MWCNN) -> MWCNN:
         state[key] = state[key].unflatten(0, (4, colours)).mean(1)  # band-major outputs
     gray.load_state_dict(state, strict=True)
     return gray.train(model.training)
+
+
+def with_guides(model: MWCNN, guide_channels: int) -> MWCNN:
+    """``model`` with ``guide_channels`` extra inputs, computing exactly what it did.
+
+    The guides' weights in the first conv start at zero, so a fine-tune starts from the
+    model's own score and learns what the guides add (for colour planes: the luminance's edges).
+    """
+    cfg = model.config
+    if cfg.guide_channels:
+        raise ValueError(f"the model already takes {cfg.guide_channels} guide channels")
+    guided = MWCNN(replace(cfg, guide_channels=guide_channels)).to(next(model.parameters()).device)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = "enc1.0.weight"
+    w = state[first].unflatten(1, (4, -1))  # (out, band, channel [x…, level], 3, 3)
+    zeros = w.new_zeros(w.shape[0], 4, guide_channels, *w.shape[3:])
+    c = cfg.in_channels
+    state[first] = torch.cat([w[:, :, :c], zeros, w[:, :, c:]], dim=2).flatten(1, 2)
+    guided.load_state_dict(state, strict=True)
+    return guided.train(model.training)
 
 
 @torch.no_grad()

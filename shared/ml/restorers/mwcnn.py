@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from shared.ml.colour_planes import OPPONENT, ColourBasis, denoise_planes
 from shared.ml.imaging import is_gray
 from shared.ml.inference import LoadedNetwork, prepare_for_inference
 from shared.ml.models.mwcnn import (
+    MWCNN,
     SIZE_MULTIPLE,
     fold_batchnorm,
     level_from_quality,
@@ -26,93 +26,16 @@ from shared.ml.runtime import ModelRuntime
 DENOISE_WEIGHTS = "mwcnn-denoise.safetensors"
 #: Optional one-channel denoiser: a black-and-white photo goes through it when it is installed.
 DENOISE_GRAY_WEIGHTS = "mwcnn-denoise-gray.safetensors"
+#: Optional colour-plane denoiser: the gray network with three guide channels, fine-tuned to
+#: restore each opponent plane of a colour photo while it sees all three; colour photos go
+#: through it when it is installed.
+DENOISE_PLANES_WEIGHTS = "mwcnn-denoise-planes.safetensors"
 ARTIFACTS_WEIGHTS = "mwcnn-artifacts.safetensors"
 # Peak working memory per input pixel of a tile: 1.5× the largest peak-RSS growth measured by
 # benchmarks/tile_memory.py (2-core AMD EPYC, torch 2.13, 128² and 256² tiles): colour denoiser
 # 0.84 / 0.62 KiB fp32, 0.32 / 0.48 bf16; gray 0.78 / 0.69 fp32, 0.43 / 0.61 bf16.
 MWCNN_PIXEL_COST = 1280
 MWCNN_PIXEL_COST_BF16 = 1024
-
-
-# --------------------------------------------------------------------------- colour bases
-
-
-@dataclass(frozen=True)
-class ColourBasis:
-    """A linear map of RGB in [0, 1] onto three planes for the gray network (working in [0, 1]).
-
-    ``plane_c = Σ_k matrix[c][k]·rgb_k + offset[c]``. White Gaussian noise of σ in every RGB
-    channel becomes noise of σ·‖row c‖ in plane c (`noise_gains`); the planes' noise is
-    independent when the rows are orthogonal (the opponent basis, RGB), not for YCbCr.
-    """
-
-    name: str
-    matrix: tuple[tuple[float, float, float], ...]
-    offset: tuple[float, float, float]
-
-    @property
-    def noise_gains(self) -> tuple[float, ...]:
-        return tuple(math.sqrt(sum(v * v for v in row)) for row in self.matrix)
-
-    @property
-    def inverse(self) -> tuple[tuple[float, ...], ...]:
-        inv = np.linalg.inv(np.array(self.matrix, dtype=np.float64))
-        return tuple(tuple(float(v) for v in row) for row in inv)
-
-    def to_planes(self, rgb: torch.Tensor) -> torch.Tensor:
-        """N×3×H×W RGB → N×3×H×W planes (elementwise in fp32: autocast leaves it alone)."""
-        return _mix(rgb, self.matrix, self.offset)
-
-    def to_rgb(self, planes: torch.Tensor) -> torch.Tensor:
-        inv = self.inverse
-        shifted = torch.stack([planes[:, c] - self.offset[c] for c in range(3)], dim=1)
-        return _mix(shifted, inv, (0.0, 0.0, 0.0))
-
-
-def _mix(x: torch.Tensor, matrix: tuple[tuple[float, ...], ...],
-         offset: tuple[float, ...]) -> torch.Tensor:
-    x = x.float()
-    return torch.stack(
-        [x[:, 0] * row[0] + x[:, 1] * row[1] + x[:, 2] * row[2] + off
-         for row, off in zip(matrix, offset, strict=True)],
-        dim=1,
-    )
-
-
-_S3, _S2, _S6 = math.sqrt(3.0), math.sqrt(2.0), math.sqrt(6.0)
-#: The orthonormal opponent transform (CBM3D's decorrelating basis, made orthonormal): i.i.d.
-#: noise of σ per RGB channel stays i.i.d. σ per opponent channel.
-OPPONENT_ORTHONORMAL = (
-    (1 / _S3, 1 / _S3, 1 / _S3),
-    (1 / _S2, 0.0, -1 / _S2),
-    (1 / _S6, -2 / _S6, 1 / _S6),
-)
-#: The opponent planes the gray network denoises: luminance = the orthonormal row ÷ √3 (the mean
-#: of R, G, B, in [0, 1]; its σ ÷ √3), the two orthonormal chroma rows as they are, shifted by
-#: 0.5 (σ kept). Chroma sits near 0.5 in photos; only strongly saturated colours leave [0, 1]
-#: (pure red/blue: 0.5 ± 0.707; green/magenta: 0.5 ± 0.816), as unclipped noise does anyway.
-OPPONENT = ColourBasis(
-    "opponent",
-    ((1 / 3, 1 / 3, 1 / 3), OPPONENT_ORTHONORMAL[1], OPPONENT_ORTHONORMAL[2]),
-    (0.0, 0.5, 0.5),
-)
-#: The same with the chroma planes also scaled onto exactly [0, 1] (÷√2 and ÷(4/√6), and their
-#: σ with them: 0.707σ, 0.612σ). Measured 0.00–0.08 dB below OPPONENT (docs/training.md).
-OPPONENT_FITTED = ColourBasis(
-    "opponent-fitted",
-    ((1 / 3, 1 / 3, 1 / 3), (1 / 2, 0.0, -1 / 2), (1 / 4, -1 / 2, 1 / 4)),
-    (0.0, 0.5, 0.5),
-)
-#: JPEG's full-range YCbCr (BT.601): planes in [0, 1], but the noise is correlated across them.
-YCBCR = ColourBasis(
-    "ycbcr",
-    ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312)),
-    (0.0, 0.5, 0.5),
-)
-#: Each RGB channel on its own.
-RGB = ColourBasis("rgb", ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), (0.0, 0.0, 0.0))
-#: The bases the colour path can use (the benchmark's ``--models colour-bases`` scores each).
-COLOUR_BASES = (OPPONENT, OPPONENT_FITTED, YCBCR, RGB)
 
 
 # --------------------------------------------------------------------------- running
@@ -161,22 +84,20 @@ def denoise_colour_planes(runtime: ModelRuntime, weights: str, image: np.ndarray
                           basis: ColourBasis, job: RestoreJob) -> np.ndarray:
     """A colour image through the one-channel network `weights`, plane by plane in `basis`.
 
-    Each tile is mapped to the basis' three planes, each plane goes through the gray network
-    with its own noise level (σ times its gain), and the result is mapped back to RGB before
-    the one rounding to uint8 at the end. The planes run one after the other, so a tile needs
-    the gray network's working memory, not three times it (measured on a 768×512 photo, one
-    thread: 1.6 s, against 2.8 s for the three planes as one batch in tiles a third the size).
+    Each tile is mapped to the basis' three planes, each plane goes through the network with
+    its own noise level (σ times its gain) and, where the network takes guide channels, with all
+    three noisy planes beside it; the result is mapped back to RGB before the one rounding to
+    uint8 at the end (:func:`shared.ml.colour_planes.denoise_planes`; one plane at a time: on a
+    768×512 photo, one thread, 1.6 s against 2.8 s for the three as one batch).
     """
-    gray = load_network(runtime, weights)
-    levels = [level_from_sigma(sigma * gain) for gain in basis.noise_gains]
-    network = dataclasses.replace(gray, in_channels=3, weights_id=f"{gray.weights_id}+{basis.name}")
+    plane_net = load_network(runtime, weights)
+    assert isinstance(plane_net.module, MWCNN)
+    guided = plane_net.module.config.guide_channels > 0
+    network = dataclasses.replace(plane_net, in_channels=3,
+                                  weights_id=f"{plane_net.weights_id}+{basis.name}")
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        planes = basis.to_planes(batch)
-        out = [gray.module(planes[:, c:c + 1].contiguous(memory_format=torch.channels_last),
-                           level).float()
-               for c, level in enumerate(levels)]
-        return basis.to_rgb(torch.cat(out, dim=1))
+        return denoise_planes(plane_net.module, batch, sigma, basis, guided)
 
     return _run(runtime, network, image, forward, job)
 
@@ -205,20 +126,25 @@ def denoiser_for(runtime: ModelRuntime, image: np.ndarray) -> str:
     """The weights a denoise of ``image`` runs with.
 
     A gray image (one channel, or three equal ones) goes through the gray network where it is
-    installed: all of its width was trained on gray, where the colour network shares it. So does
-    a colour one, plane by plane in COLOUR_BASIS (unless that is None); without the gray
-    network, both go through the colour network.
+    installed: all of its width was trained on gray, where the colour network shares it. A
+    colour one goes plane by plane in COLOUR_BASIS (unless that is None) through the
+    colour-plane network, or else the gray network; without either, both go through the colour
+    network.
     """
     gray_installed = runtime.has_weights([DENOISE_GRAY_WEIGHTS])
-    if gray_installed and (is_gray(image) or COLOUR_BASIS is not None):
+    if is_gray(image):
+        return DENOISE_GRAY_WEIGHTS if gray_installed else DENOISE_WEIGHTS
+    if COLOUR_BASIS is not None and runtime.has_weights([DENOISE_PLANES_WEIGHTS]):
+        return DENOISE_PLANES_WEIGHTS
+    if COLOUR_BASIS is not None and gray_installed:
         return DENOISE_GRAY_WEIGHTS
     return DENOISE_WEIGHTS
 
 
 def load_denoisers(runtime: ModelRuntime) -> list[LoadedNetwork]:
-    """Load every network a denoise job may run here (the gray one where installed, which
-    serves colour photos too, and the colour one), so that no job pays for loading them."""
-    names = [DENOISE_GRAY_WEIGHTS, DENOISE_WEIGHTS]
+    """Load every network a denoise job may run here (the colour-plane and gray ones where
+    installed, and the colour one), so that no job pays for loading them."""
+    names = [DENOISE_PLANES_WEIGHTS, DENOISE_GRAY_WEIGHTS, DENOISE_WEIGHTS]
     return [load_network(runtime, n) for n in names if runtime.has_weights([n])]
 
 
@@ -238,7 +164,7 @@ def denoise(runtime: ModelRuntime, job: RestoreJob) -> Restored:
         out = denoise_colour_planes(runtime, weights, image, sigma, COLOUR_BASIS, job)
     details: dict[str, object] = {"sigma": round(sigma, 2),
                                   "weights_sha256": runtime.weights_sha256(weights)}
-    if weights == DENOISE_GRAY_WEIGHTS and not is_gray(image):
+    if weights != DENOISE_WEIGHTS and not is_gray(image):
         details["colour_planes"] = COLOUR_BASIS.name if COLOUR_BASIS else None
     return Restored(out, details)
 
