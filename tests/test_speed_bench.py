@@ -1,0 +1,118 @@
+"""The speed benchmark's helpers: export cache keys, padding, the interleaving, the summary line
+and one contender's worker process (no weights, no shared data)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import speed
+from benchmarks.speed_contenders import Network, Spec, Worker, pad_to_multiple, peak_rss_bytes
+from benchmarks.speed_graphs import export_key
+from shared.ml import registry
+from shared.ml.tiling import pad_to_multiple as torch_pad_to_multiple
+
+NET = Network("mwcnn-denoise", "MWCNN", "denoise", "mwcnn", "mwcnn", Path("w.safetensors"),
+              multiple=8, levels=(25 / 255,))
+SHA = "ab" * 32
+
+
+def test_export_key_names_the_weights_and_changes_with_what_shapes_the_export() -> None:
+    key = export_key(NET, SHA, "onnx", {"torch": "2.13.0", "opset": "17"})
+    assert key == export_key(NET, SHA, "onnx", {"opset": "17", "torch": "2.13.0"})
+    assert key.startswith(f"mwcnn-denoise-{SHA[:16]}-")
+    assert all(c.isalnum() or c == "-" for c in key)
+    others = {
+        export_key(NET, "cd" * 32, "onnx", {"torch": "2.13.0", "opset": "17"}),
+        export_key(dataclasses.replace(NET, levels=(15 / 255,)), SHA, "onnx",
+                   {"torch": "2.13.0", "opset": "17"}),
+        export_key(NET, SHA, "ncnn", {"torch": "2.13.0", "opset": "17"}),
+        export_key(NET, SHA, "onnx", {"torch": "2.14.0", "opset": "17"}),
+    }
+    assert key not in others and len(others) == 4
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 21, 30), (1, 1, 3, 5), (1, 3, 16, 8)])
+def test_padding_matches_the_tiler(shape: tuple[int, ...]) -> None:
+    """Reflect where the side allows it, else replicate: what every network input gets."""
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    ours = pad_to_multiple(x, 8)
+    theirs = torch_pad_to_multiple(torch.from_numpy(x), 8).numpy()
+    assert ours.shape == theirs.shape and ours.shape[2] % 8 == 0 and ours.shape[3] % 8 == 0
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_rounds_rotate_the_first_contender() -> None:
+    names = ["eager", "onnxruntime", "restora"]
+    assert speed.rotated(names, 0) == names
+    assert speed.rotated(names, 1) == ["onnxruntime", "restora", "eager"]
+    assert speed.rotated(names, 3) == names
+    assert speed.rotated([], 2) == []
+
+
+def test_inputs_are_deterministic_and_shaped_per_task() -> None:
+    for task in speed.TASK_OPTIONS:
+        image, mask = speed.bench_input(task, 32)
+        again, _ = speed.bench_input(task, 32)
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+        np.testing.assert_array_equal(image, again)
+        assert (mask is not None) == (task == "inpaint")
+    _, mask = speed.bench_input("inpaint", 32)
+    assert mask is not None and mask.sum() == 16 * 16 and mask[8:24, 8:24].all()
+
+
+def _row(network: str, contender: str, size: int, seconds: float, psnr: float | None,
+         ) -> speed.Row:
+    return speed.Row(network, contender, contender, size, (seconds, seconds * 2, seconds / 2),
+                     output_pixels=2_000_000, peak_rss=2**20, psnr=psnr)
+
+
+def test_a_row_counts_only_within_50_db_of_eager() -> None:
+    row = _row("n", "onnxruntime", 64, 1.0, 50.0)
+    assert row.seconds == 1.0 and row.megapixels_per_second == 2.0 and row.counts
+    assert not dataclasses.replace(row, psnr=49.9).counts
+    assert not dataclasses.replace(row, psnr=None).counts
+    assert not speed.Row("n", "ncnn", "ncnn", 64, note="no ncnn form").counts
+
+
+def test_summary_names_the_smallest_speedup_and_the_fastest_counted_rows() -> None:
+    rows = [
+        _row("A", "eager", 64, 1.0, math.inf), _row("A", "restora", 64, 0.5, 60.0),
+        _row("A", "onnxruntime", 64, 0.4, 49.0),  # faster but below 50 dB: does not count
+        _row("A", "classic", 64, 0.01, 30.0),
+        _row("A", "eager", 128, 4.0, math.inf), _row("A", "restora", 128, 2.5, 60.0),
+        _row("B", "eager", 64, 3.0, math.inf), _row("B", "restora", 64, 2.0, 55.0),
+        _row("B", "ncnn", 64, 1.0, 90.0),
+        _row("C", "eager", 64, 1.0, math.inf), _row("C", "restora", 64, 0.1, 40.0),
+    ]
+    line = speed.summarize(rows)
+    assert line.startswith("smallest Restora speedup over eager: 1.50× (B, 64²)")
+    assert "A: Restora fastest at every size" in line
+    assert "B: not fastest: 64²: ncnn (2.00× faster than Restora)" in line
+    assert "C: not fastest: 64²: Restora below 50 dB" in line
+    table = "\n".join(speed.format_network("B", [*rows[6:9], speed.Row(
+        "B", "onnxruntime", "ONNX Runtime CPU", 64, note="not installed")]))
+    assert "n/a: not installed" in table and "ref" in table and "90.0 ≥50" in table
+
+
+def test_a_contender_serves_rounds_from_its_own_process() -> None:
+    """The classic bicubic contender through the worker protocol: output, time, peak RSS."""
+    network = dataclasses.replace(NET, task="superres", model="classic", graph="rrdbnet",
+                                  scale=4, options={"scale": 4})
+    worker = Worker(Spec("classic", network, 1, registry.SHIPPED_WEIGHTS_DIR))
+    try:
+        image = np.zeros((8, 12, 3), np.uint8)
+        assert isinstance(worker.reset_peak(), bool)
+        first = worker.run(image, None, keep=True)
+        assert first.output is not None and first.output.shape == (32, 48, 3)
+        timed = worker.run(image, None)
+        assert timed.output is None and timed.output_shape == (32, 48, 3)
+        assert timed.seconds > 0 and timed.peak_rss > 0
+    finally:
+        worker.close()
+    assert peak_rss_bytes() > 0
