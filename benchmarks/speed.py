@@ -1,8 +1,10 @@
 """Inference speed: Restora's path against the plain reference way of running the same network.
 
-`python -m benchmarks.speed --task denoise [--sizes 256,512] [--repeats 3] [--json PATH]`
+`python -m benchmarks.speed --task denoise [--sizes 256,512] [--repeats 3] [--threads N]
+[--cpu-time] [--json PATH]`
 
-Rows, from the registry, for the task's installed network and its classic method:
+Rows, from the registry, for each installed network of the task (named by its model) and its
+classic method:
 - `reference`: what the papers' test scripts do: the whole image in one eager fp32 NCHW call
   under `torch.no_grad()`;
 - `restora`: the service's path: `inference_mode`, channels-last, the shared tiler with
@@ -39,16 +41,18 @@ TASK_OPTIONS: dict[str, dict[str, object]] = {
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+NAME_WIDTH = 62  # "realesrgan: restora (tiled, channels-last, inference_mode)"
 
 
 def _eager_network(
-    runtime: ModelRuntime, task: str
+    runtime: ModelRuntime, task: str, model: str
 ) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], Forward], int]:
-    """The task's loaded network, how to call a module like it, and its size multiple."""
+    """`model`'s loaded network, how to call a module like it, and its size multiple."""
     if task == "superres":
-        from shared.ml.restorers import esrgan
+        from shared.ml.restorers import esrgan, realesrgan
 
-        return esrgan.load_network(runtime).module, lambda m: m, 1
+        loader = realesrgan.load_network if model == "realesrgan" else esrgan.load_network
+        return loader(runtime).module, lambda m: m, 1
     from shared.ml.models.mwcnn import level_from_quality, level_from_sigma
     from shared.ml.restorers import mwcnn
 
@@ -75,8 +79,9 @@ def _through_registry(runtime: ModelRuntime, task: str, model: str) -> Runner:
 
 
 def runners(task: str) -> dict[str, Runner]:
-    """Rows for `task`: its installed network (eager reference and Restora's path) and its
-    classic method, all from the registry."""
+    """Rows for `task`: each installed network (eager reference and Restora's path, named by
+    the model: superres has realesrgan's 23 × 64 RRDBNet and esrgan's 4 × 32) and its classic
+    method, all from the registry."""
     if task not in TASK_OPTIONS:
         raise SystemExit(f"no speed benchmark for {task!r} yet")
     runtime = ModelRuntime(registry.SHIPPED_WEIGHTS_DIR, torch.device("cpu"))
@@ -87,11 +92,12 @@ def runners(task: str) -> dict[str, Runner]:
         if not entry.weights:
             rows[f"classic ({entry.description})"] = _through_registry(runtime, task, entry.name)
             continue
-        module, forward_of, multiple = _eager_network(runtime, task)
+        module, forward_of, multiple = _eager_network(runtime, task, entry.name)
         plain = prepare_plain(module)
-        rows["reference (eager fp32 NCHW, whole image)"] = _reference(forward_of(plain), multiple)
-        rows["restora (tiled, channels-last, inference_mode)"] = _through_registry(
-            runtime, task, entry.name)
+        rows[f"{entry.name}: reference (eager fp32 NCHW, whole image)"] = _reference(
+            forward_of(plain), multiple)
+        rows[f"{entry.name}: restora (tiled, channels-last, inference_mode)"] = (
+            _through_registry(runtime, task, entry.name))
     return rows
 
 
@@ -103,13 +109,15 @@ def prepare_plain(model: torch.nn.Module) -> torch.nn.Module:
     return plain.to(memory_format=torch.contiguous_format)
 
 
-def time_runner(run: Runner, image: np.ndarray, repeats: int) -> float:
+def time_runner(
+    run: Runner, image: np.ndarray, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
     run(image)  # warm-up: allocator, oneDNN primitive cache
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         run(image)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -120,7 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="CPU seconds of this process instead of wall-clock ones: with --threads 1, what "
+        "the work costs even on a machine busy with other jobs (e.g. the registry's costs)",
+    )
     args = parser.parse_args(argv)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     rng = np.random.default_rng(0)
@@ -128,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     preload = os.environ.get("LD_PRELOAD", "") or "none"
     print(
         f"task={args.task} cpu={accel.cpu_model()} threads={args.threads} "
-        f"native_bf16={accel.cpu_has_native_bf16()} LD_PRELOAD={preload}"
+        f"native_bf16={accel.cpu_has_native_bf16()} LD_PRELOAD={preload} "
+        f"clock={'cpu' if args.cpu_time else 'wall'}"
     )
-    header = f"{'method':<48}" + "".join(f"{f'{s}×{s} (s)':>14}" for s in sizes)
+    header = f"{'method':<{NAME_WIDTH}}" + "".join(f"{f'{s}×{s} (s)':>14}" for s in sizes)
     print(header)
     print("-" * len(header))
     results: dict[str, dict[str, float]] = {}
@@ -138,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         row = {}
         for size in sizes:
             image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            row[str(size)] = time_runner(run, image, args.repeats)
+            row[str(size)] = time_runner(run, image, args.repeats, clock)
         results[name] = row
-        print(f"{name:<48}" + "".join(f"{row[str(s)]:>14.3f}" for s in sizes))
+        print(f"{name:<{NAME_WIDTH}}" + "".join(f"{row[str(s)]:>14.3f}" for s in sizes))
     if args.json:
-        args.json.write_text(json.dumps({"task": args.task, "preload": preload, "rows": results}))
+        args.json.write_text(json.dumps({"task": args.task, "preload": preload,
+                                         "threads": args.threads, "cpu_time": args.cpu_time,
+                                         "rows": results}))
     return 0
 
 
