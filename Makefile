@@ -63,7 +63,7 @@ test: venv x4plus-weights system-deps ## Lint, then the whole test suite (starts
 run: venv x4plus-weights ## Start everything on one machine: http://127.0.0.1:8080 (RESTORA_PORT changes it)
 	$(BIN)/python -m services.embedded
 
-bench-quality: venv ## Quality benchmark for TASK=denoise|artifacts|superres|inpaint
+bench-quality: venv ## Quality benchmark for TASK=denoise|artifacts|superres|superres-real|inpaint
 	$(BIN)/python -m benchmarks.quality --task $(TASK) $(BENCH_ARGS)
 
 bench-speed: venv x4plus-weights $(BENCH_STAMP) ## Speed vs eager, ONNX Runtime, ncnn: TASK=denoise|artifacts|superres|inpaint|all

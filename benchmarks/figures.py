@@ -1,12 +1,15 @@
-"""The README's picture of results: one row per task, degraded | classic | ours | original.
+"""The README's pictures of results: one row per case, degraded | classic | ours | original.
 
-    python -m benchmarks.figures --out docs/images/results.png
+    python -m benchmarks.figures                        # docs/images/results.png, every task
+    python -m benchmarks.figures --figure superres-real  # docs/images/superres-real.webp
 
 Made from scikit-image's bundled photos (free to ship, unlike the benchmark sets) through the
 same pure functions the services call, with the weights in ``weights/``. Each tile is a crop
 shown at 2× (nearest neighbour, so the pixels are the output's own) with its PSNR against the
 original. A task whose network has no shipped weights shows its classic method twice, labelled
-so, rather than a made-up picture.
+so, rather than a made-up picture. ``superres-real`` is one photo degraded as the realistic SR
+benchmark degrades Kodak24 (``benchmarks.tasks.superres_real``: blur, ×4, noise, JPEG, seeded),
+then bicubic, our GAN-stage weights and Real-ESRGAN x4plus.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 from skimage import data
 
 from benchmarks.metrics import psnr, to_uint8
+from benchmarks.tasks import superres_real
 from benchmarks.tasks.common import restore, runtime
 from shared.ml import registry
 from training.degradations import add_gaussian_noise, jpeg_compress
@@ -50,6 +55,8 @@ class Example:
     ours: Callable[[np.ndarray], np.ndarray]
     labels: tuple[str, str, str]  # degraded, classic, ours
     shown_degraded: Callable[[np.ndarray], np.ndarray] = lambda x: x  # e.g. upsample LR
+    # further scored methods, shown between ours and the original: (label, method)
+    others: tuple[tuple[str, Callable[[np.ndarray], np.ndarray]], ...] = ()
 
 
 def _noisy(image: np.ndarray) -> np.ndarray:
@@ -105,6 +112,36 @@ def examples() -> list[Example]:
     ]
 
 
+# The realistic-input SR figure: the astronaut's 512² (the benchmark's HR size) and a seed whose
+# draw is mid-range: blur σ 1.0, noise σ 5.3, JPEG Q82 (superres_real.drawn says so). The crop is
+# the helmet's rim, collar and badge: edges, fabric and lettering.
+SUPERRES_REAL_SEED = 8
+
+
+def superres_real_examples() -> list[Example]:
+    """One row: a phone-like input (blur, ×4, noise, JPEG) through bicubic, ours, x4plus."""
+    original = data.astronaut()
+    installed = registry.models_for("superres", runtime().weights_dir)
+    others: tuple[tuple[str, Callable[[np.ndarray], np.ndarray]], ...] = ()
+    if "realesrgan" in installed:
+        others = (("Real-ESRGAN x4plus", lambda x: restore("superres", "realesrgan", x, scale=4)),)
+    return [
+        Example(f"4x super-resolution, realistic input: {superres_real.drawn(SUPERRES_REAL_SEED)}",
+                original,
+                (slice(230, 358), slice(180, 308)),
+                lambda x: superres_real.realistic_lr(x, SUPERRES_REAL_SEED),
+                lambda x: restore("superres", "classic", x, scale=4),
+                lambda x: restore("superres", "esrgan", x, scale=4, strength=1.0),
+                ("input (x4 nearest)", "bicubic", "ours, GAN stage"), _nearest_x4, others),
+    ]
+
+
+FIGURES: dict[str, tuple[Callable[[], list[Example]], Path]] = {
+    "results": (examples, Path("docs/images/results.png")),
+    "superres-real": (superres_real_examples, Path("docs/images/superres-real.webp")),
+}
+
+
 def panels(example: Example) -> list[Panel]:
     degraded = example.degrade(example.original)
     classic, ours = example.classic(degraded), example.ours(degraded)
@@ -118,6 +155,7 @@ def panels(example: Example) -> list[Panel]:
         Panel(degraded_label, example.shown_degraded(degraded)[crop]),
         scored(classic_label, classic),
         scored(ours_label, ours),
+        *(scored(label, method(degraded)) for label, method in example.others),
         Panel("original", example.original[crop]),
     ]
 
@@ -152,15 +190,31 @@ def figure(rows: list[tuple[str, list[Panel]]]) -> Image.Image:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("docs/images/results.png"))
+    parser.add_argument("--figure", choices=sorted(FIGURES), default="results")
+    parser.add_argument("--out", type=Path, help="default: docs/images/<the figure's file>")
     args = parser.parse_args(argv)
-    rows = [(example.task, panels(example)) for example in examples()]
+    make_examples, default_out = FIGURES[args.figure]
+    out: Path = args.out or default_out
+    rows = [(example.task, panels(example)) for example in make_examples()]
     for title, row in rows:
         print(f"{title:22s} " + " | ".join(p.label for p in row))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure(rows).save(args.out, optimize=True)
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(figure(rows), out)
+    print(f"wrote {out} ({out.stat().st_size // 1024} KiB)")
     return 0
+
+
+# WebP/JPEG at a quality that keeps a README picture small; PNG losslessly.
+SAVE_OPTIONS: dict[str, dict[str, Any]] = {
+    ".webp": {"quality": 88, "method": 6},
+    ".jpg": {"quality": 88, "optimize": True},
+    ".jpeg": {"quality": 88, "optimize": True},
+    ".png": {"optimize": True},
+}
+
+
+def save(picture: Image.Image, path: Path) -> None:
+    picture.save(path, **SAVE_OPTIONS.get(path.suffix.lower(), {}))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ under (e.g. "BSD68 σ25"). A *row* is a method (or the degraded input, a paper's
 or a calibration instrument). Every row runs on every case of its columns; scores are averaged
 per column. Rows with a ``version`` are cached per image in ``benchmarks/cache/<task>.json``
 under the key (column, row key, row version, metrics version), so slow classic methods (BM3D)
-are computed once; rows of our own models are never cached (their weights change).
+are computed once; rows of our own models are not cached (their weights change) unless their
+version names the weights (``superres-real`` does: its rows are keyed by the weights' sha256).
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ _FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.2f}%"}
 def format_value(metric: str, value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    base = metric.removeprefix("hole_")
+    base = metric.removeprefix("hole_").removeprefix("rgb_")
     if base == "l1":
         value *= 100.0  # shown as a percentage of the 0–255 range
     return _FORMATS.get(base, "{:.4f}").format(value)

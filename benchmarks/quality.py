@@ -1,7 +1,7 @@
 """Quality benchmark: PSNR/SSIM (and L1 for inpainting) of the degraded input, the classic method,
 each of our models, the papers' published values and calibration rows, as one table.
 
-    python -m benchmarks.quality --task denoise|artifacts|superres|inpaint
+    python -m benchmarks.quality --task denoise|artifacts|superres|superres-real|inpaint
         [--data ../shared/data] [--json PATH] [--models classic,mwcnn,...] [--limit N]
         [--only "BSD68 σ25,Set12 σ25"] [--rows KEY,...] [--no-cache | --cache-only]
         [--cache-dir DIR] [--grid PATH] [--threads N] [--slow-limit N] [--quiet]
@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks import harness
-from benchmarks.tasks import artifacts, denoise, inpaint, superres
+from benchmarks.tasks import artifacts, denoise, inpaint, superres, superres_real
 from benchmarks.tasks.common import (
     CALIBRATION_TOLERANCE,
     DEFAULT_DATA,
@@ -42,6 +42,7 @@ TASKS = {
     "denoise": denoise.build,
     "artifacts": artifacts.build,
     "superres": superres.build,
+    "superres-real": superres_real.build,
     "inpaint": inpaint.build,
 }
 CACHE_DIR = Path(__file__).resolve().parent / "cache"

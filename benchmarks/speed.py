@@ -279,13 +279,13 @@ def _files(plan: Plan, contender: str, cache_dir: Path) -> tuple[Path, ...]:
 
 
 def start_workers(plan: Plan, threads: int, weights_dir: Path, cache_dir: Path,
-                  notes: dict[str, str]) -> dict[str, Worker]:
+                  notes: dict[str, str], cpu_time: bool = False) -> dict[str, Worker]:
     """One warm worker per contender; a contender that cannot start gets a note instead."""
     workers: dict[str, Worker] = {}
     for contender in plan.contenders:
         try:
             files = _files(plan, contender, cache_dir)
-            spec = Spec(contender, plan.network, threads, weights_dir, files)
+            spec = Spec(contender, plan.network, threads, weights_dir, files, cpu_time)
             workers[contender] = Worker(spec)
         except (WorkerError, OSError, RuntimeError, ValueError) as err:
             notes[contender] = f"failed to start: {err}"
@@ -358,10 +358,10 @@ def size_rows(plan: Plan, size: int, tallies: dict[str, Tally], notes: dict[str,
 
 
 def measure(plan: Plan, sizes: Sequence[int], repeats: int, threads: int, weights_dir: Path,
-            cache_dir: Path) -> list[Row]:
+            cache_dir: Path, cpu_time: bool = False) -> list[Row]:
     """Every contender of `plan` at every size, each in its own warm worker."""
     notes: dict[str, str] = {}
-    workers = start_workers(plan, threads, weights_dir, cache_dir, notes)
+    workers = start_workers(plan, threads, weights_dir, cache_dir, notes, cpu_time)
     rows: list[Row] = []
     try:
         for size in sizes:
@@ -519,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                         help="where exports are kept (onnx/, ncnn/)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="CPU seconds of each worker instead of wall-clock ones: with "
+                             "--threads 1, what the work costs on a machine busy with other jobs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # this process only exports; the workers measure
     wanted = _contenders(args.contenders)
@@ -526,14 +529,15 @@ def main(argv: list[str] | None = None) -> int:
     preload = os.environ.get("LD_PRELOAD", "") or "none"
     print(f"cpu={accel.cpu_model()} threads={args.threads} "
           f"native_bf16={accel.cpu_has_native_bf16()} LD_PRELOAD={preload} "
-          f"repeats={args.repeats} torch={torch.__version__}", flush=True)
+          f"repeats={args.repeats} torch={torch.__version__} "
+          f"clock={'cpu' if args.cpu_time else 'wall'}", flush=True)
     rows: list[Row] = []
     for task in _tasks(args.task):
         sizes = [int(s) for s in (args.sizes or DEFAULT_SIZES.get(task, FALLBACK_SIZES))
                  .split(",")]
         for plan in plans(task, runtime, wanted):
             measured = measure(plan, sizes, args.repeats, args.threads, runtime.weights_dir,
-                               args.cache_dir)
+                               args.cache_dir, args.cpu_time)
             print("\n".join(format_network(plan.network.label, measured)), flush=True)
             rows += measured
     summary = summarize(rows)

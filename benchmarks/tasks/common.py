@@ -60,6 +60,13 @@ def read_image(path: Path, mode: str | None = None) -> np.ndarray:
         return np.asarray(img).copy()
 
 
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central `size`×`size` pixels (top/left rounded down)."""
+    h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top : top + size, left : left + size]
+
+
 def list_images(folder: Path, limit: int | None, pattern: str = "*.png") -> list[Path]:
     files = sorted(folder.glob(pattern))
     if not files:

@@ -39,6 +39,7 @@ from benchmarks.metrics import inpaint_scores, to_uint8
 from benchmarks.tasks.common import (
     Options,
     Setup,
+    centre_crop,
     ensemble_choices,
     ensemble_label,
     include_classic,
@@ -72,12 +73,6 @@ def band_masks(options: Options) -> dict[str, list[Path]]:
         column: sorted(folder / r["file"] for r in index if r["nominal_ratio_bin"] == band)
         for band, column in BANDS.items()
     }
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[top : top + size, left : left + size]
 
 
 def _with_hole(gt: np.ndarray, mask: np.ndarray) -> Sample:

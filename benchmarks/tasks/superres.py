@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,34 +112,46 @@ def _rcan(folder: Path, sample: Sample) -> np.ndarray:
     return read_image(folder / sample["set"] / f"{sample['stem']}_RCAN_x{SCALE}.png", "RGB")
 
 
-def model_rows(options: Options) -> list[Row]:
+#: A row's cache version from its restorer and strength (None: the row is not cached).
+VersionFn = Callable[[registry.Restorer, float | None], str | None]
+
+
+def _strengths(entry: registry.Restorer) -> tuple[tuple[float | None, str], ...]:
+    """PSNR weights at 0 and GAN weights at 1 where `entry` blends them; else no strength.
+    Without shipped GAN weights strength is ignored: one row, not two equal ones."""
+    if not entry.strength_weights:
+        return ((None, ""),)
+    if entry.offers_strength(runtime().weights_dir):
+        return ((0.0, "PSNR"), (1.0, "GAN"))
+    return ((0.0, "PSNR"),)
+
+
+def model_rows(options: Options, version_of: VersionFn | None = None) -> list[Row]:
+    """Our networks' rows (ESRGAN at strength 0 and 1 where the GAN weights are shipped; the
+    x8 rows with ``--ensemble``); with `version_of`, each row is cached under the version it
+    returns (e.g. from its weights' hashes)."""
     rows = []
     for model in our_models("superres", options):
-        limit = model_limits(model, options, frozenset({column_name(SETS[0])}))
         entry = registry.find("superres", model)
-        if entry is not None and entry.strength_weights:  # PSNR weights at 0, GAN weights at 1
-            # Without shipped GAN weights strength is ignored: one row, not two equal ones.
-            gan_shipped = entry.offers_strength(runtime().weights_dir)
-            strengths = ((0.0, "PSNR"), (1.0, "GAN")) if gan_shipped else ((0.0, "PSNR"),)
-            for (strength, tag), ensemble in itertools.product(
-                strengths, ensemble_choices("superres", model, options)
-            ):
-                label = ensemble_label(ensemble)
-                rows.append(
-                    Row(
-                        f"{model} strength={strength:g} ({tag}){label}",
-                        f"{model}@{strength:g}{label}",
-                        functools.partial(_ours, model, strength, ensemble=ensemble),
-                        **limit,
-                        kind="model",
-                    )
-                )
-        else:
+        if entry is None:
+            continue
+        limit = model_limits(model, options, frozenset({column_name(SETS[0])}))
+        strengths = _strengths(entry)
+        # realesrgan (no strength) keeps one row: its x8 costs 8 × x4plus on every image.
+        ensembles = ensemble_choices("superres", model, options) if entry.strength_weights else (
+            False,)
+        for (strength, tag), ensemble in itertools.product(strengths, ensembles):
+            label = ensemble_label(ensemble)
+            name, key = model, model
+            if strength is not None:
+                name, key = f"{model} strength={strength:g} ({tag})", f"{model}@{strength:g}"
+            if version_of is not None:
+                limit = {**limit, "version": version_of(entry, strength)}
             rows.append(
                 Row(
-                    model,
-                    model,
-                    functools.partial(_ours, model, None),
+                    name + label,
+                    key + label,
+                    functools.partial(_ours, model, strength, ensemble=ensemble),
                     **limit,
                     kind="model",
                 )

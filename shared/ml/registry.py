@@ -187,12 +187,18 @@ RESTORERS: tuple[Restorer, ...] = (
     # Real-ESRGAN's official x4plus weights lead where converted (shared/ml/convert_x4plus.py):
     # trained on blur, noise and JPEG, they serve a typical phone photo best (sharp and clean),
     # which is what users come for. The PSNR table (README) still ranks faithful upscaling of a
-    # bicubic downscale, where `esrgan` scores higher: pick it for that.
+    # bicubic downscale, where `esrgan` scores higher: pick it for that. On realistic inputs
+    # (`benchmarks.quality --task superres-real`) x4plus has the best SSIM, `esrgan` strength=1
+    # the best PSNR.
     Restorer("superres", "realesrgan", "Real-ESRGAN x4plus (official weights, BSD-3-Clause)",
              _realesrgan_upscale, (x4plus.WEIGHTS,), ensemble=True, load=_load_realesrgan,
              check=x4plus.unavailable_reason,
-             # 23 blocks × 64 features: about 11× the compute of the shipped 4 × 32 (measured).
-             cost_per_megapixel=25.0),
+             # 23 blocks × 64 features: 8.9× the shipped 4 × 32's multiply-adds (17.9 M against
+             # 2.0 M per input pixel), about 7× its time. Measured through registry.restore, one
+             # thread, CPU seconds per output megapixel, 2-core bf16 EPYC: bf16 6.0 / 6.4 against
+             # 0.84 / 0.85 (128² / 256² inputs: 7.1× / 7.5×); fp32 11.4 / 13.7 against 1.6 / 2.0
+             # (6.9× / 6.8×); `benchmarks.speed --threads 1 --cpu-time` gave 6.6–8.6×. So 7 × 2.3.
+             cost_per_megapixel=16.0),
     Restorer("superres", "esrgan", "ESRGAN RRDBNet (Wang et al. 2018)", _esrgan_upscale,
              ("esrgan-psnr.safetensors",), ensemble=True,
              strength_weights="esrgan-gan.safetensors", load=_load_esrgan,
