@@ -112,6 +112,19 @@ def s3_server() -> Iterator[S3Endpoint]:
         yield server.endpoint
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The model runtime's cache (ONNX exports, backend decisions) in a folder of the session,
+    for runtimes built here and services started as processes: never the user's own cache."""
+    from shared.ml import backends
+
+    folder = tmp_path_factory.mktemp("restora-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RESTORA_CACHE_DIR", str(folder))
+        patch.setattr(backends, "default_cache_dir", lambda: folder)
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny convs gain nothing from threads; on a busy 2-core box two threads are ~10× slower.
