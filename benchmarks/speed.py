@@ -13,7 +13,9 @@ RRDBNet ×4 at 23 blocks × 64 features and at the shipped 4 × 32, the DeepFill
 - `ncnn`: ncnn's CPU runtime in fp32 where the network converts: RRDBNet (Real-ESRGAN's own
   x4plus files, the shipped one written in the same layout);
 - `restora`: the service's path: `registry.restore` (tiled, channels-last, `inference_mode`,
-  bf16 only where the CPU has it natively and it keeps ≥ 50 dB);
+  bf16 only where the CPU has it natively and it keeps ≥ 50 dB, on the backend RESTORA_BACKEND
+  picks: by default PyTorch or ONNX Runtime, whichever its load-time measurement found faster,
+  the decision kept under --cache-dir);
 - `classic`: the task's classic method (non-local means, bicubic, Telea fill), for scale.
 Each contender runs in its own warm process (benchmarks/speed_contenders.py). At every size each
 runs once to warm up, which is also the output compared with eager's (PSNR); then --repeats
@@ -285,7 +287,8 @@ def start_workers(plan: Plan, threads: int, weights_dir: Path, cache_dir: Path,
     for contender in plan.contenders:
         try:
             files = _files(plan, contender, cache_dir)
-            spec = Spec(contender, plan.network, threads, weights_dir, files, cpu_time)
+            spec = Spec(contender, plan.network, threads, weights_dir, files, cache_dir,
+                        cpu_time)
             workers[contender] = Worker(spec)
         except (WorkerError, OSError, RuntimeError, ValueError) as err:
             notes[contender] = f"failed to start: {err}"

@@ -76,6 +76,7 @@ class Spec:
     threads: int
     weights_dir: Path
     files: tuple[Path, ...] = ()  # the ONNX file, or ncnn's .param and .bin
+    cache_dir: Path | None = None  # Restora's runtime: its exports and backend decisions
     # CPU seconds of the worker instead of wall-clock ones: with one thread, what the work
     # costs even on a machine busy with other jobs (how the registry's costs were set)
     cpu_time: bool = False
@@ -235,14 +236,18 @@ def ncnn_net(param: Path, weights: Path, threads: int) -> NetFn:
 
 
 def registry_runner(spec: Spec, model: str) -> Runner:
-    """`model` of the network's task through the registry, as a service worker runs it."""
+    """`model` of the network's task through the registry, as a service worker runs it: on
+    the backend the service's RESTORA_BACKEND (default `auto`) picks, measured at load."""
     import torch
 
     from shared.ml import registry
     from shared.ml.restorers.common import RestoreJob
     from shared.ml.runtime import ModelRuntime
+    from shared.platform.config import ModelRuntimeSettings, load_settings
 
-    runtime = ModelRuntime(spec.weights_dir, torch.device("cpu"), threads=spec.threads)
+    runtime = ModelRuntime(spec.weights_dir, torch.device("cpu"), threads=spec.threads,
+                           backend=load_settings(ModelRuntimeSettings).backend,
+                           cache_dir=spec.cache_dir)
     task, options = spec.network.task, spec.network.options
 
     def run(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -112,6 +112,22 @@ def s3_server() -> Iterator[S3Endpoint]:
         yield server.endpoint
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The model runtime's cache (ONNX exports, backend decisions) in a folder of the session,
+    for runtimes built here and services started as processes: never the user's own cache."""
+    from shared.ml import backends
+
+    folder = tmp_path_factory.mktemp("restora-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RESTORA_CACHE_DIR", str(folder))
+        # Services started by the tests run PyTorch: `auto` times every network at worker start
+        # (tens of seconds for x4plus), which tests/test_backends.py covers on tiny networks.
+        patch.setenv("RESTORA_BACKEND", "torch")
+        patch.setattr(backends, "default_cache_dir", lambda: folder)
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny convs gain nothing from threads; on a busy 2-core box two threads are ~10× slower.

@@ -2,7 +2,8 @@
 
 Precision policy: bf16 autocast is used only where :func:`shared.ml.accel.use_bf16` says the
 hardware does it natively *and* the model's bf16 output matches its fp32 output at
->= 50 dB PSNR on a probe image (:func:`precision_for`). Everything else runs fp32.
+>= 50 dB PSNR on a probe image (:func:`precision_for`). Everything else runs fp32. A network
+the backend choice put on ONNX Runtime (:mod:`shared.ml.backends`) runs fp32 there.
 """
 
 from __future__ import annotations
@@ -303,9 +304,25 @@ class LoadedNetwork:
     multiple: int = 1
     pixel_cost: int = DEFAULT_PIXEL_COST  # tile working memory per input pixel, fp32
     pixel_cost_bf16: int | None = None  # the same under bf16 autocast (None: as fp32)
+    # The network's ONNX Runtime session where the backend choice at load took it
+    # (shared.ml.backends), called like `module`; None: PyTorch runs the tiles.
+    ort: Callable[..., torch.Tensor] | None = None
+    pixel_cost_ort: int | None = None  # tile working memory per input pixel on it
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.ort is None else "onnxruntime"
+
+    @property
+    def net(self) -> Callable[..., torch.Tensor]:
+        """What runs a tile, called as the module is: the ONNX Runtime session where it was
+        chosen, else the module. Restorers' forward closures call this, never `module`."""
+        return self.module if self.ort is None else self.ort
 
     def cost_per_pixel(self, bf16: bool) -> int:
         """Bytes per input pixel of a tile the tiler budgets for, at the precision it runs."""
+        if self.ort is not None:
+            return self.pixel_cost_ort or self.pixel_cost
         return self.pixel_cost_bf16 if bf16 and self.pixel_cost_bf16 else self.pixel_cost
 
 
@@ -322,17 +339,19 @@ def run_network(
 ) -> np.ndarray:
     """uint8 image in, uint8 image out, through the shared tiler on the network's device.
 
-    A gray image through a colour network is replicated to three channels and the outputs
-    averaged back to one; bf16 is used only where it is native and keeps ≥ 50 dB vs fp32.
+    `forward` (default: :attr:`LoadedNetwork.net`) runs one batch of tiles. A gray image
+    through a colour network is replicated to three channels and the outputs averaged back to
+    one; bf16 is used only where it is native and keeps ≥ 50 dB vs fp32.
     `ensemble` averages the network over 8 flips/rotations of every tile (:func:`self_ensemble`).
     """
-    forward = forward or network.module
+    forward = forward or network.net
     tensor = numpy_to_tensor(image)
     gray_through_colour = tensor.shape[1] == 1 and network.in_channels == 3
     if gray_through_colour:
         tensor = tensor.expand(-1, 3, -1, -1).contiguous()
     probe = probe_image(network.in_channels)
-    bf16 = bf16_allowed and precision_for(
+    # ONNX Runtime runs fp32 whatever autocast says: no probe, and its own pixel cost.
+    bf16 = bf16_allowed and network.ort is None and precision_for(
         forward, network.device, probe, model_id=network.weights_id  # type: ignore[arg-type]
     )
     per_tile = tile_fn(forward, network.device, bf16=bf16)

@@ -1,8 +1,9 @@
 """The model runtime: built once from settings, handed to every service that runs networks.
 
 It owns what used to be scattered module-level state: the weights directory, the device (the
-one place that chooses it), the precision policy, the CPU threads, the tile memory budget, the
-inference gate and the cache of loaded networks. Restorers receive it as their first argument
+one place that chooses it), the precision policy, the backend policy (PyTorch or ONNX Runtime,
+:mod:`shared.ml.backends`) and its cache directory, the CPU threads, the tile memory budget,
+the inference gate and the cache of loaded networks. Restorers receive it as their first argument
 (:mod:`shared.ml.registry`); tests build one around a temporary weights directory.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from shared.ml import accel
+from shared.ml import accel, backends
 from shared.ml.hashing import cached_file_sha256
 from shared.ml.inference import (
     InferenceGate,
@@ -64,6 +65,8 @@ class ModelRuntime:
         tile_budget_mb: int = 0,
         gate: InferenceGate | None = None,
         weights_overrides: Mapping[str, Path] | None = None,
+        backend: str = backends.TORCH,
+        cache_dir: Path | None = None,
     ) -> None:
         self.weights_dir = Path(weights_dir)
         self.device = device if device is not None else resolve_device("auto")
@@ -75,6 +78,14 @@ class ModelRuntime:
         self.gate = gate or InferenceGate(1)
         # A weights file name → the operator's file used instead (e.g. an official checkpoint).
         self.weights_overrides = dict(weights_overrides or {})
+        # RESTORA_BACKEND. PyTorch unless asked: tests, benchmarks and tools that build a runtime
+        # get the plain path; the service's settings ask for `auto`.
+        if backend not in backends.BACKEND_CHOICES:
+            raise ValueError(f"RESTORA_BACKEND={backend!r}: use one of "
+                             f"{', '.join(backends.BACKEND_CHOICES)}")
+        self.backend = backend
+        # Exports and backend decisions, kept across restarts (RESTORA_CACHE_DIR).
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else backends.default_cache_dir()
         self._networks: dict[tuple[Hashable, ...], Any] = {}
         self._load_guard = threading.Lock()
         if threads > 0:
@@ -123,6 +134,13 @@ class ModelRuntime:
                     del self._networks[stale]
                 self._networks[cache_key] = build()
             return self._networks[cache_key]
+
+    def choose_backend(self, network: LoadedNetwork, signature: backends.Signature,
+                       *, ort_pixel_cost: int) -> LoadedNetwork:
+        """`network` on the backend this runtime's policy picks for it (call it while loading:
+        `auto` measures once per weights file and CPU, then reads the decision from disk)."""
+        return backends.choose(network, signature, mode=self.backend, cache_dir=self.cache_dir,
+                               bf16_allowed=self.bf16, ort_pixel_cost=ort_pixel_cost)
 
     # ------------------------------------------------------------------ running
 

@@ -59,6 +59,8 @@ def build_runtime(settings: ModelRuntimeSettings, weights_dir: Path) -> ModelRun
         settings.device,
         threads=settings.threads,
         bf16=settings.bf16,
+        backend=settings.backend,
+        cache_dir=Path(settings.cache_dir) if settings.cache_dir else None,
         tile_budget_mb=settings.tile_budget_mb,
         gate=InferenceGate(settings.max_concurrent_inferences),
         weights_overrides=overrides,

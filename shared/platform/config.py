@@ -143,6 +143,14 @@ class ModelRuntimeSettings:
     device: str = "auto"
     # bf16 autocast where the hardware has it natively and a network keeps >= 50 dB; off = fp32
     bf16: bool = True
+    # Which runtime runs each network's tiles (shared/ml/backends.py): "auto" times PyTorch
+    # against ONNX Runtime once per weights file and CPU at load and keeps the faster of those
+    # within 50 dB of fp32; "torch" never imports onnxruntime; "onnxruntime" takes it wherever
+    # it is installed and accurate, untimed. Without onnxruntime every value runs PyTorch.
+    backend: str = "auto"
+    # Where the ONNX exports and the backend decisions are kept across restarts; empty =
+    # $XDG_CACHE_HOME/restora, else ~/.cache/restora.
+    cache_dir: str = ""
     # How many inferences may run at once in this process (embedded mode: 1 for 2 cores).
     max_concurrent_inferences: int = 1
     # Memory one tiled inference may use; 0 = a share of the free memory.

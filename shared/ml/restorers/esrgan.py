@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.ml.backends import Signature
 from shared.ml.inference import LoadedNetwork, prepare_for_inference
 from shared.ml.models.esrgan import RRDBNet, interpolate_state_dicts, load_rrdbnet
 from shared.ml.restorers.common import Restored, RestoreJob, require_scale
@@ -25,6 +26,16 @@ RRDBNET_PIXEL_COST_BF16 = 5 * 1024
 # 13.16 / 11.94 KiB fp32, 6.91 / 6.59 KiB bf16; 1.25× the largest, rounded up.
 X4PLUS_PIXEL_COST = 17 * 1024
 X4PLUS_PIXEL_COST_BF16 = 9 * 1024
+# The same on ONNX Runtime (no arena, see shared.ml.backends.open_session), measured the same
+# way for the export (peak-RSS growth over one tile, onnxruntime 1.32): shipped 32×4 8.59 /
+# 6.78 KiB at 128² / 256²; 64×23 14.04 / 12.63 KiB (13.89 at 192²; 15.82 at 256² with the
+# arena on). 1.25× the largest, rounded up. A whole-process peak (weights and buffers included,
+# arena on) was reported near 27 KiB for x4plus; not reproduced per tile pixel here.
+RRDBNET_PIXEL_COST_ORT = 11 * 1024
+X4PLUS_PIXEL_COST_ORT = 18 * 1024
+#: The backend choice times RRDBNet on 64² tiles: x4plus at 128² takes seconds per run, and
+#: the measurement runs at load.
+MEASURE_SIDE = 64
 # Strengths are rounded to this step so a handful of interpolated networks cover the range.
 STRENGTH_STEP = 0.05
 
@@ -57,11 +68,27 @@ def _build(runtime: ModelRuntime, step: float) -> LoadedNetwork:
             interpolate_state_dicts(model.state_dict(), gan.state_dict(), step), strict=True
         )
         weights_id = f"{weights_id}+{runtime.weights_sha256(GAN_WEIGHTS)}@{step:.2f}"
-    return _wrap(model, weights_id, runtime)
+        # An interpolated network is made for a job's strength, from no one weights file:
+        # exporting and measuring it would cost that job seconds, so it stays on PyTorch.
+        return _wrap(model, weights_id, runtime)
+    return choose_backend(runtime, _wrap(model, weights_id, runtime))
+
+
+def choose_backend(runtime: ModelRuntime, network: LoadedNetwork) -> LoadedNetwork:
+    """An RRDBNet loaded from one weights file on the backend the runtime picks for it."""
+    assert isinstance(network.module, RRDBNet)
+    shipped_size = _shipped_size(network.module)
+    return runtime.choose_backend(
+        network, Signature(channels=network.in_channels, measure_side=MEASURE_SIDE),
+        ort_pixel_cost=RRDBNET_PIXEL_COST_ORT if shipped_size else X4PLUS_PIXEL_COST_ORT)
+
+
+def _shipped_size(model: RRDBNet) -> bool:
+    return model.config.features <= 32 and model.config.blocks <= 4
 
 
 def _wrap(model: RRDBNet, weights_id: str, runtime: ModelRuntime) -> LoadedNetwork:
-    shipped_size = model.config.features <= 32 and model.config.blocks <= 4
+    shipped_size = _shipped_size(model)
     return LoadedNetwork(
         module=prepare_for_inference(model, runtime.device),
         device=runtime.device,

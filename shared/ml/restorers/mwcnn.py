@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.ml.backends import Signature
 from shared.ml.colour_planes import OPPONENT, ColourBasis, denoise_planes
 from shared.ml.imaging import is_gray
 from shared.ml.inference import LoadedNetwork, prepare_for_inference
@@ -36,6 +37,13 @@ ARTIFACTS_WEIGHTS = "mwcnn-artifacts.safetensors"
 # 0.84 / 0.62 KiB fp32, 0.32 / 0.48 bf16; gray 0.78 / 0.69 fp32, 0.43 / 0.61 bf16.
 MWCNN_PIXEL_COST = 1280
 MWCNN_PIXEL_COST_BF16 = 1024
+# The same on ONNX Runtime (no arena, see shared.ml.backends.open_session), 1.5× the largest
+# peak-RSS growth measured the same way for its export (2-core AMD EPYC, onnxruntime 1.32, 128²
+# to 1024² tiles, batches of 1 and 4): gray 0.88 KiB at 512², colour 0.65, artifacts 0.50.
+MWCNN_PIXEL_COST_ORT = 1408
+# The tile the backend choice times PyTorch against ONNX Runtime on: MWCNN's tiles are large
+# (a whole photo where it fits the budget), and at 128² the two came out closer than at 256².
+MEASURE_SIDE = 256
 
 
 # --------------------------------------------------------------------------- running
@@ -50,7 +58,7 @@ def load_network(runtime: ModelRuntime, weights: str) -> LoadedNetwork:
 def _build(path: Path, runtime: ModelRuntime) -> LoadedNetwork:
     # Folding BN into the convs is the same eval function with one memory pass less per layer.
     model = prepare_for_inference(fold_batchnorm(load_mwcnn(path)), runtime.device)
-    return LoadedNetwork(
+    network = LoadedNetwork(
         module=model,
         device=runtime.device,
         weights_id=runtime.weights_sha256(path.name) or path.name,
@@ -59,6 +67,14 @@ def _build(path: Path, runtime: ModelRuntime) -> LoadedNetwork:
         pixel_cost=MWCNN_PIXEL_COST,
         pixel_cost_bf16=MWCNN_PIXEL_COST_BF16,
     )
+    return runtime.choose_backend(network, signature(model), ort_pixel_cost=MWCNN_PIXEL_COST_ORT)
+
+
+def signature(model: MWCNN) -> Signature:
+    """How the restorers below call the network: ``net(x, level[, guide])``, level a float."""
+    cfg = model.config
+    return Signature(channels=cfg.in_channels, level=cfg.level_channel,
+                     guide_channels=cfg.guide_channels, measure_side=MEASURE_SIDE)
 
 
 def _run(runtime: ModelRuntime, network: LoadedNetwork, image: np.ndarray,
@@ -77,7 +93,7 @@ def run_at_level(runtime: ModelRuntime, weights: str, image: np.ndarray, level: 
                  job: RestoreJob) -> np.ndarray:
     """`image` through the MWCNN in `weights`, as is, at degradation level `level`."""
     network = load_network(runtime, weights)
-    return _run(runtime, network, image, lambda batch: network.module(batch, level), job)
+    return _run(runtime, network, image, lambda batch: network.net(batch, level), job)
 
 
 def denoise_colour_planes(runtime: ModelRuntime, weights: str, image: np.ndarray, sigma: float,
@@ -97,7 +113,7 @@ def denoise_colour_planes(runtime: ModelRuntime, weights: str, image: np.ndarray
                                   weights_id=f"{plane_net.weights_id}+{basis.name}")
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        return denoise_planes(plane_net.module, batch, sigma, basis, guided)
+        return denoise_planes(plane_net.net, batch, sigma, basis, guided)
 
     return _run(runtime, network, image, forward, job)
 

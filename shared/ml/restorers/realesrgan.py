@@ -6,7 +6,7 @@ from __future__ import annotations
 from shared.ml.inference import LoadedNetwork, prepare_for_inference
 from shared.ml.models.esrgan import load_rrdbnet
 from shared.ml.restorers.common import Restored, RestoreJob, require_scale
-from shared.ml.restorers.esrgan import X4PLUS_PIXEL_COST, X4PLUS_PIXEL_COST_BF16
+from shared.ml.restorers.esrgan import X4PLUS_PIXEL_COST, X4PLUS_PIXEL_COST_BF16, choose_backend
 from shared.ml.runtime import ModelRuntime
 from shared.ml.x4plus import WEIGHTS
 
@@ -25,7 +25,7 @@ def load_network(runtime: ModelRuntime) -> LoadedNetwork:
 def _build(runtime: ModelRuntime) -> LoadedNetwork:
     path = runtime.weights_path(WEIGHTS)
     model = load_rrdbnet(path)
-    return LoadedNetwork(
+    return choose_backend(runtime, LoadedNetwork(
         module=prepare_for_inference(model, runtime.device),
         device=runtime.device,
         weights_id=runtime.weights_sha256(WEIGHTS) or path.name,
@@ -33,7 +33,7 @@ def _build(runtime: ModelRuntime) -> LoadedNetwork:
         scale=model.config.scale,
         pixel_cost=PIXEL_COST,
         pixel_cost_bf16=PIXEL_COST_BF16,
-    )
+    ))
 
 
 def upscale(runtime: ModelRuntime, job: RestoreJob) -> Restored:
