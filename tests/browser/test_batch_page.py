@@ -52,6 +52,15 @@ def _wait_batch_done(page: Any, count: int) -> None:
     expect(page.locator("#batch-download")).to_be_enabled()
 
 
+def _check_cards(page: Any) -> None:
+    """Every card's thumbnail keeps its 4:3 box, whatever the photo's shape, above the name."""
+    for card in page.locator("#batch-grid li").all():
+        thumb = card.locator(".thumb").bounding_box()
+        name = card.locator(".batch-name").bounding_box()
+        assert abs(thumb["height"] - thumb["width"] * 3 / 4) <= 1, thumb
+        assert name["y"] >= thumb["y"] + thumb["height"] - 1, (thumb, name)
+
+
 def _check_zip(raw: bytes, photos: list[Path]) -> None:
     with zipfile.ZipFile(io.BytesIO(raw)) as archive:
         names = archive.namelist()
@@ -112,10 +121,15 @@ def test_five_photos_make_a_batch_with_one_zip(
     expect(page.locator("#batch-card")).to_be_hidden()
 
 
-def test_dropping_several_photos_makes_a_batch(desktop_page: Any, tmp_path: Path) -> None:
-    """Dropped at once; the server's first answer is a 503 with Retry-After, which is waited."""
+def test_dropping_five_photos_at_once_makes_a_batch_with_one_zip(
+    desktop_page: Any, tmp_path: Path, artifact: Any
+) -> None:
+    """One drop of 5 photos; the server's first answer is a 503 with Retry-After, which is waited.
+
+    All 5 end done in the grid, and "Download all" gives a zip of 5 images of their own sizes.
+    """
     page = desktop_page
-    photos = _photos(tmp_path)[:3]
+    photos = _photos(tmp_path)
     refused: list[str] = []
 
     def busy_once(route: Any) -> None:
@@ -133,12 +147,27 @@ def test_dropping_several_photos_makes_a_batch(desktop_page: Any, tmp_path: Path
     page.goto("/")
     payload = [[p.name, base64.b64encode(p.read_bytes()).decode()] for p in photos]
     page.evaluate(_DROP_FILES_JS, payload)
-    expect(page.locator("#file-info")).to_contain_text("3 photos")
+    expect(page.locator("#file-info")).to_contain_text("5 photos")
+    expect(page.locator("#file-list li")).to_have_count(5)
+    page.locator("input[name=task][value=denoise]").check()
     page.select_option("#model", "classic")
+    expect(page.locator("#submit")).to_have_text("Restore 5 photos")
     page.click("#submit")
-    _wait_batch_done(page, 3)
-    expect(page.locator("#batch-counts")).to_contain_text("3 of 3 done")
+    _wait_batch_done(page, 5)
+    expect(page.locator("#batch-counts")).to_contain_text("5 of 5 done")
+    expect(page.locator("#batch-grid li .batch-name")).to_have_text([p.name for p in photos])
+    page.wait_for_function(
+        "[...document.querySelectorAll('#batch-grid img')].filter("
+        "img => img.complete && img.naturalWidth > 0).length === 5"
+    )
+    _check_cards(page)
     assert len(refused) == 1
+
+    with page.expect_download() as info:
+        page.click("#batch-download")
+    assert info.value.suggested_filename.endswith(".zip")
+    _check_zip(Path(info.value.path()).read_bytes(), photos)
+    page.screenshot(path=artifact("desktop-batch-drop"), full_page=True)
 
 
 def test_auto_on_a_jpeg_says_what_it_chose(
