@@ -176,7 +176,8 @@ def main() -> None:
     runtime = ModelRuntime(registry.SHIPPED_WEIGHTS_DIR, torch.device("cpu"))
     try:
         models = chains.parse_models(
-            args.model, auto.AUTO_STEPS, lambda t: registry.models_for(t, runtime.weights_dir)
+            args.model, auto.AUTO_STEPS,
+            lambda t: auto.models_in_preference(t, registry.models_for(t, runtime.weights_dir))
         )
     except chains.ChainError as exc:
         raise SystemExit(f"--model: {exc}") from None

@@ -54,6 +54,24 @@ def test_the_gateway_budgets_for_what_auto_may_choose() -> None:
     assert set(options.models.values()) == {"classic"}
 
 
+def test_auto_upscales_with_the_faithful_network_unless_told_otherwise() -> None:
+    assert auto.models_in_preference("superres", ["realesrgan", "esrgan", "classic"]) == [
+        "esrgan", "realesrgan", "classic"]
+    assert auto.models_in_preference("superres", ["realesrgan", "classic"]) == [
+        "realesrgan", "classic"]  # not installed: the task's own default
+    assert auto.models_in_preference("denoise", ["mwcnn", "classic"]) == ["mwcnn", "classic"]
+    shipped = registry.SHIPPED_WEIGHTS_DIR
+    if "esrgan" not in registry.models_for("superres", shipped):
+        pytest.skip("the esrgan weights are not shipped")
+    assert parse_options("auto", {}, shipped).models["superres"] == "esrgan"
+    if "realesrgan" in registry.models_for("superres", shipped):  # the user's word wins
+        told = parse_options("auto", {"model": "superres:realesrgan"}, shipped)
+        assert told.models["superres"] == "realesrgan"
+    # a chain or a single superres keeps the task's default
+    chain = parse_options("denoise,superres", {}, shipped).models["superres"]
+    assert chain == registry.models_for("superres", shipped)[0]
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(headers=ADMIN) as client:

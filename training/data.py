@@ -215,16 +215,23 @@ class ColourPlaneSampler:
 
     Noise is added in RGB, as a photo has it (σ per channel as :class:`PatchSampler` draws it,
     clipped and rounded with probability ``clip_prob``); both images are then mapped onto the
-    basis' planes and one plane, drawn uniformly, is the target, with its own level (σ times the
-    plane's noise gain).
+    basis' planes and one plane, drawn with ``plane_weights``, is the target, with its own level
+    (σ times the plane's noise gain). Luminance deserves most of the draws: it holds ~90 % of
+    the error left after denoising (the gray network on CBSD68 σ25: luminance 89 %, chroma
+    7 % and 4 %), the chroma planes being smooth enough to lose 98 % of their noise.
     """
 
     def __init__(self, images: TrainingImages, patch: int, rng: np.random.Generator,
                  basis: ColourBasis, clip_prob: float = 0.5,
-                 focus: tuple[float, float, float] | None = None) -> None:
+                 focus: tuple[float, float, float] | None = None,
+                 plane_weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)) -> None:
         self.levels = PatchSampler(images, "denoise", patch, rng, 0.0, clip_prob, focus)
         self.images, self.patch, self.rng, self.basis = images, patch, rng, basis
         self.clip_prob = clip_prob
+        weights = np.asarray(plane_weights, dtype=np.float64)
+        if weights.shape != (3,) or weights.min() < 0 or weights.sum() <= 0:
+            raise ValueError(f"plane_weights must be 3 non-negative numbers, got {plane_weights}")
+        self.plane_weights = weights / weights.sum()
 
     def sample(self, batch: int) -> PlaneBatch:
         noisy, clean, sigmas = [], [], []
@@ -238,7 +245,7 @@ class ColourPlaneSampler:
             sigmas.append(sigma)
         noisy_planes = self.basis.to_planes(torch.from_numpy(np.stack(noisy))).numpy()
         clean_planes = self.basis.to_planes(torch.from_numpy(np.stack(clean))).numpy()
-        target = self.rng.integers(3, size=batch)
+        target = self.rng.choice(3, size=batch, p=self.plane_weights)
         rows = np.arange(batch)
         gains = np.asarray(self.basis.noise_gains, dtype=np.float32)[target]
         return PlaneBatch(

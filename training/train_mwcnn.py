@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a gray network that restores one opponent plane of a colour patch while "
                         "it sees all three (guide channels); a --gray --init starts it exactly "
                         "where it was (mwcnn.with_guides)")
+    p.add_argument("--plane-weights", type=float, nargs=3, default=(1 / 3, 1 / 3, 1 / 3),
+                   metavar=("LUMA", "CHROMA1", "CHROMA2"),
+                   help="--colour-planes: how often each opponent plane is the one to restore")
     p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "
@@ -272,7 +275,7 @@ class ColourPlaneTraining(MWCNNTraining):
         images = TrainingImages.load(min_size=args.patch)
         focus = (*args.focus_range, args.focus_prob) if args.focus_range else None
         self.plane_sampler = ColourPlaneSampler(images, args.patch, self.np_rng, OPPONENT,
-                                                args.clip_prob, focus)
+                                                args.clip_prob, focus, tuple(args.plane_weights))
         self.colour_val = colour_validation_set()
         return Prepared(data=images.describe(), log={"val_items": len(self.colour_val)})
 

@@ -38,7 +38,7 @@ def parse_options(
         # auto: preprocess picks among these (shared.ml.auto); `model` applies as in a chain.
         steps = auto.AUTO_STEPS if is_auto else chains.validate_chain(task, has_mask)
         models = chains.parse_models(
-            fields.get("model") or "", steps, lambda t: registry.models_for(t, weights_dir)
+            fields.get("model") or "", steps, lambda t: _models_for(t, weights_dir, is_auto)
         )
     except chains.ChainError as exc:
         raise InvalidRequest(str(exc)) from None
@@ -91,6 +91,12 @@ def _flag(fields: Mapping[str, str], name: str) -> bool:
     if raw in _FALSE:
         return False
     raise InvalidRequest(f"{name}={raw!r} is not a yes/no value: use true or false")
+
+
+def _models_for(task: str, weights_dir: Path, is_auto: bool) -> list[str]:
+    """A task's installed models, the default first: auto's own default where it has one."""
+    available = registry.models_for(task, weights_dir)
+    return auto.models_in_preference(task, available) if is_auto else available
 
 
 def _auto_or_number(
