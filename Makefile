@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv x4plus-weights system-deps lint pytest test run bench-quality bench-speed \
-	bench-load clean-venv
+	bench-load bench-overhead clean-venv
 
 help: ## List the targets
 	@echo "Restora make targets:"
@@ -71,6 +71,9 @@ bench-speed: venv x4plus-weights $(BENCH_STAMP) ## Speed vs eager, ONNX Runtime,
 
 bench-load: venv system-deps ## Load: N clients x M jobs on RabbitMQ, S3 and every service as a process
 	$(BIN)/python -m benchmarks.load $(BENCH_ARGS)
+
+bench-overhead: venv system-deps ## Pipeline overhead: a 512² denoise end to end through every service vs the pure function
+	$(BIN)/python -m benchmarks.overhead $(BENCH_ARGS)
 
 clean-venv: ## Delete .venv (the next target recreates it)
 	rm -rf $(VENV)

@@ -45,7 +45,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -158,34 +158,63 @@ class Service:
 
 
 class Stack:
-    """RabbitMQ, S3 and the service processes; `stop()` (or leaving the `with`) ends them all."""
+    """RabbitMQ, S3 and the service processes; `stop()` (or leaving the `with`) ends them all.
 
-    def __init__(self, env_overrides: dict[str, str], logs: Path) -> None:
-        self.env_overrides = env_overrides
+    `services` are started and awaited by `start()`; `launch()` starts one more later (or again,
+    after `stop_service()`), as a deployment adds or restarts a worker. `defaults` are the
+    settings of every service before `env_overrides`; `label` names the bucket and the messages.
+    """
+
+    def __init__(
+        self,
+        env_overrides: Mapping[str, str],
+        logs: Path,
+        services: Sequence[str] = SERVICES,
+        defaults: Mapping[str, str] = DEFAULT_ENV,
+        label: str = "load",
+    ) -> None:
+        self.env_overrides = dict(env_overrides)
         self.logs = logs
+        self.names = tuple(services)
+        self.defaults = dict(defaults)
+        self.label = label
         self.admin_token = secrets.token_urlsafe(24)
-        self.bucket = f"restora-load-{secrets.token_hex(4)}"
+        self.bucket = f"restora-{label}-{secrets.token_hex(4)}"
         self.rabbitmq: RabbitMQServer | None = None
         self.s3: SeaweedS3Server | None = None
         self.services: list[Service] = []
         self.exit_codes: dict[str, int | None] = {}
+        self._env: dict[str, str] = {}
+        self._launches: Counter[str] = Counter()
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.services[0].port}"
+        return f"http://127.0.0.1:{self.service('gateway').port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment every service is started with (after `start()`)."""
+        return dict(self._env)
 
     @property
     def endpoint(self) -> S3Endpoint:
         assert self.s3 is not None
         return self.s3.endpoint
 
+    def service(self, name: str) -> Service:
+        """The running process of service `name` (the latest, where it was launched again)."""
+        for service in reversed(self.services):
+            if service.name == name:
+                return service
+        raise KeyError(f"{name} is not running")
+
     def start(self) -> Stack:
         started = time.monotonic()
         self.rabbitmq = RabbitMQServer().start()
         self.s3 = SeaweedS3Server().start()
-        _say(f"RabbitMQ and S3 up in {time.monotonic() - started:.1f} s")
+        _say(f"RabbitMQ and S3 up in {time.monotonic() - started:.1f} s", self.label)
         base = {k: v for k, v in os.environ.items() if not k.startswith("RESTORA_")}
-        base.update(DEFAULT_ENV)
+        base.update(self.defaults)
         base.update(self.env_overrides)
         base.update(self.endpoint.env())
         base.update(
@@ -195,64 +224,91 @@ class Stack:
             RESTORA_DATA_DIR=str(self.logs / "data"),
             RESTORA_HOST="127.0.0.1",
         )
-        for name, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True):
-            port_setting = "RESTORA_PORT" if name == "gateway" else "RESTORA_HEALTH_PORT"
-            env = {**base, port_setting: str(port)}
-            log = self.logs / f"{name}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}"],
-                    cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            self.services.append(Service(name, port, log, process))
+        self._env = base
+        # All ports at once: a service not yet listening must not have its port handed out again.
+        for name, port in zip(self.names, free_ports(len(self.names)), strict=True):
+            self.launch(name, port)
         self._wait_ready(started)
         return self
+
+    def launch(self, name: str, port: int | None = None) -> Service:
+        """Start `python -m services.<name>` on `port` (a free one by default); not awaited."""
+        if not self._env:
+            raise RuntimeError("launch() needs the servers: start() the stack first")
+        port = port or free_ports(1)[0]
+        port_setting = "RESTORA_PORT" if name == "gateway" else "RESTORA_HEALTH_PORT"
+        env = {**self._env, port_setting: str(port)}
+        self._launches[name] += 1
+        # A service launched again logs to a file of its own: the first one's log stays.
+        count = self._launches[name]
+        log = self.logs / (f"{name}.log" if count == 1 else f"{name}-{count}.log")
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        service = Service(name, port, log, process)
+        self.services.append(service)
+        return service
+
+    def check_alive(self, service: Service, when: str) -> None:
+        """Raise, with the end of its log, when `service` has exited."""
+        if service.process.poll() is not None:
+            raise RuntimeError(
+                f"{service.name} exited with code {service.process.returncode} {when}:\n"
+                f"{_tail(service.log)}"
+            )
 
     def _wait_ready(self, started: float) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         waiting = list(self.services)
         while waiting:
             for service in list(waiting):
-                if service.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{service.name} exited with code {service.process.returncode} while "
-                        f"starting:\n{_tail(service.log)}"
-                    )
-                if _ready(service.port):
+                self.check_alive(service, "while starting")
+                if ready(service.port):
                     waiting.remove(service)
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(s.name for s in waiting)
                 raise RuntimeError(f"not ready within {START_TIMEOUT_S:.0f} s: {names}")
             time.sleep(0.5)
-        _say(f"{len(self.services)} services ready {time.monotonic() - started:.1f} s after start")
+        _say(f"{len(self.services)} services ready {time.monotonic() - started:.1f} s after start",
+             self.label)
 
     async def watch(self) -> None:
         """Return never; raise as soon as a service process has exited."""
         while True:
             for service in self.services:
-                if service.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{service.name} exited with code {service.process.returncode} during "
-                        f"the run:\n{_tail(service.log)}"
-                    )
+                self.check_alive(service, "during the run")
             await asyncio.sleep(0.5)
+
+    def stop_service(self, service: Service) -> int | None:
+        """SIGTERM one service (a clean stop) and wait for it; its exit code."""
+        if service.process.poll() is None:
+            service.process.terminate()
+        return self._reap(service, time.monotonic() + STOP_TIMEOUT_S)
+
+    def _reap(self, service: Service, deadline: float) -> int | None:
+        """Wait for a terminated service until `deadline`, SIGKILL it after; its exit code."""
+        try:
+            code = service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            code = service.process.wait(timeout=10)
+            _say(f"{service.name} did not stop within {STOP_TIMEOUT_S:.0f} s: killed", self.label)
+        self.exit_codes[service.name] = code
+        self.services.remove(service)
+        return code
 
     def stop(self) -> None:
         """SIGTERM every service (a clean stop), SIGKILL what hangs, then the servers."""
         for service in self.services:
             if service.process.poll() is None:
                 service.process.terminate()
+        # All were told at once, so they stop side by side within one shared deadline.
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        for service in self.services:
-            try:
-                code = service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                code = service.process.wait(timeout=10)
-                _say(f"{service.name} did not stop within {STOP_TIMEOUT_S:.0f} s: killed")
-            self.exit_codes[service.name] = code
-        self.services.clear()
+        for service in list(self.services):
+            self._reap(service, deadline)
         for server in (self.s3, self.rabbitmq):
             if server is not None:
                 server.stop()
@@ -269,7 +325,8 @@ class Stack:
         self.stop()
 
 
-def _ready(port: int) -> bool:
+def ready(port: int) -> bool:
+    """True once the service on `port` answers /readyz with 200 (its networks are loaded)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
             return bool(response.status == 200)
@@ -284,8 +341,8 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def _say(message: str) -> None:
-    print(f"[load] {message}", file=sys.stderr, flush=True)
+def _say(message: str, label: str = "load") -> None:
+    print(f"[{label}] {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ the clients
@@ -591,7 +648,7 @@ def _models(
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (a `timeout`, a cancelled job) stops the stack like Ctrl-C does."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -632,7 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     with contextlib.ExitStack() as cleanup:
-        cleanup.enter_context(_sigterm_interrupts())
+        cleanup.enter_context(sigterm_interrupts())
         logs = args.logs or Path(cleanup.enter_context(tempfile.TemporaryDirectory("-load")))
         logs.mkdir(parents=True, exist_ok=True)
         try:
