@@ -6,6 +6,7 @@ each network chose its own device); these tests build the runtime exactly as a s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import aiohttp
@@ -106,3 +107,26 @@ def test_a_worker_loads_its_installed_networks_before_the_first_job(own_weights:
     loaded = mwcnn.load_network(runtime, mwcnn.DENOISE_WEIGHTS)
     registry.restore(runtime, "denoise", "mwcnn", RestoreJob(_noisy_photo(), sigma=25))
     assert mwcnn.load_network(runtime, mwcnn.DENOISE_WEIGHTS) is loaded  # not loaded again
+
+
+def test_a_worker_runs_a_small_job_through_each_network_before_the_first_one(
+    own_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = build_runtime(ModelServiceSettings(weights_dir=own_weights), own_weights)
+    seen: list[tuple[int, ...]] = []
+    entry = registry.find("denoise", "mwcnn")
+    assert entry is not None
+    real = entry.restore
+
+    def counting(rt: object, job: RestoreJob) -> object:
+        seen.append(job.pixels.shape)
+        return real(rt, job)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry, "RESTORERS", tuple(
+        dataclasses.replace(e, restore=counting) if e is entry else e for e in registry.RESTORERS))
+    assert registry.warm(runtime, ("denoise", "artifacts")) == ["denoise:mwcnn"]
+    side = registry.WARM_UP_SIDE
+    assert seen == [(side, side, 3)]
+    hole = registry.warm_up_job("inpaint").mask
+    assert hole is not None and 0 < hole.mean() < 1
+    assert registry.warm_up_job("superres").pixels.shape == (side // 2, side // 2, 3)

@@ -259,16 +259,51 @@ def installed(task: str, model: str, runtime: ModelRuntime) -> Restorer:
     return entry
 
 
+def _loadable(entry: Restorer, runtime: ModelRuntime, tasks: tuple[str, ...]) -> bool:
+    return (entry.task in tasks and entry.load is not None and runtime.has_weights(entry.weights)
+            and not (entry.check and entry.check(runtime.weights_dir)))
+
+
 def preload(runtime: ModelRuntime, tasks: tuple[str, ...]) -> list[str]:
     """Load the installed networks of `tasks` into the runtime; the (task, model)s loaded."""
     loaded = []
     for entry in RESTORERS:
-        if entry.task in tasks and entry.load and runtime.has_weights(entry.weights) and not (
-            entry.check and entry.check(runtime.weights_dir)
-        ):
+        if _loadable(entry, runtime, tasks):
+            assert entry.load is not None
             entry.load(runtime)
             loaded.append(f"{entry.task}:{entry.name}")
     return loaded
+
+
+#: The side of the small job each loaded network runs once at worker start (superres: its
+#: input, half this). A network's first inference pays one-time costs, thread-pool start and
+#: kernel selection among them: after a load, the first 128² denoise took 2.2× a warm one
+#: (benchmarks/overhead.py), which the first user would otherwise pay.
+WARM_UP_SIDE = 64
+
+
+def warm_up_job(task: str) -> RestoreJob:
+    """A small seeded colour job for `task` (with a square hole to fill for inpaint)."""
+    import numpy as np
+
+    side = WARM_UP_SIDE // 2 if task == "superres" else WARM_UP_SIDE
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    mask = None
+    if task == "inpaint":
+        mask = np.zeros((side, side), dtype=bool)
+        mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = True
+    return RestoreJob(pixels, mask=mask, sigma=25.0, quality=50)
+
+
+def warm(runtime: ModelRuntime, tasks: tuple[str, ...]) -> list[str]:
+    """Run :func:`warm_up_job` through every loaded network of `tasks` (slow ones excepted);
+    the (task, model)s warmed."""
+    warmed = []
+    for entry in RESTORERS:
+        if _loadable(entry, runtime, tasks) and not entry.slow:
+            entry.restore(runtime, warm_up_job(entry.task))
+            warmed.append(f"{entry.task}:{entry.name}")
+    return warmed
 
 
 def restore(runtime: ModelRuntime, task: str, model: str, job: RestoreJob) -> Restored:
@@ -299,4 +334,6 @@ __all__ = [
     "preload",
     "restore",
     "restorers",
+    "warm",
+    "warm_up_job",
 ]

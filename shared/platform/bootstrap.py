@@ -68,10 +68,14 @@ def build_runtime(settings: ModelRuntimeSettings, weights_dir: Path) -> ModelRun
 
 
 async def warm_up(runtime: ModelRuntime, tasks: tuple[str, ...]) -> None:
-    """Load the networks of `tasks` before taking jobs: the first user waits for nothing."""
+    """Load the networks of `tasks` and run a small job through each before taking jobs: the
+    first user waits for nothing."""
     started = time.perf_counter()
     loaded = await asyncio.to_thread(registry.preload, runtime, tasks)
     log.info("networks_loaded", networks=loaded, seconds=round(time.perf_counter() - started, 2))
+    started = time.perf_counter()
+    warmed = await asyncio.to_thread(registry.warm, runtime, tasks)
+    log.info("networks_warmed", networks=warmed, seconds=round(time.perf_counter() - started, 2))
 
 
 # A stopping process finishes the job in hand (never longer than a job may take); the
