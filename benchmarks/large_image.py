@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from shared.ml import registry
+from shared.ml.allocator import keep_freed_memory
 from shared.ml.restorers.common import RestoreJob
 from shared.ml.runtime import ModelRuntime
 
@@ -33,10 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="esrgan")
     parser.add_argument("--size", default="1500x1000", help="WIDTHxHEIGHT of the input")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tile-budget-mb", type=int, default=0,
+                        help="as RESTORA_TILE_BUDGET_MB (0: a share of free memory)")
+    parser.add_argument("--no-reuse-memory", action="store_true",
+                        help="leave glibc's malloc as it is (RESTORA_REUSE_MEMORY=false)")
     args = parser.parse_args(argv)
+    reuse = not args.no_reuse_memory and keep_freed_memory()
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.split("x"))
-    runtime = ModelRuntime(registry.SHIPPED_WEIGHTS_DIR, torch.device("cpu"))
+    runtime = ModelRuntime(registry.SHIPPED_WEIGHTS_DIR, torch.device("cpu"),
+                           tile_budget_mb=args.tile_budget_mb)
     rng = np.random.default_rng(0)
     # A smooth photo-like image (noise would be just as large, but less like a photo).
     base = rng.integers(0, 256, (height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
@@ -50,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     after = resource.getrusage(resource.RUSAGE_SELF)
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     print(f"{args.task}/{args.model} {width}×{height} → {out.shape[1]}×{out.shape[0]} "
-          f"({out.shape[0] * out.shape[1] / 1e6:.1f} MP)")
+          f"({out.shape[0] * out.shape[1] / 1e6:.1f} MP); freed memory reused: {reuse}; "
+          f"tile budget {args.tile_budget_mb or 'from free memory'} MB")
     print(f"peak RSS {after.ru_maxrss / 1024:.0f} MiB; user {user:.1f} s, system {system:.1f} s "
           f"(system share {system / (user + system):.1%}); page faults minor "
           f"{after.ru_minflt - before.ru_minflt}, major {after.ru_majflt - before.ru_majflt}")

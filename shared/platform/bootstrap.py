@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.ml import registry
+from shared.ml.allocator import keep_freed_memory
 from shared.ml.inference import InferenceGate
 from shared.ml.runtime import ModelRuntime
 from shared.platform import topology
@@ -49,6 +50,8 @@ def configure_process(service: str, settings: CommonSettings) -> None:
 
 def build_runtime(settings: ModelRuntimeSettings, weights_dir: Path) -> ModelRuntime:
     """The one model runtime of a process, from its settings (RESTORA_DEVICE, _WEIGHTS_DIR...)."""
+    if settings.reuse_memory:
+        log.info("freed_memory_reused", applied=keep_freed_memory())
     overrides = {}
     if settings.esrgan_weights:
         # The operator's checkpoint is read in place of the shipped PSNR weights.

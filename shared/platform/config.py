@@ -143,6 +143,9 @@ class ModelRuntimeSettings:
     device: str = "auto"
     # bf16 autocast where the hardware has it natively and a network keeps >= 50 dB; off = fp32
     bf16: bool = True
+    # Keep freed memory in the heap for the next tile instead of handing it back to the kernel
+    # (glibc mallopt, shared/ml/allocator.py): a third less CPU time on large images.
+    reuse_memory: bool = True
     # Which runtime runs each network's tiles (shared/ml/backends.py): "auto" times PyTorch
     # against ONNX Runtime once per weights file and CPU at load and keeps the faster of those
     # within 50 dB of fp32; "torch" never imports onnxruntime; "onnxruntime" takes it wherever
