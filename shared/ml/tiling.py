@@ -46,9 +46,11 @@ _GIB = 1024**3
 # Share of free memory one inference may use, and a hard cap, so that a second request, the
 # message broker client and the decoded images still fit beside it. The CPU cap is 1 GiB since
 # freed memory stays in the heap for reuse (shared/ml/allocator.py), which keeps the heap's
-# high-water mark: at 1 GiB a 24 MP ×4 upscale peaked at 1,325 MiB and a 24 MP denoise at
-# 1,445 MiB, against 2,013 / 2,027 at 2 GiB (and 1,576 / 1,982 at 2 GiB without reuse), with
-# 4 % more user time from the smaller tiles (benchmarks/large_image.py, one thread).
+# high-water mark: at 1 GiB a 24 MP ×4 upscale peaked at 1,325 MiB (x4plus: 1,520) and a 24 MP
+# denoise at 1,445 MiB, against 2,013 / 2,027 at 2 GiB (and 1,576 / 1,982 at 2 GiB without
+# reuse; x4plus at 1.5 GiB: 2,068), with 4–6 % more user time from the smaller tiles
+# (benchmarks/large_image.py, one thread, bf16). With fp32 (CPUs without native bf16) x4plus
+# tiles are then 274² and compute 1.21× a 1500×1000 photo's pixels, not 1.13×.
 _BUDGET_FRACTION = {"cpu": 0.25, "cuda": 0.5}
 _BUDGET_CAP = {"cpu": 1 * _GIB, "cuda": 16 * _GIB}
 _MAX_BATCH = 16
