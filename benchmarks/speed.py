@@ -137,15 +137,16 @@ def _mwcnn_network(entry: registry.Restorer, runtime: ModelRuntime) -> Network:
         weights, graph = mwcnn.ARTIFACTS_WEIGHTS, "mwcnn"
         levels, what = (level_from_quality(QUALITY),), f"q{QUALITY}"
     else:
-        # As the service decides for a colour photo: the gray network on colour planes
-        # where it is installed, else the colour network.
+        # As the service decides for a colour photo: the colour-plane (or else the gray)
+        # network on colour planes where it is installed, else the colour network.
         sigma = SIGMA
         weights = mwcnn.denoiser_for(runtime, bench_input("denoise", 16)[0])
         basis = mwcnn.COLOUR_BASIS
-        if weights == mwcnn.DENOISE_GRAY_WEIGHTS and basis is not None:
+        plane_networks = (mwcnn.DENOISE_PLANES_WEIGHTS, mwcnn.DENOISE_GRAY_WEIGHTS)
+        if weights in plane_networks and basis is not None:
             graph, levels = "mwcnn-planes", tuple(level_from_sigma(sigma * g)
                                                    for g in basis.noise_gains)
-            what = f"σ{sigma:g}, gray network on {basis.name} planes"
+            what = f"σ{sigma:g}, {weights.removesuffix('.safetensors')} on {basis.name} planes"
         else:
             graph, levels, what = "mwcnn", (level_from_sigma(sigma),), f"σ{sigma:g}"
     path = runtime.weights_path(weights)

@@ -55,8 +55,9 @@ class AtLevel(nn.Module):
 
 
 class OnPlanes(nn.Module):
-    """A colour photo through the gray MWCNN, plane by plane in the service's colour basis
-    (:func:`shared.ml.restorers.mwcnn.denoise_colour_planes`), each plane at its own level."""
+    """A colour photo through a one-channel MWCNN, plane by plane in the service's colour basis
+    (:func:`shared.ml.restorers.mwcnn.denoise_colour_planes`), each plane at its own level and,
+    for a colour-plane network, with all three noisy planes as its guides."""
 
     def __init__(self, gray: nn.Module, levels: tuple[float, ...]) -> None:
         super().__init__()
@@ -64,10 +65,13 @@ class OnPlanes(nn.Module):
 
         assert mwcnn.COLOUR_BASIS is not None
         self.gray, self.levels, self.basis = gray, levels, mwcnn.COLOUR_BASIS
+        self.guided = bool(getattr(getattr(gray, "config", None), "guide_channels", 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         planes = self.basis.to_planes(x)
-        out = [self.gray(planes[:, c : c + 1], level) for c, level in enumerate(self.levels)]
+        guide = planes if self.guided else None
+        out = [self.gray(planes[:, c : c + 1], level, guide)
+               for c, level in enumerate(self.levels)]
         return self.basis.to_rgb(torch.cat(out, dim=1))
 
 
