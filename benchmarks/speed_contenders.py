@@ -237,17 +237,21 @@ def ncnn_net(param: Path, weights: Path, threads: int) -> NetFn:
 
 def registry_runner(spec: Spec, model: str) -> Runner:
     """`model` of the network's task through the registry, as a service worker runs it: on
-    the backend the service's RESTORA_BACKEND (default `auto`) picks, measured at load."""
+    the backend the service's RESTORA_BACKEND (default `auto`) picks, measured at load, and
+    with freed memory kept for reuse where RESTORA_REUSE_MEMORY (default true) says so."""
     import torch
 
     from shared.ml import registry
+    from shared.ml.allocator import keep_freed_memory
     from shared.ml.restorers.common import RestoreJob
     from shared.ml.runtime import ModelRuntime
     from shared.platform.config import ModelRuntimeSettings, load_settings
 
+    settings = load_settings(ModelRuntimeSettings)
+    if settings.reuse_memory:  # as the service's bootstrap does before it loads a network
+        keep_freed_memory()
     runtime = ModelRuntime(spec.weights_dir, torch.device("cpu"), threads=spec.threads,
-                           backend=load_settings(ModelRuntimeSettings).backend,
-                           cache_dir=spec.cache_dir)
+                           backend=settings.backend, cache_dir=spec.cache_dir)
     task, options = spec.network.task, spec.network.options
 
     def run(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

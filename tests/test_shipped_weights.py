@@ -26,7 +26,12 @@ from shared.ml.restorers.common import RestoreJob
 from shared.ml.restorers.deepfill import WEIGHTS as DEEPFILL_WEIGHTS
 from shared.ml.restorers.deepfill import build_deepfill
 from shared.ml.restorers.esrgan import GAN_WEIGHTS, PSNR_WEIGHTS
-from shared.ml.restorers.mwcnn import ARTIFACTS_WEIGHTS, DENOISE_GRAY_WEIGHTS, DENOISE_WEIGHTS
+from shared.ml.restorers.mwcnn import (
+    ARTIFACTS_WEIGHTS,
+    DENOISE_GRAY_WEIGHTS,
+    DENOISE_PLANES_WEIGHTS,
+    DENOISE_WEIGHTS,
+)
 from shared.ml.runtime import ModelRuntime
 from training.degradations import jpeg_compress
 from training.matlab_resize import imresize
@@ -83,6 +88,7 @@ def _load_deepfill(path: Path) -> torch.nn.Module:
 
 
 LOADERS = {DENOISE_WEIGHTS: load_mwcnn, DENOISE_GRAY_WEIGHTS: load_mwcnn,
+           DENOISE_PLANES_WEIGHTS: load_mwcnn,
            ARTIFACTS_WEIGHTS: load_mwcnn,
            PSNR_WEIGHTS: load_rrdbnet, GAN_WEIGHTS: load_rrdbnet,
            DEEPFILL_WEIGHTS: _load_deepfill}

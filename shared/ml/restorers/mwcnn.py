@@ -42,8 +42,10 @@ MWCNN_PIXEL_COST_BF16 = 1024
 # to 1024² tiles, batches of 1 and 4): gray 0.88 KiB at 512², colour 0.65, artifacts 0.50.
 MWCNN_PIXEL_COST_ORT = 1408
 # The tile the backend choice times PyTorch against ONNX Runtime on: MWCNN's tiles are large
-# (a whole photo where it fits the budget), and at 128² the two came out closer than at 256².
-MEASURE_SIDE = 256
+# (a whole photo where it fits the budget), and the winner changes with the size: on a 2-core
+# EPYC with native bf16 ONNX Runtime won at 256² (0.023 s against 0.031 for the JPEG network)
+# and lost at 512² (0.089 against 0.056, freed memory reused), where photos are.
+MEASURE_SIDE = 512
 
 
 # --------------------------------------------------------------------------- running
