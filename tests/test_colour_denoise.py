@@ -18,7 +18,7 @@ from shared.ml.runtime import ModelRuntime
 
 TINY = {"widths": (8, 8, 8), "block_depth": 2, "bottom_depth": 2}
 #: What the shipped colour-plane network must add over the gray one on colour photos at σ 25
-#: (set below the gain measured on these crops when it shipped).
+#: (measured 0.58 dB on these crops when it shipped: 0.26, 1.21 and 0.26).
 PLANES_OVER_GRAY_MARGIN_DB = 0.1
 
 
