@@ -579,6 +579,18 @@ def render_table(summary: dict[str, Any], markdown: bool) -> str:
 
 
 # ------------------------------------------------------------------------------ main
+
+def env_settings(parser: argparse.ArgumentParser, items: list[str],
+                 base: dict[str, str] | None = None) -> dict[str, str]:
+    """`--env RESTORA_NAME=VALUE` items as settings for the services (over `base`)."""
+    env = dict(base or {})
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("RESTORA_"):
+            parser.error(f"--env {item!r}: RESTORA_NAME=VALUE")
+        env[name] = value
+    return env
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.load", description=__doc__.splitlines()[0]
@@ -617,13 +629,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--size is MIN-MAX in pixels, e.g. 64-96")
     if not 16 <= args.sizes[0] <= args.sizes[1]:
         parser.error("--size: 16 <= MIN <= MAX")
-    env = {}
-    for item in args.env:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("RESTORA_"):
-            parser.error(f"--env {item!r}: RESTORA_NAME=VALUE")
-        env[name] = value
-    args.env = env
+    env = args.env = env_settings(parser, args.env)
     weights_dir = Path(env.get("RESTORA_WEIGHTS_DIR", registry.SHIPPED_WEIGHTS_DIR))
     args.models = _models(parser, args.models, args.tasks, weights_dir)
     return args

@@ -459,13 +459,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--runs and --threads must be at least 1")
     if not 32 <= args.size <= 4096:
         parser.error("--size: 32 to 4096 px")
-    env = {"RESTORA_THREADS": str(args.threads)}
-    for item in args.env:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("RESTORA_"):
-            parser.error(f"--env {item!r}: RESTORA_NAME=VALUE")
-        env[name] = value
-    args.env = env
+    env = args.env = load.env_settings(parser, args.env, {"RESTORA_THREADS": str(args.threads)})
     weights_dir = Path(env.get("RESTORA_WEIGHTS_DIR", registry.SHIPPED_WEIGHTS_DIR))
     if MODEL not in registry.models_for(TASK, weights_dir):
         parser.error(f"{TASK} model {MODEL!r} is not installed in {weights_dir}")
