@@ -70,7 +70,7 @@ def server_programs() -> None:
 
 @pytest.fixture(scope="session")
 def rabbitmq_server() -> Iterator[RabbitMQServer | None]:
-    """The RabbitMQ node started for this session; None when RESTORA_TEST_BROKER_URL is set."""
+    """The RabbitMQ node started for this test run; None when RESTORA_TEST_BROKER_URL is set."""
     if os.environ.get("RESTORA_TEST_BROKER_URL"):
         yield None
         return

@@ -27,6 +27,17 @@ def test_gaussian_noise_is_seeded_and_has_sigma() -> None:
     assert abs(float((a - img).std()) - 25.0) < 0.5
 
 
+def test_strong_noise_on_a_photo_mostly_clipped_is_still_read() -> None:
+    """Dark and bright blocks under σ 50: so many pixels clip that fewer than a few hundred
+    patches stay unclipped; every patch is then read, with the clipping correction."""
+    y, x = np.mgrid[0:256, 0:256]
+    blocks = np.where((x // 64 + y // 64) % 2 == 0, 30.0, 225.0)
+    clean = np.dstack([blocks, blocks * 0.9 + 10, blocks * 0.8 + 20])
+    rng = np.random.default_rng(3)
+    noisy = np.clip(np.rint(clean + rng.normal(0, 50, clean.shape)), 0, 255).astype(np.uint8)
+    assert estimate_noise_sigma(noisy) == pytest.approx(50.0, abs=3.0)  # read 40.5 before
+
+
 def test_gaussian_noise_clip_gives_uint8_levels() -> None:
     img = np.zeros((32, 32, 3), dtype=np.float32)
     noisy = add_gaussian_noise(img, 50.0, np.random.default_rng(0), clip=True)

@@ -100,15 +100,18 @@ def _kept_variance_fraction(means: np.ndarray, sigma: float) -> float:
 
 
 def _unclipped_patches(channel: np.ndarray, x: np.ndarray) -> np.ndarray | None:
-    """Which patches (rows of `x`) hold no clipped pixel, for a clipped 8-bit channel (values
-    in [0, 255] with some at a bound); None when nothing is clipped or too little is left."""
+    """Which patches (rows of `x`) to estimate from, for a clipped 8-bit channel (values in
+    [0, 255] with some at a bound): those without a clipped pixel, or every patch where too few
+    are left (a dark or bright photo under strong noise: 167062 of CBSD68 at σ 50 keeps 61 of
+    149,625), whose variance the clipping correction then restores; None when nothing is
+    clipped."""
     if channel.min() < 0 or channel.max() > 255:
         return None  # unclipped float noise
     clipped = (x <= 0) | (x >= 255)
     if not clipped.any():
         return None
     keep = np.logical_not(clipped.any(axis=1))
-    return keep if keep.sum() >= 4 * _PATCH * _PATCH else None
+    return keep if keep.sum() >= 4 * _PATCH * _PATCH else np.ones(len(x), dtype=bool)
 
 
 def _channel_sigma(channel: np.ndarray) -> float:
