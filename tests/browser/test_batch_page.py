@@ -43,6 +43,19 @@ def _photos(tmp_path: Path) -> list[Path]:
     return [_photo(tmp_path / f"photo-{i}.png", w, h, noise=15.0) for i, (w, h) in enumerate(SIZES)]
 
 
+def _restore_the_five(page: Any, photos: list[Path]) -> None:
+    """The 5 photos just given to the page, denoised (classic) as one batch until all are done."""
+    expect(page.locator("#file-info")).to_contain_text("5 photos")
+    expect(page.locator("#file-list li")).to_have_count(5)
+    page.locator("input[name=task][value=denoise]").check()
+    page.select_option("#model", "classic")
+    expect(page.locator("#submit")).to_have_text("Restore 5 photos")
+    page.click("#submit")
+    _wait_batch_done(page, 5)
+    expect(page.locator("#batch-counts")).to_contain_text("5 of 5 done")
+    expect(page.locator("#batch-grid li .batch-name")).to_have_text([p.name for p in photos])
+
+
 def _wait_batch_done(page: Any, count: int) -> None:
     grid = page.locator("#batch-grid li")
     expect(grid).to_have_count(count)
@@ -82,15 +95,7 @@ def test_five_photos_make_a_batch_with_one_zip(
     photos = _photos(tmp_path)
     page.goto("/")
     page.set_input_files("#file-input", [str(p) for p in photos])
-    expect(page.locator("#file-info")).to_contain_text("5 photos")
-    expect(page.locator("#file-list li")).to_have_count(5)
-    page.locator("input[name=task][value=denoise]").check()
-    page.select_option("#model", "classic")
-    expect(page.locator("#submit")).to_have_text("Restore 5 photos")
-    page.click("#submit")
-    _wait_batch_done(page, 5)
-    expect(page.locator("#batch-counts")).to_contain_text("5 of 5 done")
-    expect(page.locator("#batch-grid li .batch-name")).to_have_text([p.name for p in photos])
+    _restore_the_five(page, photos)
 
     with page.expect_download() as info:
         page.click("#batch-download")
@@ -147,15 +152,7 @@ def test_dropping_five_photos_at_once_makes_a_batch_with_one_zip(
     page.goto("/")
     payload = [[p.name, base64.b64encode(p.read_bytes()).decode()] for p in photos]
     page.evaluate(_DROP_FILES_JS, payload)
-    expect(page.locator("#file-info")).to_contain_text("5 photos")
-    expect(page.locator("#file-list li")).to_have_count(5)
-    page.locator("input[name=task][value=denoise]").check()
-    page.select_option("#model", "classic")
-    expect(page.locator("#submit")).to_have_text("Restore 5 photos")
-    page.click("#submit")
-    _wait_batch_done(page, 5)
-    expect(page.locator("#batch-counts")).to_contain_text("5 of 5 done")
-    expect(page.locator("#batch-grid li .batch-name")).to_have_text([p.name for p in photos])
+    _restore_the_five(page, photos)
     page.wait_for_function(
         "[...document.querySelectorAll('#batch-grid img')].filter("
         "img => img.complete && img.naturalWidth > 0).length === 5"
