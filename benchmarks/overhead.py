@@ -51,7 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -154,7 +154,8 @@ def check_outputs(reference: np.ndarray, results: Sequence[np.ndarray]) -> Outpu
 
 
 def stage_p50s(timings: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """The services' own timings of each job ({service: {stage: s}}), p50 per service.stage."""
+    """The services' own timings of each job ({service: {stage: s}}, and the client's), p50
+    per service.stage."""
     values: dict[str, list[float]] = {}
     for job in timings:
         for service, stages in job.items():
@@ -208,7 +209,7 @@ def render_start(start: WorkerStart, summary: Summary) -> str:
 
 def render_stages(stages: Mapping[str, float]) -> str:
     cells = ", ".join(f"{name} {seconds:.3f}" for name, seconds in sorted(stages.items()))
-    return f"service stages, p50 s: {cells or '(none reported)'}"
+    return f"stages, p50 s: {cells or '(none reported)'}"
 
 
 def render_outputs(check: OutputCheck) -> str:
@@ -248,21 +249,39 @@ class PipelineRun:
 
 
 async def run_pipeline(session: aiohttp.ClientSession, url: str, upload: Upload) -> PipelineRun:
-    """One job as a client does it: submit, follow its events, read it, download the result."""
-    started = time.perf_counter()
+    """One job as a client does it: submit, follow its events, read it, download the result.
+
+    Its timings carry the client's view too ("client": when the 202 came, when each state was
+    first seen on the event stream, the job read and the download) and when each state was
+    written ("log"), so the time between the services' own stages can be placed."""
+    started, wall_started = time.perf_counter(), time.time()
+    client: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        client.setdefault(name, time.perf_counter() - started)
+
     job_id, token = await _submit(session, url, upload)
+    mark("accepted_at_s")
     auth = {"Authorization": f"Bearer {token}"}
-    state = await _final_state(session, f"{url}/api/v1/jobs/{job_id}/events", auth)
+    state = await _final_state(session, f"{url}/api/v1/jobs/{job_id}/events", auth, mark)
+    t0 = time.perf_counter()
     async with session.get(f"{url}/api/v1/jobs/{job_id}", headers=auth) as response:
         response.raise_for_status()
         doc = await response.json()
+    client["read_job_s"] = time.perf_counter() - t0
     if state != "done":
         raise RuntimeError(f"job {job_id} ended {state}: {doc.get('error')}")
     # The presigned link is fetched without credentials, as a browser does.
+    t0 = time.perf_counter()
     async with session.get(doc["result_url"]) as response:
         response.raise_for_status()
         result = await response.read()
-    return PipelineRun(time.perf_counter() - started, result, doc.get("timings") or {})
+    client["download_s"] = time.perf_counter() - t0
+    # When each state was written, on the services' clocks (this machine's: loopback).
+    written = {f"{state}_written_at_s": at - wall_started
+               for state, at in (doc.get("stages") or {}).items()}
+    timings = {**(doc.get("timings") or {}), "client": client, "log": written}
+    return PipelineRun(time.perf_counter() - started, result, timings)
 
 
 async def _submit(session: aiohttp.ClientSession, url: str, upload: Upload) -> tuple[str, str]:
@@ -279,15 +298,18 @@ async def _submit(session: aiohttp.ClientSession, url: str, upload: Upload) -> t
 
 
 async def _final_state(
-    session: aiohttp.ClientSession, events_url: str, auth: Mapping[str, str]
+    session: aiohttp.ClientSession, events_url: str, auth: Mapping[str, str],
+    seen: Callable[[str], None] = lambda _: None,
 ) -> str:
-    """Read the job's SSE stream until a final state (the stream ends after one)."""
+    """Read the job's SSE stream until a final state (the stream ends after one); `seen` is
+    called with "<state>_seen_at_s" as each event arrives."""
     async with session.get(events_url, headers=auth) as response:
         response.raise_for_status()
         async for raw in response.content:
             line = raw.decode().strip()
             if line.startswith("data: "):
                 state = str(json.loads(line[6:])["state"])
+                seen(f"{state}_seen_at_s")
                 if state in FINAL_STATES:
                     return state
     raise RuntimeError(f"{events_url} ended before a final state")

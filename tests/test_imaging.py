@@ -9,12 +9,15 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from shared.ml.imaging import (
+    PREVIEW_SIDE,
+    THUMBNAIL_SIDE,
     apply_orientation,
     composite_masked,
     decode_mask_png,
     decode_png,
     encode_png_array,
     encode_result,
+    encode_result_with_renditions,
     estimate_jpeg_quality,
     from_float01,
     icc_colour_space,
@@ -167,3 +170,45 @@ def test_estimate_jpeg_quality_is_exact_for_pillow_files() -> None:
 def test_estimate_jpeg_quality_needs_table_zero() -> None:
     with pytest.raises(ValueError):
         estimate_jpeg_quality({1: [1] * 64})
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_result_with_renditions_is_the_same_result(fmt: str) -> None:
+    pixels, alpha = _random((40, 30, 3)), _random((40, 30))
+    alone = encode_result(pixels, alpha=alpha, icc_profile=None, fmt=fmt, orientation=6)
+    encoded, _ = encode_result_with_renditions(
+        pixels, alpha=alpha, icc_profile=None, fmt=fmt, orientation=6
+    )
+    assert encoded == alone
+
+
+def test_renditions_are_thumbnail_then_preview_in_the_results_frame() -> None:
+    # 3000 x 600 as the user sees it (orientation 6 turns the stored 600 x 3000).
+    pixels = np.zeros((3000, 600, 3), dtype=np.uint8)
+    pixels[:, :300] = 255  # white on the stored left: the top once turned
+    _, small = encode_result_with_renditions(
+        pixels, alpha=None, icc_profile=None, fmt="png", orientation=6
+    )
+    (thumb, thumb_type), (preview, preview_type) = small
+    assert thumb_type == preview_type == "image/webp"
+    assert _open(thumb).size == (THUMBNAIL_SIDE, 51)
+    assert _open(preview).size == (PREVIEW_SIDE, 410)
+    top, bottom = np.asarray(_open(preview).convert("L"))[[5, -5]].mean(axis=1)
+    assert top > 240 and bottom < 15
+
+
+def test_small_result_preview_is_full_size_and_gray_goes_out_as_rgb() -> None:
+    _, small = encode_result_with_renditions(
+        _random((20, 30)), alpha=_random((20, 30)), icc_profile=None, fmt="png"
+    )
+    thumb, preview = (_open(data) for data, _ in small)
+    assert thumb.size == preview.size == (30, 20)
+    assert preview.format == "WEBP" and preview.mode == "RGBA"
+
+
+def test_renditions_of_a_jpeg_result_show_it_flattened() -> None:
+    pixels = np.zeros((16, 16, 3), dtype=np.uint8)
+    alpha = np.zeros((16, 16), dtype=np.uint8)  # all transparent: a JPEG shows it white
+    _, small = encode_result_with_renditions(pixels, alpha=alpha, icc_profile=None, fmt="jpeg")
+    preview = _open(small[1][0])
+    assert preview.mode == "RGB" and np.asarray(preview).min() > 245

@@ -77,7 +77,7 @@ def test_stage_timings_are_the_p50_per_service_stage() -> None:
         {"preprocess.total_s": 0.06, "denoise.inference_s": 0.5, "denoise.store_s": 0.03}
     )
     assert overhead.render_stages(stages).startswith(
-        "service stages, p50 s: denoise.inference_s 0.500, denoise.store_s 0.030"
+        "stages, p50 s: denoise.inference_s 0.500, denoise.store_s 0.030"
     )
     assert overhead.render_stages({}).endswith("(none reported)")
 

@@ -19,6 +19,7 @@ from PIL import Image
 from skimage import data
 
 from shared.ml.registry import SHIPPED_WEIGHTS_DIR, models_for
+from shared.platform.jobs import JobKeys
 from shared.platform.telemetry import setup_tracing
 from tests.pipeline_helpers import decode_image, png_bytes
 from tests.stack import ADMIN, Stack, download, follow_events, running_stack, submit, wait_for_state
@@ -79,6 +80,8 @@ async def test_denoise_lowers_the_error(stack: Stack, session: aiohttp.ClientSes
     mse = lambda a: float(np.mean((a.astype(float) - clean) ** 2))  # noqa: E731
     assert mse(result) < 0.6 * mse(noisy)
     assert doc["task"] == "denoise" and doc["output"]["width"] == clean.shape[1]
+    # A plain PNG is its own model input: preprocess stored no copy of it.
+    assert not await stack.store.exists(JobKeys(doc["id"]).input)
 
 
 async def test_artifacts_reads_quality_from_the_file(
@@ -90,6 +93,7 @@ async def test_artifacts_reads_quality_from_the_file(
     doc, result = await run_job(session, stack, buf.getvalue(), "artifacts")
     assert result.shape == clean.shape
     assert doc["input"]["format"] == "JPEG" and doc["input"]["jpeg_quality"] == 20
+    assert await stack.store.exists(JobKeys(doc["id"]).input)  # decoded once, stored as PNG
 
 
 async def test_superres_is_four_times_larger(stack: Stack, session: aiohttp.ClientSession) -> None:

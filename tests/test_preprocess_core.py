@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from services.preprocess.core import InvalidInput, Limits, NormalizedInput, normalize
-from shared.ml.imaging import apply_orientation, encode_result, srgb_icc_profile
+from shared.ml.imaging import apply_orientation, decode_png, encode_result, srgb_icc_profile
 
 LIMITS = Limits(max_upload_bytes=50 * 2**20, max_input_pixels=40_000_000)
 RNG = np.random.default_rng(7)
@@ -73,6 +73,7 @@ def test_rgb_png_is_returned_unchanged() -> None:
     assert out.alpha is None and out.mask is None
     assert out.source_format == "PNG" and out.jpeg_quality is None
     assert out.orientation_after == 1 and not out.was_resized
+    assert out.pixels_as_uploaded
 
 
 def test_gray_png_stays_gray() -> None:
@@ -184,6 +185,33 @@ def test_exif_orientation_applied_for_denoise_but_not_artifacts() -> None:
     assert art.pixels.shape == (16, 32, 3) and art.orientation_after == 6
     np.testing.assert_array_equal(art.pixels, stored)  # the 8x8 grid stays where it was
     assert art.source_format == "JPEG" and art.jpeg_quality == 80
+
+
+@pytest.mark.parametrize(
+    ("image", "options", "task", "as_uploaded"),
+    [
+        (Image.fromarray(_random((16, 24))), {}, "denoise", True),
+        (Image.fromarray(_random((16, 24, 3))), {"exif": _exif(6)}, "artifacts", True),
+        (Image.fromarray(_random((16, 24, 3))), {"exif": _exif(6)}, "denoise", False),
+        (Image.fromarray(_random((16, 24, 4)), mode="RGBA"), {}, "denoise", False),
+        (Image.fromarray(_random((16, 24, 3))).convert("P"), {}, "denoise", False),
+    ],
+    ids=["gray", "turned-later", "turned-now", "alpha", "palette"],
+)
+def test_pixels_as_uploaded_only_where_the_upload_decodes_to_them(
+    image: Image.Image, options: dict, task: str, as_uploaded: bool
+) -> None:
+    data = _save(image, **options)
+    out = _norm(data, task=task)
+    assert out.pixels_as_uploaded is as_uploaded
+    if as_uploaded:  # what the next stage will read in place of a stored copy
+        np.testing.assert_array_equal(decode_png(data), out.pixels)
+
+
+def test_jpeg_and_shrunk_uploads_are_not_used_as_is() -> None:
+    arr = _random((40, 60, 3))
+    assert not _norm(_save(Image.fromarray(arr), "JPEG", quality=95)).pixels_as_uploaded
+    assert not _norm(_save(Image.fromarray(arr)), max_side=30).pixels_as_uploaded
 
 
 def test_icc_profile_is_kept() -> None:

@@ -69,6 +69,9 @@ class NormalizedInput:
     source_format: str  # Pillow's format name: "JPEG", "PNG", ...
     jpeg_quality: int | None  # estimated from the quantisation tables, JPEG sources only
     was_resized: bool  # True only when `max_side` shrank the image
+    # The upload decodes (`imaging.decode_png`) to exactly `pixels`: a gray or RGB PNG with
+    # nothing converted, turned or shrunk, so the next stage can read the upload itself.
+    pixels_as_uploaded: bool = False
 
 
 class InvalidInput(ValueError):
@@ -101,6 +104,7 @@ def normalize(
         _load(img, "image")
         orientation = _exif_orientation(img)
         source_format = img.format or "unknown"
+        plain_png = source_format == "PNG" and img.mode in ("L", "RGB")
         jpeg_quality = _jpeg_quality(img)
         pixels, alpha, icc_profile = _to_model_mode(img, img.info.get("icc_profile"))
 
@@ -140,6 +144,10 @@ def normalize(
         source_format=source_format,
         jpeg_quality=jpeg_quality,
         was_resized=was_resized,
+        pixels_as_uploaded=(
+            plain_png and alpha is None and not was_resized
+            and (orientation == 1 or task == "artifacts")
+        ),
     )
 
 

@@ -16,11 +16,11 @@ from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.config import PreprocessSettings
 from shared.platform.eventbus import Delivery, EventBus, Reject
 from shared.platform.jobs import (
-    CONTENT_TYPES,
     JobKeys,
     JobLog,
     StatusReporter,
     heartbeats,
+    store_result,
     worker_name,
 )
 from shared.platform.logging import get_logger
@@ -148,8 +148,8 @@ class PreprocessService:
         """`auto` with nothing to fix: the photo as sent (orientation, alpha and ICC as a
         result gets them, in the requested format) is the result, and the job is done."""
         fmt = job.options.format
-        encoded = await asyncio.to_thread(
-            imaging.encode_result,
+        encoded, renditions = await asyncio.to_thread(
+            imaging.encode_result_with_renditions,
             normalized.pixels,
             alpha=normalized.alpha,
             icc_profile=normalized.icc_profile,
@@ -157,11 +157,7 @@ class PreprocessService:
             orientation=normalized.orientation_after,
         )
         keys = JobKeys(job.job_id)
-        await self.store.put(keys.result(fmt), encoded, CONTENT_TYPES[fmt])
-        for key, side in ((keys.thumbnail, imaging.THUMBNAIL_SIDE),
-                          (keys.preview, imaging.PREVIEW_SIDE)):
-            data, content_type = await asyncio.to_thread(imaging.rendition, encoded, side)
-            await self.store.put(key, data, content_type)
+        await store_result(self.store, keys, fmt, encoded, renditions)
         elapsed = time.time() - started
         metrics.observe_stage("preprocess", elapsed, task=job.task)
         height, width = normalized.pixels.shape[:2]
@@ -184,7 +180,11 @@ class PreprocessService:
         self, job: JobSubmitted, normalized: NormalizedInput, steps: tuple[str, ...]
     ) -> RestoreRequested:
         keys = JobKeys(job.job_id)
-        await self.store.put(keys.input, imaging.encode_png_array(normalized.pixels), "image/png")
+        input_key = job.upload_key
+        if not normalized.pixels_as_uploaded:  # else the upload is the input: no re-encoding
+            input_key = keys.input
+            encoded = imaging.encode_png_array(normalized.pixels)
+            await self.store.put(input_key, encoded, "image/png")
         mask_key = alpha_key = icc_key = None
         if normalized.mask is not None:
             mask_key = keys.input_mask
@@ -203,7 +203,7 @@ class PreprocessService:
             job_id=job.job_id,
             task=steps[0],
             options=options,
-            input_key=keys.input,
+            input_key=input_key,
             mask_key=mask_key,
             alpha_key=alpha_key,
             icc_key=icc_key,

@@ -104,6 +104,23 @@ _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
+async def store_result(
+    store: BlobStore, keys: JobKeys, fmt: str, encoded: bytes,
+    renditions: list[tuple[bytes, str]],
+) -> None:
+    """Store a job's result and its renditions (thumbnail, preview: `imaging.renditions`'s
+    order) side by side: the job is done once the slowest of the three is in."""
+    await asyncio.gather(
+        store.put(keys.result(fmt), encoded, CONTENT_TYPES[fmt]),
+        *(
+            store.put(key, data, content_type)
+            for key, (data, content_type) in zip(
+                (keys.thumbnail, keys.preview), renditions, strict=True
+            )
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What the gateway accepted; written once, never changed."""
@@ -240,18 +257,23 @@ class JobLog:
         return JobSpec(**{k: v for k, v in raw.items() if k in _SPEC_FIELDS})
 
     async def view(self, job_id: str) -> JobView | None:
-        spec = await self.spec(job_id)
+        # The spec and the listing at once, then every event at once: a view is read on every
+        # hop of a job (and by each client), so its latency is one round trip per step, not
+        # one per event.
+        spec, keys = await asyncio.gather(
+            self.spec(job_id), self.store.list(JobKeys(job_id).events_prefix)
+        )
         if spec is None:
             return None
-        events = []
-        for key in await self.store.list(JobKeys(job_id).events_prefix):
-            try:
-                event = messages.decode(await self.store.get(key))
-            except (BlobNotFound, messages.MessageError):
-                continue  # deleted meanwhile, or unreadable: never block the job view
-            if isinstance(event, JobStatus):
-                events.append(event)
-        return fold(spec, events)
+        events = await asyncio.gather(*(self._event(key) for key in keys))
+        return fold(spec, [event for event in events if event is not None])
+
+    async def _event(self, key: str) -> JobStatus | None:
+        try:
+            event = messages.decode(await self.store.get(key))
+        except (BlobNotFound, messages.MessageError):
+            return None  # deleted meanwhile, or unreadable: never block the job view
+        return event if isinstance(event, JobStatus) else None
 
 
 def worker_name(service: str) -> str:

@@ -29,11 +29,11 @@ from shared.platform import metrics, telemetry, topology
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.eventbus import Delivery, EventBus, Reject
 from shared.platform.jobs import (
-    CONTENT_TYPES,
     JobKeys,
     JobLog,
     StatusReporter,
     heartbeats,
+    store_result,
     worker_name,
 )
 from shared.platform.logging import get_logger
@@ -211,25 +211,23 @@ class ModelService:
         if alpha is not None and alpha.shape != output.pixels.shape[:2]:
             alpha = imaging.resize_alpha(alpha, output.pixels.shape[1::-1])
         fmt = request.options.format
-        encoded = await asyncio.to_thread(
-            imaging.encode_result,
-            output.pixels,
-            alpha=alpha,
-            icc_profile=icc,
-            fmt=fmt,  # type: ignore[arg-type]
-            orientation=request.orientation_after,
+        (encoded, renditions), cancelled = await asyncio.gather(
+            asyncio.to_thread(
+                imaging.encode_result_with_renditions,
+                output.pixels,
+                alpha=alpha,
+                icc_profile=icc,
+                fmt=fmt,  # type: ignore[arg-type]
+                orientation=request.orientation_after,
+            ),
+            self._cancelled(request.job_id),  # read while encoding: one wait, not two
         )
-        renditions = await asyncio.to_thread(_renditions, encoded)
         timings["encode_s"] = time.time() - t0
-        if job.cancelled.is_set() or await self._cancelled(request.job_id):
+        if cancelled or job.cancelled.is_set():
             raise Cancelled()  # deleted while we worked: store nothing
         t0 = time.time()
         result_key = keys.result(fmt)
-        await self.store.put(result_key, encoded, CONTENT_TYPES[fmt])
-        for key, (data, content_type) in zip(
-            (keys.thumbnail, keys.preview), renditions, strict=True
-        ):
-            await self.store.put(key, data, content_type)
+        await store_result(self.store, keys, fmt, encoded, renditions)
         timings["store_s"] = time.time() - t0
         metrics.observe_stages(timings, task=request.task)
         height, width = output.pixels.shape[:2]
@@ -251,9 +249,12 @@ class ModelService:
         the stored frame: alpha, ICC and orientation wait for the last step) and publish it."""
         request = job.request
         t0 = time.time()
-        encoded = await asyncio.to_thread(imaging.encode_png_array, output.pixels)
+        encoded, cancelled = await asyncio.gather(
+            asyncio.to_thread(imaging.encode_png_array, output.pixels),
+            self._cancelled(request.job_id),
+        )
         timings["encode_s"] = time.time() - t0
-        if job.cancelled.is_set() or await self._cancelled(request.job_id):
+        if cancelled or job.cancelled.is_set():
             raise Cancelled()
         t0 = time.time()
         key = JobKeys(request.job_id).step_output(request.step, request.task)
@@ -340,14 +341,6 @@ def _step_named(request: RestoreRequested, reason: str) -> str:
 
 def _timings_key(request: RestoreRequested, service: str) -> str:
     return request.task if request.steps else service
-
-
-def _renditions(encoded: bytes) -> list[tuple[bytes, str]]:
-    """Thumbnail (recent-jobs list) and preview (viewing huge SR results in a browser)."""
-    return [
-        imaging.rendition(encoded, imaging.THUMBNAIL_SIDE),
-        imaging.rendition(encoded, imaging.PREVIEW_SIDE),
-    ]
 
 
 def _run_exclusive(
