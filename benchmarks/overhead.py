@@ -22,8 +22,9 @@ and a fresh RESTORA_CACHE_DIR; `--env` sets any other. The denoise service comes
 2. Timed runs, a pipeline run and a pure-function run in turn (which goes first alternates), so
    both see the same machine:
    - pipeline: POST /api/v1/jobs (task=denoise, model=mwcnn, sigma), the job's event stream (SSE,
-     as the page follows a job) until it is final, GET the job, then its result through the
-     presigned link: timed from the POST to the result's last byte;
+     as the page follows a job) until it is final, then the result through the presigned link
+     the done event carries: timed from the POST to the result's last byte (the job is read
+     after that, for the stage timings);
    - pure function: `registry.restore(runtime, "denoise", "mwcnn", RestoreJob(pixels, sigma))`
      in this process, on the runtime `build_runtime` makes from the very settings the services
      were given (same threads, device and RESTORA_BACKEND; the same cache directory, so `auto`
@@ -249,11 +250,12 @@ class PipelineRun:
 
 
 async def run_pipeline(session: aiohttp.ClientSession, url: str, upload: Upload) -> PipelineRun:
-    """One job as a client does it: submit, follow its events, read it, download the result.
+    """One job as a client does it: submit, follow its events, download the result from the
+    link in the done event.
 
     Its timings carry the client's view too ("client": when the 202 came, when each state was
-    first seen on the event stream, the job read and the download) and when each state was
-    written ("log"), so the time between the services' own stages can be placed."""
+    first seen on the event stream, the download) and when each state was written ("log"), so
+    the time between the services' own stages can be placed."""
     started, wall_started = time.perf_counter(), time.time()
     client: dict[str, float] = {}
 
@@ -263,25 +265,25 @@ async def run_pipeline(session: aiohttp.ClientSession, url: str, upload: Upload)
     job_id, token = await _submit(session, url, upload)
     mark("accepted_at_s")
     auth = {"Authorization": f"Bearer {token}"}
-    state = await _final_state(session, f"{url}/api/v1/jobs/{job_id}/events", auth, mark)
+    final = await _final_event(session, f"{url}/api/v1/jobs/{job_id}/events", auth, mark)
+    if final["state"] != "done":
+        raise RuntimeError(f"job {job_id} ended {final['state']}: {final.get('error')}")
+    # The done event carries the presigned link, fetched without credentials as a browser does.
     t0 = time.perf_counter()
-    async with session.get(f"{url}/api/v1/jobs/{job_id}", headers=auth) as response:
-        response.raise_for_status()
-        doc = await response.json()
-    client["read_job_s"] = time.perf_counter() - t0
-    if state != "done":
-        raise RuntimeError(f"job {job_id} ended {state}: {doc.get('error')}")
-    # The presigned link is fetched without credentials, as a browser does.
-    t0 = time.perf_counter()
-    async with session.get(doc["result_url"]) as response:
+    async with session.get(final["result_url"]) as response:
         response.raise_for_status()
         result = await response.read()
     client["download_s"] = time.perf_counter() - t0
-    # When each state was written, on the services' clocks (this machine's: loopback).
+    seconds = time.perf_counter() - started
+    # Read after the clock stops: the services' stage timings and when each state was written
+    # (on the services' clocks, this machine's: loopback), to place the time between stages.
+    async with session.get(f"{url}/api/v1/jobs/{job_id}", headers=auth) as response:
+        response.raise_for_status()
+        doc = await response.json()
     written = {f"{state}_written_at_s": at - wall_started
                for state, at in (doc.get("stages") or {}).items()}
     timings = {**(doc.get("timings") or {}), "client": client, "log": written}
-    return PipelineRun(time.perf_counter() - started, result, timings)
+    return PipelineRun(seconds, result, timings)
 
 
 async def _submit(session: aiohttp.ClientSession, url: str, upload: Upload) -> tuple[str, str]:
@@ -297,21 +299,21 @@ async def _submit(session: aiohttp.ClientSession, url: str, upload: Upload) -> t
     return str(body["id"]), str(body["owner_token"])
 
 
-async def _final_state(
+async def _final_event(
     session: aiohttp.ClientSession, events_url: str, auth: Mapping[str, str],
     seen: Callable[[str], None] = lambda _: None,
-) -> str:
-    """Read the job's SSE stream until a final state (the stream ends after one); `seen` is
-    called with "<state>_seen_at_s" as each event arrives."""
+) -> dict[str, Any]:
+    """Read the job's SSE stream until a final state (the stream ends after one) and return
+    that event's data; `seen` is called with "<state>_seen_at_s" as each event arrives."""
     async with session.get(events_url, headers=auth) as response:
         response.raise_for_status()
         async for raw in response.content:
             line = raw.decode().strip()
             if line.startswith("data: "):
-                state = str(json.loads(line[6:])["state"])
-                seen(f"{state}_seen_at_s")
-                if state in FINAL_STATES:
-                    return state
+                data = json.loads(line[6:])
+                seen(f"{data['state']}_seen_at_s")
+                if data["state"] in FINAL_STATES:
+                    return dict(data)
     raise RuntimeError(f"{events_url} ended before a final state")
 
 
@@ -514,6 +516,7 @@ def _report(measured: Measured, args: argparse.Namespace, load_before: float) ->
             "backends": measured.backends,
             "pure_threads": measured.pure_threads,
             "pipeline_s": [r.seconds for r in measured.pipeline],
+            "pipeline_stages": [r.timings for r in measured.pipeline],  # each run's, in order
             "pure_s": measured.pure_s,
             "summary": {**asdict(summary), "ratio": summary.ratio, "meets": summary.meets},
             "worker_start": {**asdict(measured.start),

@@ -20,8 +20,10 @@ from shared.ml.imaging import (
     encode_result_with_renditions,
     estimate_jpeg_quality,
     from_float01,
+    has_preview,
     icc_colour_space,
     oriented_size,
+    renditions,
     resize_alpha,
     srgb_icc_profile,
     to_float01,
@@ -197,18 +199,26 @@ def test_renditions_are_thumbnail_then_preview_in_the_results_frame() -> None:
     assert top > 240 and bottom < 15
 
 
-def test_small_result_preview_is_full_size_and_gray_goes_out_as_rgb() -> None:
+def test_a_small_result_is_its_own_preview_and_gray_goes_out_as_rgb() -> None:
     _, small = encode_result_with_renditions(
         _random((20, 30)), alpha=_random((20, 30)), icc_profile=None, fmt="png"
     )
-    thumb, preview = (_open(data) for data, _ in small)
-    assert thumb.size == preview.size == (30, 20)
-    assert preview.format == "WEBP" and preview.mode == "RGBA"
+    ((data, content_type),) = small  # the thumbnail alone
+    thumb = _open(data)
+    assert thumb.size == (30, 20) and content_type == "image/webp"
+    assert thumb.format == "WEBP" and thumb.mode == "RGBA"
+
+
+@pytest.mark.parametrize(("width", "height", "has"), [(2048, 2048, False), (2049, 10, True),
+                                                      (10, 2049, True), (1, 1, False)])
+def test_only_a_result_larger_than_a_preview_has_one(width: int, height: int, has: bool) -> None:
+    assert has_preview(width, height) is has
+    assert len(renditions(Image.new("RGB", (width, height)))) == (2 if has else 1)
 
 
 def test_renditions_of_a_jpeg_result_show_it_flattened() -> None:
     pixels = np.zeros((16, 16, 3), dtype=np.uint8)
     alpha = np.zeros((16, 16), dtype=np.uint8)  # all transparent: a JPEG shows it white
     _, small = encode_result_with_renditions(pixels, alpha=alpha, icc_profile=None, fmt="jpeg")
-    preview = _open(small[1][0])
+    preview = _open(small[0][0])  # the thumbnail: this result is its own preview
     assert preview.mode == "RGB" and np.asarray(preview).min() > 245

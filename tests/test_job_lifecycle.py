@@ -29,6 +29,7 @@ from tests.pipeline_helpers import png_bytes
 from tests.stack import (
     ADMIN,
     Stack,
+    download,
     follow_events,
     free_port,
     running_stack,
@@ -211,6 +212,25 @@ async def test_presigned_links_work_from_a_plain_client(
         if name == "thumbnail_url":
             assert max(Image.open(io.BytesIO(payload)).size) <= 256
     assert "attachment" in doc["result_url"] or "content-disposition" in doc["result_url"].lower()
+
+
+async def test_the_done_event_carries_the_result_links(
+    servers_stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    _, body = await submit(session, servers_stack.url, IMAGE, "denoise")
+    events = await follow_events(session, servers_stack.url, body["id"])
+    done = events[-1]
+    assert done["state"] == "done"
+    assert all("result_url" not in e for e in events[:-1])
+    doc = await wait_for_state(session, servers_stack.url, body["id"], {"done"})
+    late = (await follow_events(session, servers_stack.url, body["id"]))[-1]  # after the end
+    for name in ("result_url", "result_view_url", "thumbnail_url", "preview_url"):
+        expected = await download(session, servers_stack.url, doc[name])
+        assert await download(session, servers_stack.url, done[name]) == expected, name
+        assert await download(session, servers_stack.url, late[name]) == expected, name
+    # A result no larger than a preview is its own preview: none is stored for it.
+    assert doc["preview_url"] == doc["result_view_url"]
+    assert await servers_stack.store.list(JobKeys(body["id"]).preview) == []
 
 
 async def test_expired_or_altered_local_links_are_403(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ async def test_a_done_job_has_a_complete_record(
     async with running_stack(tmp_path) as stack:
         job_id, events = await run_job(session, stack.url, "denoise", sigma="25")
         assert events[-1]["state"] == "done"
-        # The gateway writes it before its SSE streams hear `done`: readable at once.
+        # Written beside the SSE streams, and the records API waits for it: readable at once.
         body = await get_records(session, stack.url)
     (record,) = [r for r in body["records"] if r["job_id"] == job_id]
     assert record["outcome"] == "done" and record["error"] is None
@@ -272,6 +272,7 @@ async def test_no_get_writes_to_the_store_or_publishes(
             heard.append(status)
 
         await stack.bus.subscribe_status(hear)
+        await get_records(session, stack.url)  # the job's record, written beside its SSE stream
         before = await stack.store.list("")
         paths = [
             f"/api/v1/jobs/{job_id}",

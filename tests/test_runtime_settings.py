@@ -125,8 +125,8 @@ def test_a_worker_runs_a_small_job_through_each_network_before_the_first_one(
     monkeypatch.setattr(registry, "RESTORERS", tuple(
         dataclasses.replace(e, restore=counting) if e is entry else e for e in registry.RESTORERS))
     assert registry.warm(runtime, ("denoise", "artifacts")) == ["denoise:mwcnn"]
-    side = registry.WARM_UP_SIDE
-    assert seen == [(side, side, 3)]
+    side, heap = registry.WARM_UP_SIDE, registry.HEAP_WARM_UP_SIDE
+    assert seen == [(side, side, 3), (heap, heap, 3)]  # then once at a photo's size
     hole = registry.warm_up_job("inpaint").mask
     assert hole is not None and 0 < hole.mean() < 1
     assert registry.warm_up_job("superres").pixels.shape == (side // 2, side // 2, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import pytest
 
 from services.gateway.validation import InvalidRequest, parse_options
 from shared.platform import messages
+from shared.platform.aio import forget
+from shared.platform.blobstore import LocalDirBlobStore
 from shared.platform.config import GatewaySettings, PreprocessSettings, load_settings
-from shared.platform.jobs import JobSpec, fold, is_valid_job_id, new_job_id
+from shared.platform.jobs import JobLog, JobSpec, fold, is_valid_job_id, new_job_id
 from shared.platform.messages import JobOptions, JobStatus, JobSubmitted, RestoreRequested
 from shared.platform.topology import queue_for_task
 
@@ -97,6 +100,60 @@ def test_fold_is_independent_of_arrival_order() -> None:
     assert forward.state == backward.state == "done"
     assert forward.result_key == backward.result_key == "r"
     assert forward.stages == backward.stages
+
+
+@pytest.mark.parametrize(
+    ("states", "final_state"),
+    [
+        ([], None),
+        (["preprocessing", "running"], None),
+        (["running", "done"], "done"),
+        (["cancelled", "done"], "cancelled"),  # the first final state, as the view has it
+        (["running", "failed", "cancelled"], "failed"),
+    ],
+)
+async def test_a_jobs_end_is_read_from_its_listing_as_its_view_has_it(
+    tmp_path: Path, states: list[str], final_state: str | None
+) -> None:
+    log = JobLog(LocalDirBlobStore(tmp_path, b"k"))
+    await log.create(spec())
+    for at, state in enumerate(states, start=1):
+        await log.append(status(state, float(at)))
+    end = await log.end(spec().job_id)
+    view = await log.view(spec().job_id)
+    assert view is not None and end.exists
+    assert end.final_state == final_state
+    assert end.is_over == view.is_final
+    if final_state:
+        assert view.state == final_state
+
+
+async def test_a_deleted_job_has_ended(tmp_path: Path) -> None:
+    store = LocalDirBlobStore(tmp_path, b"k")
+    log = JobLog(store)
+    assert (await log.end(spec().job_id)).is_over  # never was
+    await log.create(spec())
+    await log.append(status("running", 1.0))
+    assert not (await log.end(spec().job_id)).is_over
+    await store.delete_prefix(f"jobs/{spec().job_id}/")
+    end = await log.end(spec().job_id)
+    assert not end.exists and end.is_over
+
+
+async def test_forget_stops_a_running_task_and_reads_a_failed_ones_error() -> None:
+    running = asyncio.create_task(asyncio.sleep(10))
+    await asyncio.sleep(0)
+    forget(running)
+    await asyncio.sleep(0)
+    assert running.cancelled()
+
+    async def fail() -> None:
+        raise RuntimeError("not needed")
+
+    failed = asyncio.create_task(fail())
+    await asyncio.sleep(0)
+    forget(failed)  # no "exception was never retrieved" at collection
+    assert failed.done() and isinstance(failed.exception(), RuntimeError)
 
 
 def test_job_ids_are_128_bit_random() -> None:

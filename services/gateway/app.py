@@ -33,7 +33,7 @@ from services.gateway.uploads import (
     sniff_image,
 )
 from services.gateway.validation import InvalidRequest, parse_options
-from shared.ml import chains, registry
+from shared.ml import chains, imaging, registry
 from shared.platform import messages, metrics, telemetry, topology
 from shared.platform.blobstore import (
     LOCAL_FILES_ROUTE,
@@ -130,10 +130,11 @@ async def _stop_maintenance(app: web.Application) -> None:
 
 async def _subscribe(app: web.Application) -> None:
     bus = app[BUS]
-    # Records first: a client that sees a job end on this replica can read its record.
+    # Records are written beside the SSE streams, and read only once written: a client that
+    # sees a job end on this replica can read its record.
     await follow_statuses(
         bus,
-        app[records_api.RECORD_WRITER].on_status,
+        app[records_api.PENDING_RECORDS].on_status,
         app[BROADCASTER].on_status,
         app[owner_limits.UNFINISHED].on_status,
     )
@@ -360,16 +361,40 @@ def job_document(
         "output": view.details.get("output"),
         "timings": view.details.get("timings"),
     }
-    expiry = settings.link_expiry_s
-    doc["original_url"] = store.link(JobKeys(spec.job_id).upload, LinkOptions(expiry))
+    doc["original_url"] = store.link(
+        JobKeys(spec.job_id).upload, LinkOptions(settings.link_expiry_s)
+    )
     if view.state == "done" and view.result_key:
-        filename = f"restora-{spec.job_id[:8]}-{spec.task}.{view.result_key.rsplit('.', 1)[-1]}"
-        doc["result_url"] = store.link(view.result_key, LinkOptions(expiry, filename))
-        doc["result_view_url"] = store.link(view.result_key, LinkOptions(expiry, filename, True))
-        keys = JobKeys(spec.job_id)
-        doc["thumbnail_url"] = store.link(keys.thumbnail, LinkOptions(expiry))
-        doc["preview_url"] = store.link(keys.preview, LinkOptions(expiry))
+        doc.update(result_links(store, settings, spec, view.result_key, doc["output"]))
     return doc
+
+
+def result_links(
+    store: BlobStore, settings: GatewaySettings, spec: JobSpec, result_key: str, output: Any
+) -> dict[str, str]:
+    """A done job's presigned links: the result (as a download and to view), its thumbnail
+    and its preview (the result itself where it is small enough to be its own)."""
+    expiry = settings.link_expiry_s
+    filename = f"restora-{spec.job_id[:8]}-{spec.task}.{result_key.rsplit('.', 1)[-1]}"
+    keys = JobKeys(spec.job_id)
+    view_url = store.link(result_key, LinkOptions(expiry, filename, True))
+    return {
+        "result_url": store.link(result_key, LinkOptions(expiry, filename)),
+        "result_view_url": view_url,
+        "thumbnail_url": store.link(keys.thumbnail, LinkOptions(expiry)),
+        "preview_url": (
+            store.link(keys.preview, LinkOptions(expiry)) if _has_preview(output) else view_url
+        ),
+    }
+
+
+def _has_preview(output: Any) -> bool:
+    """Whether the result has a preview of its own; a job that did not say its size (from
+    before results this small went without one) has."""
+    try:
+        return imaging.has_preview(int(output["width"]), int(output["height"]))
+    except (TypeError, KeyError, ValueError):
+        return True
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
@@ -388,8 +413,21 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         )
         await response.prepare(request)
         last_sent = _last_event_id(request)
+
+        async def send(status: JobStatus) -> int:
+            # The done event carries the result's links: a client downloads without a read.
+            links = (
+                result_links(
+                    request.app[STORE], request.app[SETTINGS], view.spec, status.result_key,
+                    status.details.get("output"),
+                )
+                if status.state == "done" and status.result_key
+                else None
+            )
+            return await _send(response, status, links)
+
         for status in _catch_up(view, last_sent):
-            last_sent = await _send(response, status)
+            last_sent = await send(status)
         final = view.is_final
         while not final:
             try:
@@ -399,7 +437,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 continue
             if int(event_id(status)) <= last_sent:
                 continue
-            last_sent = await _send(response, status)
+            last_sent = await send(status)
             final = status.is_final
         return response
     finally:
@@ -425,11 +463,15 @@ def _catch_up(view: JobView, last_sent: int) -> list[JobStatus]:
             at=at,
             progress=view.progress,
             error=view.error if view.state == "failed" else None,
+            result_key=view.result_key if view.state == "done" else None,
+            details={"output": view.details.get("output")},
         )
     ]
 
 
-async def _send(response: web.StreamResponse, status: JobStatus) -> int:
+async def _send(
+    response: web.StreamResponse, status: JobStatus, links: dict[str, str] | None = None
+) -> int:
     ident = event_id(status)
     data: dict[str, Any] = {
         "state": status.state,
@@ -440,6 +482,8 @@ async def _send(response: web.StreamResponse, status: JobStatus) -> int:
     }
     if isinstance(step := status.details.get("step"), dict):
         data["step"] = step  # a chain's: {"index", "name", "of"}
+    if links:
+        data.update(links)
     payload = f"id: {ident}\nevent: status\ndata: {json.dumps(data)}\n\n"
     await response.write(payload.encode())
     return int(ident)

@@ -1,8 +1,9 @@
-"""Following the status stream: the records writer, then live job events for the browser.
+"""Following the status stream: the records writer, and live job events for the browser.
 
 Each replica subscribes once to the status fan-out (`follow_statuses`) and hands every
-status first to the records writer, then to the SSE streams of that job open on this
-replica: a client that sees a job end here can read the job's record at once.
+status to the records writer (which writes in the background: the records API waits for
+the writes in hand, so a client that sees a job end here can read the job's record at
+once), then to the SSE streams of that job open on this replica.
 """
 
 from __future__ import annotations

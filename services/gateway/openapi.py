@@ -194,7 +194,9 @@ def openapi_document(weights_dir: Path) -> dict[str, Any]:
             },
             "/api/v1/jobs/{id}/events": {
                 "parameters": [job_id],
-                "get": {"summary": "Server-sent events of the job (Last-Event-ID honoured)",
+                "get": {"summary": "Server-sent events of the job (Last-Event-ID honoured); "
+                                   "the done event carries result_url, result_view_url, "
+                                   "thumbnail_url and preview_url",
                         "security": [*owner, {"eventsToken": []}],
                         "responses": {"200": {"description": "text/event-stream"},
                                       **no_such_job, **limited}},

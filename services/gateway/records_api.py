@@ -28,7 +28,7 @@ from shared.platform.blobstore import BlobStore
 from shared.platform.eventbus import EventBus
 from shared.platform.jobs import JobLog
 from shared.platform.logging import get_logger
-from shared.platform.messages import TASKS
+from shared.platform.messages import TASKS, JobStatus
 from shared.platform.records import (
     RECORDED_OUTCOMES,
     Filters,
@@ -48,10 +48,39 @@ MAX_BUCKETS = 500
 QUEUE_DEPTH_EVERY_S = 15.0
 
 
+class RecordsBeingWritten:
+    """Hands each status to the records writer without holding up the statuses behind it (the
+    job's SSE stream among them), and keeps the writes in hand, so that a read of the records
+    waits for them (`settled`): a client that saw a job end on this replica finds its record."""
+
+    def __init__(self, writer: RecordWriter) -> None:
+        self.writer = writer
+        self._writing: set[asyncio.Task[None]] = set()
+
+    async def on_status(self, status: JobStatus) -> None:
+        if status.state not in RECORDED_OUTCOMES:
+            return
+        task = asyncio.create_task(self.writer.on_status(status))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def settled(self) -> None:
+        """Wait for the writes in hand (each ends within the writer's timeout, never raises)."""
+        if self._writing:
+            await asyncio.gather(*self._writing)
+
+
+PENDING_RECORDS: web.AppKey[RecordsBeingWritten] = web.AppKey(
+    "pending_records", RecordsBeingWritten
+)
+
+
 def add_routes(app: web.Application, store: BlobStore, bus: EventBus | None = None) -> None:
     app[RECORDS] = RecordStore(store)
-    # The app hands it the statuses (before the SSE streams) and the maintenance sweeper.
+    # The app hands it the statuses (through PENDING_RECORDS) and the maintenance sweeper.
     app[RECORD_WRITER] = RecordWriter(JobLog(store), app[RECORDS], recorded_by="gateway")
+    app[PENDING_RECORDS] = RecordsBeingWritten(app[RECORD_WRITER])
+    app.on_cleanup.append(lambda a: a[PENDING_RECORDS].settled())
     app.router.add_get("/api/v1/records", list_records)
     app.router.add_get("/api/v1/records/summary", records_summary)
     app.router.add_get("/dashboard", dashboard)
@@ -115,6 +144,7 @@ def _bad(exc: BadQuery) -> web.Response:
 
 
 async def list_records(request: web.Request) -> web.Response:
+    await request.app[PENDING_RECORDS].settled()
     try:
         filters = parse_filters(request.query)
         limit = _int(request.query.get("limit"), "limit", 1000, MAX_LIMIT)
@@ -136,6 +166,7 @@ async def list_records(request: web.Request) -> web.Response:
 
 
 async def records_summary(request: web.Request) -> web.Response:
+    await request.app[PENDING_RECORDS].settled()
     try:
         filters = parse_filters(request.query)
         buckets = _int(request.query.get("buckets"), "buckets", 60, MAX_BUCKETS)

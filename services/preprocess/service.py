@@ -12,6 +12,7 @@ from shared.errors import UnprocessableInput
 from shared.ml import auto, chains, imaging
 from shared.ml.noise_estimation import estimate_noise_sigma
 from shared.platform import metrics, telemetry, topology
+from shared.platform.aio import forget
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.config import PreprocessSettings
 from shared.platform.eventbus import Delivery, EventBus, Reject
@@ -71,41 +72,29 @@ class PreprocessService:
         job = delivery.message
         if not isinstance(job, JobSubmitted):
             raise Reject(f"preprocess cannot handle {type(job).__name__}")
-        view = await self.jobs.view(job.job_id)
-        if view is None or view.is_final:
-            return  # deleted or cancelled before we got to it
-        await self.reporter.report(job.job_id, "preprocessing")
-        started = time.time()
+        # The upload is fetched while the job is looked up, and decoded while "preprocessing"
+        # is told: one wait each, not two.
+        fetched = asyncio.create_task(self._fetch(job))
         try:
+            if (await self.jobs.end(job.job_id)).is_over:
+                return  # deleted or cancelled before we got to it
+            started = time.time()
             # A worker killed here leaves a heartbeat that stops: the job says so.
             async with heartbeats(
                 self.jobs, job.job_id, self.worker, self.settings.heartbeat_interval_s
             ):
-                image = await self.store.get(job.upload_key)
-                mask = await self.store.get(job.mask_key) if job.mask_key else None
-                with telemetry.tracer().start_as_current_span(
-                    "preprocess normalize",
-                    attributes={
-                        "restora.job_id": job.job_id,
-                        "restora.task": job.task,
-                        "restora.model": job.options.model,
-                        "restora.upload_bytes": len(image),
-                    },
-                ):
-                    normalized = await asyncio.to_thread(
-                        normalize,
-                        image,
-                        task=_normalized_for(job.task),  # type: ignore[arg-type]
-                        mask_bytes=mask,
-                        max_side=job.options.max_side,
-                        limits=self.limits_for(job.task),
-                    )
+                _, normalized = await asyncio.gather(
+                    self.reporter.report(job.job_id, "preprocessing"),
+                    self._normalize(job, fetched),
+                )
         except BlobNotFound:
             await self.reporter.report(job.job_id, "failed", error="the upload is gone (deleted?)")
             return
         except InvalidInput as exc:
             await self.reporter.report(job.job_id, "failed", error=str(exc))
             return
+        finally:
+            forget(fetched)
         height, width = normalized.pixels.shape[:2]
         steps, extra = chains.steps_of(job.task), {}
         if job.task == chains.AUTO:
@@ -140,6 +129,34 @@ class PreprocessService:
         await self.bus.publish(
             topology.queue_for_task(first, request.options.for_step(first).model), request
         )
+
+    async def _fetch(self, job: JobSubmitted) -> tuple[bytes, bytes | None]:
+        """The upload and its mask, where it has one."""
+        image = await self.store.get(job.upload_key)
+        mask = await self.store.get(job.mask_key) if job.mask_key else None
+        return image, mask
+
+    async def _normalize(
+        self, job: JobSubmitted, fetched: asyncio.Task[tuple[bytes, bytes | None]]
+    ) -> NormalizedInput:
+        image, mask = await fetched
+        with telemetry.tracer().start_as_current_span(
+            "preprocess normalize",
+            attributes={
+                "restora.job_id": job.job_id,
+                "restora.task": job.task,
+                "restora.model": job.options.model,
+                "restora.upload_bytes": len(image),
+            },
+        ):
+            return await asyncio.to_thread(
+                normalize,
+                image,
+                task=_normalized_for(job.task),  # type: ignore[arg-type]
+                mask_bytes=mask,
+                max_side=job.options.max_side,
+                limits=self.limits_for(job.task),
+            )
 
     async def _finish_untouched(
         self, job: JobSubmitted, normalized: NormalizedInput, started: float,

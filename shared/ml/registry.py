@@ -280,13 +280,21 @@ def preload(runtime: ModelRuntime, tasks: tuple[str, ...]) -> list[str]:
 #: kernel selection among them: after a load, the first 128² denoise took 2.2× a warm one
 #: (benchmarks/overhead.py), which the first user would otherwise pay.
 WARM_UP_SIDE = 64
+#: Then one job this size through the first of these tasks' networks: a process's first run
+#: at a size grows its heap, page by page (a first 512² denoise took +70 ms after a 256²
+#: warm-up, none after a 512² one, 2-core AMD EPYC), and the heap keeps what it grew to
+#: (`allocator.keep_freed_memory`), so every later job up to this size, on any of the
+#: process's networks, starts warm. About a second at worker start; superres and inpaint are
+#: left out, where a job this size takes far longer.
+HEAP_WARM_UP_SIDE = 512
+HEAP_WARM_UP_TASKS = ("denoise", "artifacts")
 
 
-def warm_up_job(task: str) -> RestoreJob:
+def warm_up_job(task: str, side: int = WARM_UP_SIDE) -> RestoreJob:
     """A small seeded colour job for `task` (with a square hole to fill for inpaint)."""
     import numpy as np
 
-    side = WARM_UP_SIDE // 2 if task == "superres" else WARM_UP_SIDE
+    side = side // 2 if task == "superres" else side
     pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
     mask = None
     if task == "inpaint":
@@ -296,14 +304,16 @@ def warm_up_job(task: str) -> RestoreJob:
 
 
 def warm(runtime: ModelRuntime, tasks: tuple[str, ...]) -> list[str]:
-    """Run :func:`warm_up_job` through every loaded network of `tasks` (slow ones excepted);
-    the (task, model)s warmed."""
-    warmed = []
-    for entry in RESTORERS:
-        if _loadable(entry, runtime, tasks) and not entry.slow:
-            entry.restore(runtime, warm_up_job(entry.task))
-            warmed.append(f"{entry.task}:{entry.name}")
-    return warmed
+    """Run :func:`warm_up_job` through every loaded network of `tasks` (slow ones excepted),
+    then one at `HEAP_WARM_UP_SIDE` through the first of `HEAP_WARM_UP_TASKS`'; the (task,
+    model)s warmed."""
+    warmed = [entry for entry in RESTORERS if _loadable(entry, runtime, tasks) and not entry.slow]
+    for entry in warmed:
+        entry.restore(runtime, warm_up_job(entry.task))
+    heap = next((e for e in warmed if e.task in HEAP_WARM_UP_TASKS), None)
+    if heap is not None:
+        heap.restore(runtime, warm_up_job(heap.task, HEAP_WARM_UP_SIDE))
+    return [f"{entry.task}:{entry.name}" for entry in warmed]
 
 
 def restore(runtime: ModelRuntime, task: str, model: str, job: RestoreJob) -> Restored:

@@ -108,15 +108,16 @@ async def store_result(
     store: BlobStore, keys: JobKeys, fmt: str, encoded: bytes,
     renditions: list[tuple[bytes, str]],
 ) -> None:
-    """Store a job's result and its renditions (thumbnail, preview: `imaging.renditions`'s
-    order) side by side: the job is done once the slowest of the three is in."""
+    """Store a job's result and its renditions (the thumbnail, then the preview where a result
+    has one: `imaging.renditions`'s order) side by side: the job is done once the slowest is in."""
+    if not 1 <= len(renditions) <= 2:
+        raise ValueError(f"a thumbnail and at most a preview, got {len(renditions)} renditions")
+    rendition_keys = (keys.thumbnail, keys.preview)[: len(renditions)]
     await asyncio.gather(
         store.put(keys.result(fmt), encoded, CONTENT_TYPES[fmt]),
         *(
             store.put(key, data, content_type)
-            for key, (data, content_type) in zip(
-                (keys.thumbnail, keys.preview), renditions, strict=True
-            )
+            for key, (data, content_type) in zip(rendition_keys, renditions, strict=True)
         ),
     )
 
@@ -220,6 +221,26 @@ def fold(spec: JobSpec, events: list[JobStatus]) -> JobView:
     return view
 
 
+@dataclass(frozen=True)
+class JobEnd:
+    """`JobLog.end`'s answer: a deleted job does not exist; a final state is the first one in
+    the log, as in the job's view (a final state never changes)."""
+
+    exists: bool
+    final_state: str | None
+
+    @property
+    def is_over(self) -> bool:
+        """Deleted, cancelled, failed or done: nothing more to do for it."""
+        return not self.exists or self.final_state is not None
+
+
+def _state_in_key(key: str) -> str:
+    """`append`'s names are `<at ns>-<rank>-<state>-<token>.json`."""
+    parts = key.rsplit("/", 1)[-1].split("-")
+    return parts[2] if len(parts) == 4 else ""
+
+
 class JobLog:
     """Reads and appends a job's events in the object store."""
 
@@ -267,6 +288,17 @@ class JobLog:
             return None
         events = await asyncio.gather(*(self._event(key) for key in keys))
         return fold(spec, [event for event in events if event is not None])
+
+    async def end(self, job_id: str) -> JobEnd:
+        """Whether the job is still there and how it ended, if it has, from one listing of its
+        objects (an event's state is in its key), no event read: what a worker asks before
+        and while it works, one round trip instead of a view's two."""
+        keys = JobKeys(job_id)
+        listed = await self.store.list(keys.prefix)
+        if keys.spec not in listed:
+            return JobEnd(exists=False, final_state=None)
+        states = (_state_in_key(k) for k in listed if k.startswith(keys.events_prefix))
+        return JobEnd(exists=True, final_state=next((s for s in states if s in FINAL_STATES), None))
 
     async def _event(self, key: str) -> JobStatus | None:
         try:

@@ -26,6 +26,7 @@ from shared.ml.restorers.common import RestoreJob
 from shared.ml.runtime import ModelRuntime
 from shared.ml.tiling import Cancelled
 from shared.platform import metrics, telemetry, topology
+from shared.platform.aio import forget, settle
 from shared.platform.blobstore import BlobNotFound, BlobStore
 from shared.platform.eventbus import Delivery, EventBus, Reject
 from shared.platform.jobs import (
@@ -100,13 +101,26 @@ def registry_restorer(runtime: ModelRuntime) -> Restorer:
     return restore
 
 
+# A job's pixels, mask, alpha and ICC profile, as `ModelService._load` reads them.
+_Inputs = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bytes | None]
+
+
 @dataclass
 class _Job:
     """Per-delivery state shared between the event loop and the inference thread."""
 
     request: RestoreRequested
     cancelled: threading.Event = field(default_factory=threading.Event)
-    last_progress_at: float = 0.0
+    # The first progress is told PROGRESS_EVERY_S into the job, not at once: a job that ends
+    # sooner shows no bar, and spends no store write and broadcast on one while it infers.
+    last_progress_at: float = field(default_factory=time.monotonic)
+    progress_told: bool = False
+    told_running: asyncio.Task[Any] | None = None  # the "running" status, told as work starts
+
+    async def running_told(self) -> None:
+        """Wait until "running" is in the job's log (its error, if telling it failed)."""
+        if self.told_running is not None:
+            await self.told_running
 
 
 class ModelService:
@@ -140,16 +154,37 @@ class ModelService:
         request = delivery.message
         if not isinstance(request, RestoreRequested):
             raise Reject(f"{self.name} cannot handle {type(request).__name__}")
-        view = await self.jobs.view(request.job_id)
-        if view is None or view.is_final:
-            log.info("skip_job", job_id=request.job_id, state=view.state if view else "deleted")
-            return  # cancelled, deleted or already done: ack, never retry
-        await self.reporter.report(
-            request.job_id, "running", details={"device": self.device, **_step_details(request)}
-        )
+        # The inputs are fetched while the job is looked up: one wait, not two.
+        inputs = asyncio.create_task(self._load(request))
+        try:
+            end = await self.jobs.end(request.job_id)
+            if end.is_over:
+                log.info("skip_job", job_id=request.job_id, state=end.final_state or "deleted")
+                return  # cancelled, deleted or already done: ack, never retry
+            await self._run(delivery, _Job(request), inputs)
+        finally:
+            forget(inputs)
+
+    async def _run(self, delivery: Delivery, job: _Job, inputs: asyncio.Task[_Inputs]) -> None:
+        request = job.request
+        # Told while the job starts, not before it: `_process` waits for it once the network
+        # has run, so it is in the log before any later status of the job.
+        job.told_running = asyncio.create_task(self.reporter.report(
+            request.job_id,
+            "running",
+            at=time.time(),  # now, before the work it announces: the record's waits use it
+            details={"device": self.device, **_step_details(request)},
+        ))
+        try:
+            await self._work(delivery, job, inputs)
+        finally:
+            await settle(job.told_running)
+
+    async def _work(self, delivery: Delivery, job: _Job, inputs: asyncio.Task[_Inputs]) -> None:
+        request = job.request
         async with heartbeats(self.jobs, request.job_id, self.worker, self.heartbeat_interval_s):
             try:
-                await self._process(_Job(request))
+                await self._process(job, inputs)
             except UnprocessableInput as exc:
                 await self.reporter.report(
                     request.job_id, "failed", error=_step_named(request, str(exc))
@@ -166,12 +201,12 @@ class ModelService:
                 )
                 raise
 
-    async def _process(self, job: _Job) -> None:
+    async def _process(self, job: _Job, inputs: asyncio.Task[_Inputs]) -> None:
         request, keys = job.request, JobKeys(job.request.job_id)
         timings: dict[str, float] = {}
         started = time.time()
-        pixels, mask, alpha, icc = await self._load(request)
-        timings["load_s"] = time.time() - started
+        pixels, mask, alpha, icc = await inputs
+        timings["load_s"] = time.time() - started  # what was left of it once the job started
 
         loop = asyncio.get_running_loop()
         options = request.options.for_step(request.task)
@@ -203,6 +238,7 @@ class ModelService:
         finally:
             watcher.cancel()
         timings["inference_s"] = time.time() - t0
+        await job.running_told()
         if not request.is_last_step:
             await self._next_step(job, output, timings)
             return
@@ -277,9 +313,7 @@ class ModelService:
         queue = topology.queue_for_task(following, request.options.for_step(following).model)
         await self.bus.publish(queue, next_request)
 
-    async def _load(
-        self, request: RestoreRequested
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bytes | None]:
+    async def _load(self, request: RestoreRequested) -> _Inputs:
         try:
             pixels = imaging.decode_png(await self.store.get(request.input_key))
             mask = (
@@ -298,8 +332,8 @@ class ModelService:
         return pixels, mask, alpha, icc
 
     async def _cancelled(self, job_id: str) -> bool:
-        view = await self.jobs.view(job_id)
-        return view is None or view.state == "cancelled"
+        end = await self.jobs.end(job_id)
+        return not end.exists or end.final_state == "cancelled"
 
     async def _watch_for_cancel(self, job: _Job) -> None:
         while True:
@@ -312,9 +346,10 @@ class ModelService:
         self, loop: asyncio.AbstractEventLoop, job: _Job, fraction: float
     ) -> None:
         now = time.monotonic()
-        if now - job.last_progress_at < PROGRESS_EVERY_S and fraction < 1.0:
+        finished_a_shown_bar = fraction >= 1.0 and job.progress_told
+        if now - job.last_progress_at < PROGRESS_EVERY_S and not finished_a_shown_bar:
             return
-        job.last_progress_at = now
+        job.last_progress_at, job.progress_told = now, True
         request = job.request
         if request.steps:  # the whole chain's: (step + fraction) / steps
             fraction = (request.step + fraction) / len(request.steps)
