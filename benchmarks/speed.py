@@ -40,6 +40,7 @@ import importlib.util
 import json
 import os
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +75,11 @@ DEFAULT_SIZES = {"superres": "128,256"}
 FALLBACK_SIZES = "256,512"
 #: A contender's output must be this close to eager's to count as a faster path.
 MIN_PSNR_DB = 50.0
+# A pause before each timed call, so that every contender starts on idle cores: ONNX Runtime's
+# threads (as its users run it: spinning on) busy-wait for a while after each run, and the
+# contender after it, in another process, paid for it (the JPEG network's Restora row at 512²:
+# 0.078 s right after ONNX Runtime's, 0.044 s alone; 2-core AMD EPYC).
+SETTLE_S = 0.3
 #: The packages each peer contender needs (the `bench` extra).
 PEER_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "ncnn": ("ncnn",)}
 
@@ -333,6 +339,7 @@ def measure_size(workers: dict[str, Worker], task: str, size: int, repeats: int,
         tallies[name] = Tally(first.output, first.peak_rss)
     for round_index in range(repeats):
         for name in rotated([n for n in tallies if n in workers], round_index):
+            time.sleep(SETTLE_S)
             try:
                 call = workers[name].run(image, mask)
             except WorkerError as err:

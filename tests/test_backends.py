@@ -165,6 +165,16 @@ def test_the_session_takes_the_modules_arguments(weights: Path, tmp_path: Path) 
     assert superres.cost_per_pixel(bf16=True) == esrgan.RRDBNET_PIXEL_COST_ORT
 
 
+def test_sessions_do_not_spin_on_the_cores_they_share(weights: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    network = mwcnn.load_network(_runtime(weights, tmp_path, backends.ORT),
+                                 mwcnn.ARTIFACTS_WEIGHTS)
+    assert network.ort is not None
+    options = network.ort.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 # --------------------------------------------------------------------------- the setting
 
 
@@ -227,9 +237,13 @@ def test_a_broken_onnxruntime_falls_back_to_pytorch(
     """Importable, but its sessions fail (a wheel without its library, an unknown op)."""
     pytest.importorskip("onnx")
 
+    class Options(types.SimpleNamespace):
+        def add_session_config_entry(self, key: str, value: str) -> None:
+            setattr(self, key, value)
+
     class Broken(types.ModuleType):
         __version__ = "0-broken"
-        SessionOptions = types.SimpleNamespace
+        SessionOptions = Options
         ExecutionMode = types.SimpleNamespace(ORT_SEQUENTIAL=1)
 
         @staticmethod

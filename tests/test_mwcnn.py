@@ -12,6 +12,7 @@ from shared.ml.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
     fold_batchnorm,
+    fuse_wavelets,
     gray_from_colour,
     haar_dwt,
     haar_iwt,
@@ -117,6 +118,42 @@ def test_fold_batchnorm_is_the_eval_function() -> None:
 def test_fold_batchnorm_without_bn_is_identity_op() -> None:
     model = MWCNN(MWCNNConfig(widths=(8, 16, 16), block_depth=2, bottom_depth=2, batch_norm=False))
     assert fold_batchnorm(model) is model
+
+
+@pytest.mark.parametrize("config", [
+    replace(TINY, batch_norm=False),
+    replace(TINY, batch_norm=False, in_channels=1, guide_channels=3),
+    replace(TINY, batch_norm=False, level_channel=False, widths=(4, 8, 12)),
+])
+def test_wavelet_fused_form_is_the_same_function(config: MWCNNConfig) -> None:
+    model = MWCNN(config)
+    with torch.no_grad():
+        for parameter in model.parameters():  # every weight and bias, none left at zero
+            parameter.normal_(0, 0.1)
+    fused = fuse_wavelets(model.eval())
+    assert fused.config == config and not any(
+        isinstance(m, (type(model.dwt))) for m in fused.modules())
+    x = torch.rand(2, config.in_channels, 16, 24)
+    guide = torch.rand(2, config.guide_channels, 16, 24) if config.guide_channels else None
+    with torch.no_grad():
+        expected = model(x, 0.3, guide)
+        assert (expected - x).abs().max() > 1e-2  # not trivially the identity
+        torch.testing.assert_close(fused(x, 0.3, guide), expected, rtol=1e-5, atol=1e-5)
+        cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fused(cl, 0.3, guide), expected, rtol=1e-5, atol=1e-5)
+    fused_bf16 = fuse_wavelets(model.eval())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_bf16(x, 0.3, guide).dtype == torch.float32  # the input's dtype out
+
+
+def test_wavelet_fusion_needs_batchnorm_folded_and_checks_inputs() -> None:
+    with pytest.raises(ValueError, match="fold_batchnorm"):
+        fuse_wavelets(MWCNN(TINY))
+    fused = fuse_wavelets(MWCNN(replace(TINY, batch_norm=False)))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        fused(torch.rand(1, 3, 30, 32), 0.1)
+    with pytest.raises(ValueError, match="level"):
+        fused(torch.rand(1, 3, 32, 32))
 
 
 def test_gray_from_colour_is_the_colour_network_on_replicated_gray() -> None:

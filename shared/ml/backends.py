@@ -68,7 +68,7 @@ OPSET = 17
 #: Bump when the exported graph changes: cached exports and decisions are then not reused.
 EXPORT_FORMAT = 1
 #: Bump when the measurement changes: cached decisions are then made again.
-DECISION_FORMAT = 1
+DECISION_FORMAT = 2
 #: The side of the example input exports are traced at (batch, height, width stay dynamic).
 TRACE_SIDE = 64
 #: Timed runs per backend after one warm-up each, interleaved; the best counts (a busy
@@ -290,6 +290,11 @@ def open_session(ort: ModuleType, model: bytes, threads: int) -> Any:
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False  # planned for one input shape; tiles vary
     options.log_severity_level = 3  # errors only: it warns about unused initialisers
+    # No spinning: its threads otherwise busy-wait after each run, on the cores the next
+    # PyTorch tile, the PNG encoding and the other services need. Interleaved with it, the JPEG
+    # network's PyTorch tile took 0.073 s instead of 0.042, which made the backend choice pick
+    # ONNX Runtime (0.064 s either way, spinning or not; 512², 2-core AMD EPYC).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 

@@ -45,6 +45,7 @@ always run in fp32, also under autocast, so IWT(DWT(x)) == x to fp32 rounding (�
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -222,38 +223,131 @@ class MWCNN(nn.Module):
         if last.bias is not None:
             nn.init.zeros_(last.bias)
 
-    def _with_guide(self, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
-        wanted = self.config.guide_channels
-        if wanted == 0:
-            return x
-        if guide is None or guide.shape[1] != wanted:
-            got = None if guide is None else guide.shape[1]
-            raise ValueError(f"this MWCNN takes {wanted} guide channels, got {got}")
-        return torch.cat((x, guide.to(x.dtype)), dim=1)
-
-    def _with_level(self, x: torch.Tensor, level: float | torch.Tensor | None) -> torch.Tensor:
-        if not self.config.level_channel:
-            return x
-        if level is None:
-            raise ValueError("this MWCNN takes a degradation level (level_channel=True)")
-        n, _, h, w = x.shape
-        lv = torch.as_tensor(level, dtype=x.dtype, device=x.device)
-        if lv.dim() <= 1:
-            lv = lv.reshape(-1, 1, 1, 1).expand(n, 1, h, w)
-        return torch.cat((x, lv), dim=1)
-
     def forward(self, x: torch.Tensor, level: float | torch.Tensor | None = None,
                 guide: torch.Tensor | None = None) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise ValueError(f"MWCNN input must be a multiple of {SIZE_MULTIPLE}, got {h}×{w}")
-        inp = self._with_level(self._with_guide(x, guide), level)
+        inp = _network_input(self.config, x, level, guide)
         e1 = self.enc1(self.dwt(inp))
         e2 = self.enc2(self.dwt(e1))
         d2 = self.iwt(self.bottom(self.dwt(e2))).to(e2.dtype) + e2
         d1 = self.iwt(self.dec2(d2)).to(e1.dtype) + e1
         residual = self.iwt(self.dec1(d1))
         return x + residual.to(x.dtype)
+
+
+def _network_input(cfg: MWCNNConfig, x: torch.Tensor, level: float | torch.Tensor | None,
+                   guide: torch.Tensor | None) -> torch.Tensor:
+    """``x`` checked, with the guides and the level map beside it, as the first DWT takes it."""
+    h, w = x.shape[-2:]
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        raise ValueError(f"MWCNN input must be a multiple of {SIZE_MULTIPLE}, got {h}×{w}")
+    return _with_level(cfg, _with_guide(cfg, x, guide), level)
+
+
+def _with_guide(cfg: MWCNNConfig, x: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+    wanted = cfg.guide_channels
+    if wanted == 0:
+        return x
+    if guide is None or guide.shape[1] != wanted:
+        got = None if guide is None else guide.shape[1]
+        raise ValueError(f"this MWCNN takes {wanted} guide channels, got {got}")
+    return torch.cat((x, guide.to(x.dtype)), dim=1)
+
+
+def _with_level(cfg: MWCNNConfig, x: torch.Tensor, level: float | torch.Tensor | None
+                ) -> torch.Tensor:
+    if not cfg.level_channel:
+        return x
+    if level is None:
+        raise ValueError("this MWCNN takes a degradation level (level_channel=True)")
+    n, _, h, w = x.shape
+    lv = torch.as_tensor(level, dtype=x.dtype, device=x.device)
+    if lv.dim() <= 1:
+        lv = lv.reshape(-1, 1, 1, 1).expand(n, 1, h, w)
+    return torch.cat((x, lv), dim=1)
+
+
+# --------------------------------------------------------------------------- inference form
+
+# The Haar analysis filters of `haar_dwt`, per band [LL, HL, LH, HH], as 2×2 kernels over the
+# polyphase components (row offset, column offset).
+_HAAR_BANDS = torch.tensor([[[0.5, 0.5], [0.5, 0.5]], [[-0.5, 0.5], [-0.5, 0.5]],
+                            [[-0.5, -0.5], [0.5, 0.5]], [[0.5, -0.5], [-0.5, 0.5]]])
+# `haar_iwt`'s butterflies as one matrix: polyphase component [a, b, c, d] from the bands.
+_HAAR_SYNTHESIS = torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.5, 0.5, -0.5, -0.5],
+                                [0.5, -0.5, 0.5, -0.5], [0.5, 0.5, 0.5, 0.5]])
+
+
+class WaveletFusedMWCNN(nn.Module):
+    """An MWCNN for inference: the same function (to fp32 rounding) in fewer, larger steps.
+
+    A 3×3 conv after a DWT is one 6×6 conv of stride 2 on the DWT's input (the DWT is linear
+    and local), with the same number of multiply-adds: the three DWTs of the contracting path
+    go into the convs after them. The last conv, bare, takes the final IWT's butterflies into its
+    weights, leaving a pixel shuffle. The two other IWTs follow a ReLU and stay. What goes is
+    the wavelets' reshuffles and sums in fp32 and the bf16↔fp32 casts around them: the JPEG
+    network (32/64/64) at 512² in bf16, 2 threads, went from 0.066 to 0.049 s, the gray
+    denoiser (64/128/128) from 0.167 to 0.148 s (2-core AMD EPYC). Made by `fuse_wavelets`
+    from a network without BatchNorm (`fold_batchnorm` first); not for training.
+    """
+
+    def __init__(self, model: MWCNN) -> None:
+        super().__init__()
+        if model.config.batch_norm:
+            raise ValueError("fold the BatchNorm into the convs first (fold_batchnorm)")
+        self.config = model.config
+        self.iwt = HaarIWT()
+        self.enc1 = _dwt_into_first_conv(model.enc1)
+        self.enc2 = _dwt_into_first_conv(model.enc2)
+        self.bottom = _dwt_into_first_conv(model.bottom)
+        self.dec2 = copy.deepcopy(model.dec2)
+        *body, last = model.dec1
+        assert isinstance(last, nn.Conv2d)
+        self.dec1 = nn.Sequential(*copy.deepcopy(body), _iwt_into_conv(last))
+
+    def forward(self, x: torch.Tensor, level: float | torch.Tensor | None = None,
+                guide: torch.Tensor | None = None) -> torch.Tensor:
+        e1 = self.enc1(_network_input(self.config, x, level, guide))
+        e2 = self.enc2(e1)
+        d2 = self.iwt(self.bottom(e2)).to(e2.dtype) + e2
+        d1 = self.iwt(self.dec2(d2)).to(e1.dtype) + e1
+        return x + F.pixel_shuffle(self.dec1(d1), 2).to(x.dtype)
+
+
+def fuse_wavelets(model: MWCNN) -> WaveletFusedMWCNN:
+    """`model` (BatchNorm folded) as a `WaveletFusedMWCNN`, in eval mode, on its device."""
+    return WaveletFusedMWCNN(model).eval()
+
+
+@torch.no_grad()
+def _dwt_into_first_conv(block: nn.Sequential) -> nn.Sequential:
+    first, *rest = block
+    assert isinstance(first, nn.Conv2d) and first.kernel_size == (3, 3)
+    out, bands_in = first.weight.shape[:2]
+    weight = first.weight.unflatten(1, (4, bands_in // 4))  # (out, band, channel, y, x)
+    bands = _HAAR_BANDS.to(weight)
+    # Tap (y, x) of band b sees input rows 2y + r, columns 2x + s around the output's 2i, 2j.
+    kernel = torch.einsum("obcyx,brs->ocyrxs", weight, bands).reshape(out, bands_in // 4, 6, 6)
+    fused = nn.Conv2d(bands_in // 4, out, 6, stride=2, padding=2, bias=first.bias is not None)
+    fused = fused.to(weight)
+    fused.weight.copy_(kernel)
+    if first.bias is not None:
+        fused.bias.copy_(first.bias)  # type: ignore[union-attr]
+    return nn.Sequential(fused, *copy.deepcopy(rest))
+
+
+@torch.no_grad()
+def _iwt_into_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    bands_out, c_in = conv.weight.shape[:2]
+    channels = bands_out // 4
+    mix = _HAAR_SYNTHESIS.to(conv.weight)
+    # Output channel 4·ch + k is polyphase component k of channel ch: pixel_shuffle's order.
+    weight = torch.einsum("kb,bciyx->ckiyx", mix, conv.weight.unflatten(0, (4, channels)))
+    fused = nn.Conv2d(c_in, bands_out, 3, padding=1, bias=conv.bias is not None).to(conv.weight)
+    fused.weight.copy_(weight.reshape(bands_out, c_in, 3, 3))
+    if conv.bias is not None:
+        bias = torch.einsum("kb,bc->ck", mix, conv.bias.unflatten(0, (4, channels)))
+        fused.bias.copy_(bias.reshape(bands_out))  # type: ignore[union-attr]
+    return fused
 
 
 def fold_batchnorm(model: MWCNN) -> MWCNN:
