@@ -84,7 +84,8 @@ class PreprocessService:
                 self.jobs, job.job_id, self.worker, self.settings.heartbeat_interval_s
             ):
                 _, normalized = await asyncio.gather(
-                    self.reporter.report(job.job_id, "preprocessing"),
+                    # At `started`: the record's queue wait ends where preprocess_s begins.
+                    self.reporter.report(job.job_id, "preprocessing", at=started),
                     self._normalize(job, fetched),
                 )
         except BlobNotFound:
