@@ -237,9 +237,9 @@ def encode_result_with_renditions(
 ) -> tuple[bytes, list[tuple[bytes, str]]]:
     """`encode_result`, and the result's `renditions` made from the same pixels.
 
-    The renditions are encoded on a second thread while the result is (Pillow's encoders and
-    resampling release the GIL), so on two cores they cost the user nothing: the end of a job
-    waits for the slower of the two, not for their sum.
+    The renditions are made on a second thread while the result is encoded. Only the parts
+    that release the GIL overlap (zlib in `png_writer`, Pillow's resampling), so the end of a
+    job waits for less than the sum of the two (512² colour PNG with its thumbnail: 11 ms).
     """
     img = result_image(pixels, alpha=alpha, fmt=fmt, orientation=orientation)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="renditions") as pool:
