@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from shared.ml import inference
+from shared.ml.accel import full_precision
 from shared.ml.inference import (
     InferenceGate,
     WeightsMismatchError,
@@ -27,6 +28,8 @@ from shared.ml.inference import (
     tensor_to_numpy,
     tile_fn,
 )
+from shared.ml.models.esrgan import RRDBNet
+from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, fold_batchnorm, fuse_wavelets
 from shared.ml.tiling import run_tiled
 
 
@@ -204,3 +207,37 @@ def test_gate_allows_configured_concurrency() -> None:
         for t in threads:
             t.join()
         assert peak[0] == expected
+
+
+def test_full_precision_runs_a_layer_in_fp32_under_autocast() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.randint(0, 256, (1, 3, 16, 16)).float() / 255  # an 8-bit image
+    with torch.no_grad():
+        exact = conv(x)
+        assert torch.equal(full_precision(conv, x), exact)  # no autocast: the layer as is
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kept = full_precision(conv, x)
+            rounded = conv(x)
+    assert kept.dtype == torch.bfloat16  # what the next layer under autocast takes anyway
+    assert torch.equal(kept, exact.bfloat16())
+    assert (rounded.float() - exact).abs().max() > (kept.float() - exact).abs().max()
+
+
+def _first_conv_dtype(model: nn.Module, first: nn.Module, *args: object) -> torch.dtype:
+    seen: list[torch.dtype] = []
+    first.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(*args)
+    return seen[0]
+
+
+def test_first_convs_of_rrdbnet_and_fused_mwcnn_run_in_fp32_under_autocast() -> None:
+    torch.manual_seed(0)
+    rrdbnet = RRDBNet(features=8, blocks=1, growth=4).eval()
+    assert _first_conv_dtype(rrdbnet, rrdbnet.conv_first, torch.rand(1, 3, 8, 8)) == torch.float32
+    config = MWCNNConfig(in_channels=1, widths=(8, 8, 8), block_depth=2, bottom_depth=2)
+    mwcnn = fuse_wavelets(fold_batchnorm(MWCNN(config).eval()))
+    first = mwcnn.enc1[0]
+    assert _first_conv_dtype(mwcnn, first, torch.rand(1, 1, 16, 16), 0.1) == torch.float32
+    assert _first_conv_dtype(mwcnn, mwcnn.enc2[0], torch.rand(1, 1, 16, 16), 0.1) == torch.bfloat16

@@ -77,10 +77,13 @@ class TrainingImages:
     colour: list[np.ndarray]
 
     @classmethod
-    def load(cls, root: Path | None = None, min_size: int = 64) -> TrainingImages:
+    def load(cls, root: Path | None = None, min_size: int = 64,
+             colour_only: bool = False) -> TrainingImages:
+        """``colour_only`` skips the gray set: it is 180² and so too small for larger patches."""
         train = (root or data_root()) / "train"
-        gray = [img for s in GRAY_SOURCES
-                for img in load_folder(train / s, True, VALIDATION.get(s, ()), min_size)]
+        gray = [] if colour_only else [
+            img for s in GRAY_SOURCES
+            for img in load_folder(train / s, True, VALIDATION.get(s, ()), min_size)]
         colour = [img for s in COLOUR_SOURCES
                   for img in load_folder(train / s, False, VALIDATION.get(s, ()), min_size)]
         return cls(gray=gray, colour=colour)

@@ -272,7 +272,7 @@ class ColourPlaneTraining(MWCNNTraining):
         args = self.args
         if args.task != "denoise" or not args.gray:
             raise SystemExit("--colour-planes needs --task denoise --gray")
-        images = TrainingImages.load(min_size=args.patch)
+        images = TrainingImages.load(min_size=args.patch, colour_only=True)
         focus = (*args.focus_range, args.focus_prob) if args.focus_range else None
         self.plane_sampler = ColourPlaneSampler(images, args.patch, self.np_rng, OPPONENT,
                                                 args.clip_prob, focus, tuple(args.plane_weights))

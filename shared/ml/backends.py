@@ -68,7 +68,7 @@ OPSET = 17
 #: Bump when the exported graph changes: cached exports and decisions are then not reused.
 EXPORT_FORMAT = 1
 #: Bump when the measurement changes: cached decisions are then made again.
-DECISION_FORMAT = 2
+DECISION_FORMAT = 3
 #: The side of the example input exports are traced at (batch, height, width stay dynamic).
 TRACE_SIDE = 64
 #: Timed runs per backend after one warm-up each, interleaved; the best counts (a busy

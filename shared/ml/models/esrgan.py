@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.ml.accel import full_precision
+
 _RES_SCALE = 0.2
 _SLOPE = 0.2
 _UNSHUFFLE = {4: 1, 2: 2, 1: 4}  # scale -> pixel-unshuffle factor in front of the ×4 body
@@ -116,7 +118,7 @@ class RRDBNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._unshuffle > 1:
             x = F.pixel_unshuffle(x, self._unshuffle)
-        feat = self.conv_first(x)
+        feat = full_precision(self.conv_first, x)
         feat = feat + self.conv_body(self.body(feat))
         feat = F.leaky_relu(
             self.conv_up1(F.interpolate(feat, scale_factor=2.0, mode="nearest")), _SLOPE
