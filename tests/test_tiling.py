@@ -248,3 +248,26 @@ def test_budget_plans_rectangular_tiles() -> None:
     assert len(plan.rows) == 1 and plan.tile_h == 304 and plan.tile_w < 2000
     assert plan.tile_h * plan.tile_w * 1024 <= 100_000 * 1024
     assert computed_pixels(plan) / (300 * 2000) <= 1.15
+
+
+@pytest.mark.parametrize("scale", [1, 4])
+def test_one_tile_runs_the_padded_image_once(scale: int) -> None:
+    net, image = _conv_net(scale=scale), _image(37, 53)
+    seen: list[tuple[int, ...]] = []
+    progress: list[float] = []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return net(x)
+
+    out = run_tiled(counted, image, scale=scale, multiple=8, on_progress=progress.append)
+    assert seen == [(1, 3, 40, 56)] and progress == [1.0]
+    with torch.no_grad():
+        expected = net(pad_to_multiple(image, 8))[..., : 37 * scale, : 53 * scale]
+    torch.testing.assert_close(out, expected)
+    out.mul_(2.0)  # an ordinary tensor the caller may scale in place, as the tiled path gives
+    with pytest.raises(Cancelled):
+        run_tiled(counted, image, scale=scale, should_cancel=lambda: True)
+    assert len(seen) == 1
+    with pytest.raises(ValueError, match="scale"):
+        run_tiled(net, image, scale=scale + 1)

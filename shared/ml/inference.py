@@ -9,6 +9,7 @@ the backend choice put on ONNX Runtime (:mod:`shared.ml.backends`) runs fp32 the
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import weakref
@@ -225,8 +226,10 @@ def clear_precision_cache() -> None:
         _precision_cache.clear()
 
 
+@functools.cache
 def probe_image(channels: int, size: int = 64, seed: int = 0) -> torch.Tensor:
-    """A deterministic 1×C×size×size probe with edges, gradients and fine texture."""
+    """A deterministic 1×C×size×size probe with edges, gradients and fine texture (made once:
+    every job asks; read-only for callers)."""
     gen = torch.Generator().manual_seed(seed)
     ramp = torch.linspace(0, 1, size)
     base = 0.5 * (ramp[None, :] + ramp[:, None]) * (ramp[:, None] > 0.5).float()
