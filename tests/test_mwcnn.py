@@ -10,6 +10,7 @@ import torch
 
 from shared.ml.models.mwcnn import (
     MWCNN,
+    GroupedHaarIWT,
     MWCNNConfig,
     fold_batchnorm,
     fuse_wavelets,
@@ -193,6 +194,22 @@ def test_wavelets_stay_fp32_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert haar_dwt(x.bfloat16()).dtype == torch.float32
         assert haar_iwt(x.bfloat16()).dtype == torch.float32
+
+
+def test_grouped_iwt_is_haar_iwt_on_channel_major_bands() -> None:
+    channels = 5
+    bands = torch.randn(2, 4 * channels, 6, 10)  # band-major, as haar_dwt writes them
+    channel_major = bands.unflatten(1, (4, channels)).transpose(1, 2).flatten(1, 2)
+    iwt = GroupedHaarIWT(channels)
+    assert not iwt.state_dict()  # the kernel is built, not stored
+    expected = haar_iwt(bands)
+    torch.testing.assert_close(iwt(channel_major), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(haar_dwt(iwt(channel_major)), bands, rtol=1e-5, atol=1e-5)
+    cl = channel_major.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reduced = iwt(cl.bfloat16())
+    assert reduced.dtype == torch.bfloat16
+    torch.testing.assert_close(reduced.float(), expected, rtol=2e-2, atol=2e-2)
 
 
 def test_wavelets_have_no_state() -> None:

@@ -66,7 +66,7 @@ BACKEND_CHOICES = (AUTO, TORCH, ORT)
 ORT_MIN_PSNR_DB = 50.0
 OPSET = 17
 #: Bump when the exported graph changes: cached exports and decisions are then not reused.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 #: Bump when the measurement changes: cached decisions are then made again.
 DECISION_FORMAT = 3
 #: The side of the example input exports are traced at (batch, height, width stay dynamic).
