@@ -19,7 +19,8 @@ RRDBNet ×4 at 23 blocks × 64 features and at the shipped 4 × 32, the DeepFill
 - `classic`: the task's classic method (non-local means, bicubic, Telea fill), for scale.
 Each contender runs in its own warm process (benchmarks/speed_contenders.py). At every size each
 runs once to warm up, which is also the output compared with eager's (PSNR); then --repeats
-rounds in which every contender runs once, the first one moving on by one each round. Per row:
+rounds (more for short calls, up to 25: about 1.5 s of the slowest contender's calls) in which
+every contender runs once, the first one moving on by one each round. Per row:
 the median seconds, output megapixels per second, the peak RSS of the contender's process at
 that size, and the PSNR against eager's output: a faster path counts only at ≥ 50 dB. The last
 line names the smallest speedup of Restora's path over eager and, per network, whether
@@ -38,10 +39,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +82,12 @@ MIN_PSNR_DB = 50.0
 # contender after it, in another process, paid for it (the JPEG network's Restora row at 512²:
 # 0.078 s right after ONNX Runtime's, 0.044 s alone; 2-core AMD EPYC).
 SETTLE_S = 0.3
+# Short calls get more rounds: their times swing most (the JPEG network at 256², ~20 ms, gave
+# eager 0.023–0.032 s and Restora 0.012–0.024 s across medians of 3 on an idle 2-core EPYC), so
+# each size runs until its slowest contender has about this many timed seconds, up to
+# MAX_ROUNDS rounds and never under --repeats.
+TIMED_S_PER_SIZE = 1.5
+MAX_ROUNDS = 25
 #: The packages each peer contender needs (the `bench` extra).
 PEER_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "ncnn": ("ncnn",)}
 
@@ -322,12 +330,22 @@ def _drop(workers: dict[str, Worker], name: str, err: WorkerError, notes: dict[s
     workers.pop(name).close()
 
 
+def rounds_for(call_seconds: Iterable[float], repeats: int) -> int:
+    """Rounds for one size: enough for TIMED_S_PER_SIZE of the slowest contender's calls,
+    between `repeats` and MAX_ROUNDS."""
+    slowest = max(call_seconds, default=0.0)
+    wanted = math.ceil(TIMED_S_PER_SIZE / slowest) if slowest > 0 else MAX_ROUNDS
+    return max(repeats, min(MAX_ROUNDS, wanted))
+
+
 def measure_size(workers: dict[str, Worker], task: str, size: int, repeats: int,
                  notes: dict[str, str]) -> dict[str, Tally]:
     """One size, every contender warm: its peak RSS reset, a warm-up call each (its output
-    kept for the PSNR), then `repeats` interleaved rounds of one call each."""
+    kept for the PSNR), then interleaved rounds of one call each: `repeats`, or more where the
+    calls are short (:func:`rounds_for`)."""
     image, mask = bench_input(task, size)
     tallies: dict[str, Tally] = {}
+    warm_up_s: dict[str, float] = {}
     for name in list(workers):
         try:
             workers[name].reset_peak()
@@ -337,7 +355,8 @@ def measure_size(workers: dict[str, Worker], task: str, size: int, repeats: int,
             continue
         assert first.output is not None
         tallies[name] = Tally(first.output, first.peak_rss)
-    for round_index in range(repeats):
+        warm_up_s[name] = first.seconds
+    for round_index in range(rounds_for(warm_up_s.values(), repeats)):
         for name in rotated([n for n in tallies if n in workers], round_index):
             time.sleep(SETTLE_S)
             try:

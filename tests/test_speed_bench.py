@@ -55,6 +55,14 @@ def test_rounds_rotate_the_first_contender() -> None:
     assert speed.rotated([], 2) == []
 
 
+def test_short_calls_get_more_rounds_within_bounds() -> None:
+    assert speed.rounds_for([11.3, 5.7, 2.7], repeats=3) == 3  # x4plus at 256²: as asked
+    assert speed.rounds_for([0.03, 0.02, 0.1], repeats=3) == 15  # 1.5 s of the slowest
+    assert speed.rounds_for([0.001], repeats=3) == speed.MAX_ROUNDS
+    assert speed.rounds_for([0.001], repeats=40) == 40  # never fewer than asked
+    assert speed.rounds_for([], repeats=3) == speed.MAX_ROUNDS
+
+
 def test_inputs_are_deterministic_and_shaped_per_task() -> None:
     for task in speed.TASK_OPTIONS:
         image, mask = speed.bench_input(task, 32)
