@@ -333,6 +333,8 @@ class GroupedHaarIWT(nn.Module):
     130 ms a plane (2 threads, 2-core AMD EPYC). The kernel is a buffer left out of the
     state_dict."""
 
+    kernel: torch.Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = channels
