@@ -397,11 +397,7 @@ def run_tiled(
         for slot, (k, j, i) in enumerate(chunk):
             tiles[slot].copy_(padded[k, :, ys[j] : ys[j] + th, xs[i] : xs[i] + tw])
         with torch.inference_mode():
-            result = net(tiles[: len(chunk)]).to("cpu", torch.float32)
-            if result.shape[-2:] != (th * scale, tw * scale):
-                raise ValueError(
-                    f"network returned {tuple(result.shape)} for {th}×{tw} tiles at scale {scale}"
-                )
+            result = _checked(net(tiles[: len(chunk)]).to("cpu", torch.float32), th, tw, scale)
             if out is None:
                 with torch.inference_mode(False):
                     out = torch.zeros(n, result.shape[1], height * scale, width * scale)
@@ -413,6 +409,15 @@ def run_tiled(
             on_progress((b + 1) / batches)
     assert out is not None  # at least one tile always exists
     return out
+
+
+def _checked(result: torch.Tensor, tile_h: int, tile_w: int, scale: int) -> torch.Tensor:
+    """`result` if the network scaled its tiles by `scale`, else a ValueError saying how not."""
+    if result.shape[-2:] != (tile_h * scale, tile_w * scale):
+        raise ValueError(
+            f"network returned {tuple(result.shape)} for {tile_h}×{tile_w} tiles at scale {scale}"
+        )
+    return result
 
 
 def _run_whole(
@@ -431,10 +436,7 @@ def _run_whole(
     batch = padded.to(device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         result = net(batch).to("cpu", torch.float32)
-    expected = (padded.shape[-2] * scale, padded.shape[-1] * scale)
-    if result.shape[-2:] != expected:
-        raise ValueError(f"network returned {tuple(result.shape)} for a "
-                         f"{padded.shape[-2]}×{padded.shape[-1]} tile at scale {scale}")
+    result = _checked(result, padded.shape[-2], padded.shape[-1], scale)
     if on_progress is not None:
         on_progress(1.0)
     # A normal tensor, as the tiled path returns: callers may scale it in place.

@@ -287,8 +287,8 @@ class WaveletFusedMWCNN(nn.Module):
     go into the convs after them. The last conv, bare, takes the final IWT's butterflies into its
     weights, leaving a pixel shuffle. The two other IWTs follow a ReLU and stay, each one
     grouped transposed conv (`GroupedHaarIWT`) on bands the conv before it now writes channel
-    by channel. What goes is
-    the wavelets' reshuffles and sums in fp32 and the bf16↔fp32 casts around them: the JPEG
+    by channel. What goes is the wavelets' reshuffles and sums in fp32 and the bf16↔fp32 casts
+    around them: the JPEG
     network (32/64/64) at 512² in bf16, 2 threads, went from 0.066 to 0.049 s, the gray
     denoiser (64/128/128) from 0.167 to 0.148 s (2-core AMD EPYC). Made by `fuse_wavelets`
     from a network without BatchNorm (`fold_batchnorm` first); not for training. Under bf16
