@@ -150,11 +150,9 @@ def inpaint_pipeline(net: NetFn, network: Network) -> Runner:
     """DeepFill as :func:`shared.ml.restorers.deepfill.inpaint` runs it (no ensemble): a window
     around the mask, the Telea prefill, one call of the generator, the feathered paste-back."""
     from shared.ml.imaging import composite_masked
-    from shared.ml.inpaint_window import FEATHER_PX, fill_through_window, telea_fill
+    from shared.ml.inpaint_window import FEATHER_PX, fill_through_window
 
     def fill(window: np.ndarray, hole: np.ndarray) -> np.ndarray:
-        if network.prefill:
-            window = telea_fill(window, hole)
         x = pad_to_multiple(to_nchw(window), network.multiple)
         m = pad_to_multiple(hole.astype(np.float32)[None, None], network.multiple)
         return to_uint8(net([x, m]), *hole.shape)
@@ -162,7 +160,7 @@ def inpaint_pipeline(net: NetFn, network: Network) -> Runner:
     def run(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         assert mask is not None, "inpainting needs a mask"
         filled = fill_through_window(image, mask, fill, max_side=network.max_side,
-                                     feather=FEATHER_PX)
+                                     feather=FEATHER_PX, prefill=network.prefill)
         return composite_masked(image, filled, mask)
 
     return run

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from shared.errors import UnprocessableInput
-from shared.ml import registry
+from shared.ml import inpaint_window, registry
 from shared.ml.hashing import file_sha256
 from shared.ml.inference import clear_precision_cache, save_safetensors_fp16
-from shared.ml.inpaint_window import context_window, telea_fill
+from shared.ml.inpaint_window import context_window, fill_through_window, telea_fill
 from shared.ml.models.deepfill_contextual_attention import (
     ContextualAttention,
     DeepFillConfig,
@@ -148,6 +148,37 @@ def test_telea_fill_never_reads_the_hole_and_keeps_the_rest() -> None:
     assert np.array_equal(filled, telea_fill(other, mask))
     assert np.array_equal(filled[~mask], image[~mask])
     assert telea_fill(image[..., 0], mask).shape == (40, 50)
+
+
+@pytest.mark.parametrize("max_side", [None, 48])  # the window kept whole, and shrunk
+def test_a_prefilled_window_is_filled_as_a_fill_that_prefills_itself(
+    max_side: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prefill=True` hands `fill` the Telea-filled window and reuses that Telea fill for the
+    feather where the window is not shrunk: the same result as a fill that Telea-fills its
+    window itself, with one Telea run instead of two."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    mask = np.zeros((80, 96), bool)
+    mask[30:50, 20:60] = True
+
+    def brighten(window: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        return np.clip(window.astype(np.int16) + 40, 0, 255).astype(np.uint8)
+
+    def prefills_itself(window: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        return brighten(telea_fill(window, hole), hole)
+
+    expected = fill_through_window(image, mask, prefills_itself, max_side=max_side)
+    runs = []
+
+    def counted(window: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        runs.append(window.shape)
+        return telea_fill(window, hole)
+
+    monkeypatch.setattr(inpaint_window, "telea_fill", counted)
+    result = fill_through_window(image, mask, brighten, max_side=max_side, prefill=True)
+    assert np.array_equal(result, expected)
+    assert len(runs) == (1 if max_side is None else 2)
 
 
 def test_spatial_discount_from_distance_transform() -> None:

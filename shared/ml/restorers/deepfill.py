@@ -65,15 +65,16 @@ def uses_bf16(runtime: ModelRuntime, model: DeepFillV1, weights_id: str) -> bool
 
 def run_deepfill(
     model: DeepFillV1, image: np.ndarray, mask: np.ndarray, *, bf16: bool = False,
-    ensemble: bool = False,
+    ensemble: bool = False, prefilled: bool = False,
 ) -> np.ndarray:
     """The refined output (uint8 H×W×3) for a uint8 H×W×3 image and bool mask, any size.
 
     ``ensemble`` averages the fills of the 8 flips/rotations of the image and its mask.
+    ``prefilled``: the hole already holds the Telea fill the weights expect, where they do.
     """
     device = next(model.parameters()).device
     height, width = mask.shape
-    if model.config.prefill == "telea":  # weights trained on Telea-prefilled holes
+    if model.config.prefill == "telea" and not prefilled:  # trained on Telea-prefilled holes
         image = telea_fill(image, mask)
     x = pad_to_multiple(numpy_to_tensor(image), SIZE_MULTIPLE)
     m = pad_to_multiple(torch.from_numpy(mask.astype(np.float32))[None, None], SIZE_MULTIPLE)
@@ -98,13 +99,15 @@ def inpaint(runtime: ModelRuntime, job: RestoreJob, *, max_side: int = DEEPFILL_
     model = load_network(runtime)
     weights_id = runtime.weights_sha256(WEIGHTS) or WEIGHTS
     bf16 = uses_bf16(runtime, model, weights_id=f"deepfill:{weights_id}")
+    prefill = model.config.prefill == "telea"  # made once, beside the window's feather
     job.on_progress(0.1)
 
     def fill(window: np.ndarray, hole: np.ndarray) -> np.ndarray:
         if job.should_cancel():
             raise Cancelled()
         rgb = np.repeat(window[..., None], 3, axis=2) if window.ndim == 2 else window
-        filled = run_deepfill(model, rgb, hole, bf16=bf16, ensemble=job.ensemble)
+        filled = run_deepfill(model, rgb, hole, bf16=bf16, ensemble=job.ensemble,
+                              prefilled=prefill)
         job.on_progress(0.9)
         if is_gray(window):
             # A black-and-white photo (one channel, or three equal ones) was filled as colour:
@@ -113,7 +116,8 @@ def inpaint(runtime: ModelRuntime, job: RestoreJob, *, max_side: int = DEEPFILL_
             return gray if window.ndim == 2 else np.repeat(gray[..., None], 3, axis=2)
         return filled
 
-    result = fill_through_window(job.pixels, mask, fill, max_side=max_side, feather=feather)
+    result = fill_through_window(job.pixels, mask, fill, max_side=max_side, feather=feather,
+                                 prefill=prefill)
     job.on_progress(1.0)
     filled = composite_masked(job.pixels, result, mask)
     return Restored(filled, {"weights_sha256": runtime.weights_sha256(WEIGHTS)})
