@@ -30,7 +30,7 @@ from services.gateway.app import create_app, running_gateway
 from services.gateway.maintenance import sweep
 from services.preprocess.service import PreprocessService
 from shared.platform import eventbus, messages, topology
-from shared.platform.blobstore import LocalDirBlobStore
+from shared.platform.blobstore import LocalDirBlobStore, StoreUnavailable
 from shared.platform.config import GatewaySettings, PreprocessSettings
 from shared.platform.eventbus import BusUnavailable, InProcessBus
 from shared.platform.jobs import (
@@ -422,6 +422,40 @@ async def test_broker_restart_under_load_leaves_no_orphans(
             return {key.split("/")[1] for key in keys} == accepted
 
         await poll(only_accepted, 15, "the rollback of every refused job", every=0.5)
+
+
+async def test_a_preprocessed_report_that_fails_still_hands_the_job_on_once(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """Preprocess tells "preprocessing 1.0" while it hands the job on: when telling it fails,
+    the job is handed on all the same, and only once (no redelivery, no second copy)."""
+    async with running_stack(tmp_path, workers=False) as stack:
+        preprocess = PreprocessService(stack.bus, stack.store, PreprocessSettings())
+        tell = preprocess.reporter.report
+
+        async def hiccup_on_the_last(job_id: str, state: str, **fields: Any) -> Any:
+            if state == "preprocessing" and fields.get("progress") == 1.0:
+                raise StoreUnavailable("the object store is unavailable: a hiccup")
+            return await tell(job_id, state, **fields)
+
+        preprocess.reporter.report = hiccup_on_the_last  # type: ignore[method-assign]
+        await preprocess.start()
+        handed_on: list[str] = []
+
+        async def model_service(delivery: eventbus.Delivery) -> None:
+            handed_on.append(delivery.message.job_id)  # type: ignore[union-attr]
+
+        async def handed_on_once() -> bool:
+            return bool(handed_on)
+
+        await stack.bus.consume(topology.DENOISE, model_service)
+        answer = await post_job(session, stack.url)
+        assert answer.status == 202, answer
+        await poll(handed_on_once, 10, "the job handed on")
+        await asyncio.sleep(1.0)  # time for a redelivery, were the job's message not settled
+        assert handed_on == [answer.body["id"]]
+        view = await JobLog(stack.store).view(answer.body["id"])
+        assert view is not None and view.state == "preprocessing"
 
 
 # ------------------------------------------------------------------------ store hung or down

@@ -5,6 +5,8 @@ answered 408 instead of holding a connection for ever)."""
 from __future__ import annotations
 
 import asyncio
+import io
+import struct
 import tempfile
 import time
 from collections.abc import Awaitable
@@ -159,11 +161,33 @@ def _field_too_long(name: str | None) -> str:
     return f"the form field {name!r} is longer than {TEXT_FIELD_LIMIT} bytes"
 
 
-def _orientation(img: Image.Image) -> int:
+def _orientation(img: Image.Image, data: IO[bytes]) -> int:
     try:
-        return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except (ValueError, TypeError, OSError):
+        if img.format == "PNG" and "exif" not in img.info:
+            exif = Image.Exif()
+            exif.load(_png_chunk(data, b"eXIf") or b"")
+        else:
+            exif = img.getexif()
+        return int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+    except (ValueError, TypeError, OSError, struct.error):
         return 1
+
+
+def _png_chunk(data: IO[bytes], wanted: bytes) -> bytes | None:
+    """The first `wanted` chunk of a PNG, found by walking the chunk headers: no pixel is
+    decoded. (Pillow's `getexif` decodes the whole image to look for an eXIf chunk after the
+    pixels, 3.5 ms for a 512² photo on the gateway's event loop.)"""
+    data.seek(8)  # the signature
+    while header := data.read(8):
+        if len(header) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", header)
+        if kind == wanted:
+            return data.read(length)
+        if kind == b"IEND":
+            return None
+        data.seek(length + 4, io.SEEK_CUR)  # the chunk's data and CRC
+    return None
 
 
 def check_mask_matches(image: UploadedFile, mask: UploadedFile) -> None:
@@ -190,7 +214,7 @@ def sniff_image(upload: UploadedFile, what: str) -> str:
     try:
         with Image.open(upload.data) as img:
             fmt = img.format or ""
-            orientation = _orientation(img)
+            orientation = _orientation(img, upload.data)
             upload.dimensions = oriented_size(img.size, orientation)
     except Image.DecompressionBombError:
         fmt = "oversized"  # preprocess rejects it with the pixel limit it exceeds

@@ -45,6 +45,18 @@ def _choose(normalized: NormalizedInput) -> auto.AutoChoice:
     return auto.choose(normalized.jpeg_quality, sigma, (width, height))
 
 
+def _input_facts(normalized: NormalizedInput) -> dict[str, Any]:
+    """What the job's record tells of its input."""
+    height, width = normalized.pixels.shape[:2]
+    return {
+        "width": width,
+        "height": height,
+        "format": normalized.source_format,
+        "resized": normalized.was_resized,
+        "jpeg_quality": normalized.jpeg_quality,
+    }
+
+
 class PreprocessService:
     def __init__(self, bus: EventBus, store: BlobStore, settings: PreprocessSettings) -> None:
         self.bus = bus
@@ -109,27 +121,34 @@ class PreprocessService:
         elapsed = time.time() - started
         metrics.observe_stage("preprocess", elapsed, task=job.task)
         log.info("preprocessed", job_id=job.job_id, width=width, height=height)
-        await self.reporter.report(
-            job.job_id,
-            "preprocessing",
-            progress=1.0,
-            details={
-                **extra,
-                "timings": {"preprocess": {"total_s": elapsed}},
-                "input": {
-                    "width": width,
-                    "height": height,
-                    "format": normalized.source_format,
-                    "resized": normalized.was_resized,
-                    "jpeg_quality": normalized.jpeg_quality,
-                },
-            },
-        )
-        # Published last: once a model service may see the job, preprocess is done with it.
+        # Told while the job is handed on, not before: one round trip fewer before the model
+        # service may start. Its `at` is now, so the job's log still orders it before the model
+        # service's "running"; a failure to tell it is logged, not retried, as redelivering the
+        # job would hand it on twice (it is only the input's facts for the job's record).
+        done_at = time.time()
         first = request.task
-        await self.bus.publish(
-            topology.queue_for_task(first, request.options.for_step(first).model), request
+        await asyncio.gather(
+            self._tell_preprocessed(job, normalized, extra, elapsed, done_at),
+            self.bus.publish(
+                topology.queue_for_task(first, request.options.for_step(first).model), request
+            ),
         )
+
+    async def _tell_preprocessed(
+        self, job: JobSubmitted, normalized: NormalizedInput, extra: dict[str, Any],
+        elapsed: float, at: float,
+    ) -> None:
+        details = {
+            **extra,
+            "timings": {"preprocess": {"total_s": elapsed}},
+            "input": _input_facts(normalized),
+        }
+        try:
+            await self.reporter.report(
+                job.job_id, "preprocessing", at=at, progress=1.0, details=details
+            )
+        except Exception as exc:
+            log.warning("preprocessed_not_told", job_id=job.job_id, error=repr(exc))
 
     async def _fetch(self, job: JobSubmitted) -> tuple[bytes, bytes | None]:
         """The upload and its mask, where it has one."""
@@ -187,9 +206,7 @@ class PreprocessService:
                 **details,
                 "model": "none",
                 "timings": {"preprocess": {"total_s": elapsed}},
-                "input": {"width": width, "height": height, "format": normalized.source_format,
-                          "resized": normalized.was_resized,
-                          "jpeg_quality": normalized.jpeg_quality},
+                "input": _input_facts(normalized),
                 "output": {"width": width, "height": height, "bytes": len(encoded)},
             },
         )
