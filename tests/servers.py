@@ -259,8 +259,11 @@ class RabbitMQServer(_ManagedServer):
             RABBITMQ_CONFIG_FILE=str(config),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(plugins),
             RABBITMQ_CONF_ENV_FILE=str(env_conf),
-            # Erlang distribution on loopback only.
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            # Erlang distribution on loopback only; no busy-waiting schedulers, as deployed:
+            # their spinning after each burst of messages took the core a job's inference ran
+            # on (+50-150 ms a job in the overhead benchmark).
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} "
+            "+sbwt none +sbwtdcpu none +sbwtdio none",
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS="127.0.0.1",
         )

@@ -427,8 +427,10 @@ async def test_broker_restart_under_load_leaves_no_orphans(
 async def test_a_preprocessed_report_that_fails_still_hands_the_job_on_once(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    """Preprocess tells "preprocessing 1.0" while it hands the job on: when telling it fails,
-    the job is handed on all the same, and only once (no redelivery, no second copy)."""
+    """Preprocess tells "preprocessing 1.0" while it hands the job on (for a small photo, the
+    only status it tells): when telling it fails, the job is handed on all the same, and only
+    once (no redelivery, no second copy); the job says what the gateway told until the model
+    service tells more."""
     async with running_stack(tmp_path, workers=False) as stack:
         preprocess = PreprocessService(stack.bus, stack.store, PreprocessSettings())
         tell = preprocess.reporter.report
@@ -455,7 +457,7 @@ async def test_a_preprocessed_report_that_fails_still_hands_the_job_on_once(
         await asyncio.sleep(1.0)  # time for a redelivery, were the job's message not settled
         assert handed_on == [answer.body["id"]]
         view = await JobLog(stack.store).view(answer.body["id"])
-        assert view is not None and view.state == "preprocessing"
+        assert view is not None and view.state == "queued"
 
 
 # ------------------------------------------------------------------------ store hung or down

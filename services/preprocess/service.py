@@ -29,6 +29,10 @@ from shared.platform.messages import JobSubmitted, RestoreRequested
 
 log = get_logger(__name__)
 
+#: Preprocessing that takes longer than this is told as it starts (and beats); sooner, it is
+#: told once, when the job is handed on.
+QUIET_START_S = 0.5
+
 
 def _normalized_for(task: str) -> str:
     """The task whose normalisation a job gets: its first step's; auto's is artifacts's (the
@@ -91,15 +95,12 @@ class PreprocessService:
             if (await self.jobs.end(job.job_id)).is_over:
                 return  # deleted or cancelled before we got to it
             started = time.time()
-            # A worker killed here leaves a heartbeat that stops: the job says so.
+            # A worker killed here leaves a heartbeat (or a status) that stops: the job says so.
             async with heartbeats(
-                self.jobs, job.job_id, self.worker, self.settings.heartbeat_interval_s
+                self.jobs, job.job_id, self.worker, self.settings.heartbeat_interval_s,
+                QUIET_START_S,
             ):
-                _, normalized = await asyncio.gather(
-                    # At `started`: the record's queue wait ends where preprocess_s begins.
-                    self.reporter.report(job.job_id, "preprocessing", at=started),
-                    self._normalize(job, fetched),
-                )
+                normalized = await self._normalize_telling_if_slow(job, fetched, started)
         except BlobNotFound:
             await self.reporter.report(job.job_id, "failed", error="the upload is gone (deleted?)")
             return
@@ -125,10 +126,10 @@ class PreprocessService:
         # service may start. Its `at` is now, so the job's log still orders it before the model
         # service's "running"; a failure to tell it is logged, not retried, as redelivering the
         # job would hand it on twice (it is only the input's facts for the job's record).
-        done_at = time.time()
+        told_at = time.time()
         first = request.task
         await asyncio.gather(
-            self._tell_preprocessed(job, normalized, extra, elapsed, done_at),
+            self._tell_preprocessed(job, normalized, extra, elapsed, told_at),
             self.bus.publish(
                 topology.queue_for_task(first, request.options.for_step(first).model), request
             ),
@@ -149,6 +150,24 @@ class PreprocessService:
             )
         except Exception as exc:
             log.warning("preprocessed_not_told", job_id=job.job_id, error=repr(exc))
+
+    async def _normalize_telling_if_slow(
+        self, job: JobSubmitted, fetched: asyncio.Task[tuple[bytes, bytes | None]],
+        started: float,
+    ) -> NormalizedInput:
+        """The normalised input; "preprocessing" is told as it started (at `started`: the
+        record's queue wait ends where preprocess_s begins) only when it takes longer than
+        QUIET_START_S. A photo done sooner is announced once, as it is handed on: one store
+        write and broadcast fewer while the next service waits."""
+        normalizing = asyncio.ensure_future(self._normalize(job, fetched))
+        try:
+            return await asyncio.wait_for(asyncio.shield(normalizing), QUIET_START_S)
+        except TimeoutError:
+            pass
+        await asyncio.gather(
+            self.reporter.report(job.job_id, "preprocessing", at=started), normalizing
+        )
+        return normalizing.result()
 
     async def _fetch(self, job: JobSubmitted) -> tuple[bytes, bytes | None]:
         """The upload and its mask, where it has one."""

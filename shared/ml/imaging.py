@@ -368,10 +368,16 @@ def renditions(result: Image.Image) -> list[tuple[bytes, str]]:
     is far smaller than PNG for photos.
     """
     if not has_preview(*result.size):
-        return [_rendition_webp(_shrunk(result, THUMBNAIL_SIDE))]
+        return [_rendition_webp(_thumbnail(result))]
     preview = _shrunk(result, PREVIEW_SIDE)
-    thumbnail = _shrunk(preview, THUMBNAIL_SIDE)
-    return [_rendition_webp(thumbnail), _rendition_webp(preview)]
+    return [_rendition_webp(_thumbnail(preview)), _rendition_webp(preview)]
+
+
+def _thumbnail(img: Image.Image) -> Image.Image:
+    """A box filter first, Lanczos only for what is left under 2×: a 512² result's thumbnail in
+    0.3 ms instead of 2.5, which the end of every job waits for; at 256 px, in a list, the
+    difference does not show."""
+    return _shrunk(img, THUMBNAIL_SIDE, reducing_gap=1.0)
 
 
 def has_preview(width: int, height: int) -> bool:
@@ -379,13 +385,13 @@ def has_preview(width: int, height: int) -> bool:
     return max(width, height) > PREVIEW_SIDE
 
 
-def _shrunk(img: Image.Image, max_side: int) -> Image.Image:
+def _shrunk(img: Image.Image, max_side: int, reducing_gap: float = 2.0) -> Image.Image:
     """A new image, never `img` itself: `Image.save` keeps its options on the image object,
     so the result and a rendition saved from one object on two threads would swap them."""
     small = img.copy()
     if max(img.size) <= max_side:
         return small
-    small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
     return small
 
 

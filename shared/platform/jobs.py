@@ -314,12 +314,15 @@ def worker_name(service: str) -> str:
 
 @contextlib.asynccontextmanager
 async def heartbeats(
-    jobs: JobLog, job_id: str, worker: str, interval_s: float
+    jobs: JobLog, job_id: str, worker: str, interval_s: float, first_after_s: float = 0.0
 ) -> AsyncIterator[None]:
-    """Write the job's heartbeat now and every `interval_s` while the block runs (on the event
-    loop: a long inference runs in a thread and never holds it up)."""
+    """Write the job's heartbeat `first_after_s` into the block and every `interval_s` after,
+    while the block runs (on the event loop: a long inference runs in a thread and never holds
+    it up). A job is heard from by its statuses too: a worker that tells one as it starts can
+    leave the first beat to the work that outlasts `first_after_s`."""
 
     async def beat_forever() -> None:
+        await asyncio.sleep(first_after_s)
         while True:
             try:
                 await jobs.beat(job_id, worker)
@@ -351,9 +354,9 @@ class StatusReporter:
     async def report(
         self, job_id: str, state: str, at: float | None = None, **fields: Any
     ) -> JobStatus:
-        if fields.get("progress") is None:
+        if fields.get("progress") is None or fields["progress"] >= 1.0:
             # Which build of each service handled the job, and in which trace: the job's
-            # record takes both from its events.
+            # record takes both from its events (a stage's first or last, not its progress).
             extra: dict[str, Any] = {"versions": {self.stage: records.service_version()}}
             if trace_id := telemetry.current_trace_id():
                 extra["trace_id"] = trace_id

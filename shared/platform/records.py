@@ -197,6 +197,9 @@ def _stage_times(
     queued = _first_at(events, "queued")
     preprocess_start = _first_at(events, "preprocessing")
     preprocess_end = _first_at(events, "preprocessing", progress=1.0)
+    if preprocess_start == preprocess_end and preprocess_end and preprocess.get("total_s"):
+        # Told once, as it handed the job on (a quick one): it began total_s before.
+        preprocess_start = preprocess_end - float(preprocess["total_s"])
     running = _first_at(events, "running")
     return {
         "upload_s": gateway.get("upload_s"),
