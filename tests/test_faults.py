@@ -28,6 +28,7 @@ from skimage import data
 from services.gateway import faults
 from services.gateway.app import create_app, running_gateway
 from services.gateway.maintenance import sweep
+from services.preprocess import service as preprocess_service
 from services.preprocess.service import PreprocessService
 from shared.platform import eventbus, messages, topology
 from shared.platform.blobstore import LocalDirBlobStore, StoreUnavailable
@@ -601,3 +602,42 @@ async def test_worker_killed_mid_inference_then_the_job_is_done_exactly_once(
         assert states.count("done") == 1, states
         starts = [e for e in view.events if e.state == "running" and e.progress is None]
         assert len(starts) == 2, states  # ran twice (killed, then again), done once
+
+
+async def test_a_worker_can_leave_its_first_beat_to_work_that_lasts(tmp_path: Path) -> None:
+    """A service that tells a status as it starts writes its first beat only if the work
+    outlasts `first_after_s`; then every interval as before."""
+    jobs = JobLog(LocalDirBlobStore(tmp_path, b"test-secret"))
+    async with heartbeats(jobs, JOB_ID, "denoise@test:1", interval_s=0.2, first_after_s=0.4):
+        await asyncio.sleep(0.25)
+        assert await jobs.heartbeat(JOB_ID) is None
+        await asyncio.sleep(0.3)
+        beat = await jobs.heartbeat(JOB_ID)
+        assert beat is not None and beat.worker == "denoise@test:1"
+
+
+@pytest.mark.parametrize(("quiet_start_s", "told"), [(60.0, [1.0]), (0.0, [None, 1.0])])
+async def test_preprocessing_is_told_as_it_starts_only_when_it_lasts(
+    tmp_path: Path, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+    quiet_start_s: float, told: list[float | None],
+) -> None:
+    """A photo normalised within QUIET_START_S is told once, as it is handed on; a slower one
+    is told as it starts too. Either way the record places the preprocessing in time."""
+    monkeypatch.setattr(preprocess_service, "QUIET_START_S", quiet_start_s)
+    async with running_stack(tmp_path, workers=False) as stack:
+        await PreprocessService(stack.bus, stack.store, PreprocessSettings()).start()
+        handed_on: list[str] = []
+
+        async def model_service(delivery: eventbus.Delivery) -> None:
+            handed_on.append(delivery.message.job_id)  # type: ignore[union-attr]
+
+        async def handed_on_once() -> bool:
+            return bool(handed_on)
+
+        await stack.bus.consume(topology.DENOISE, model_service)
+        answer = await post_job(session, stack.url)
+        assert answer.status == 202, answer
+        await poll(handed_on_once, 10, "the job handed on")
+        view = await JobLog(stack.store).view(answer.body["id"])
+        assert view is not None
+        assert [e.progress for e in view.events if e.state == "preprocessing"] == told

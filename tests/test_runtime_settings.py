@@ -7,6 +7,7 @@ each network chose its own device); these tests build the runtime exactly as a s
 from __future__ import annotations
 
 import dataclasses
+import gc
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +22,7 @@ from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, save_mwcnn
 from shared.ml.restorers import mwcnn
 from shared.ml.restorers.common import RestoreJob
 from shared.ml.runtime import resolve_device
-from shared.platform.bootstrap import build_runtime
+from shared.platform.bootstrap import build_runtime, freeze_startup_objects
 from shared.platform.config import EmbeddedSettings, ModelServiceSettings, load_settings
 from tests.stack import running_stack
 
@@ -130,3 +131,18 @@ def test_a_worker_runs_a_small_job_through_each_network_before_the_first_one(
     hole = registry.warm_up_job("inpaint").mask
     assert hole is not None and 0 < hole.mean() < 1
     assert registry.warm_up_job("superres").pixels.shape == (side // 2, side // 2, 3)
+
+
+def test_startup_objects_are_frozen_out_of_the_collectors_sight() -> None:
+    """What a worker holds from its start (here: a thousand lists) is out of every collection
+    once frozen; what comes later is collected as before."""
+    try:
+        held_from_start = [[] for _ in range(1000)]
+        frozen = freeze_startup_objects()
+        later: list[list[int]] = [[]]
+        seen = {id(o) for o in gc.get_objects()}
+        assert frozen >= len(held_from_start)
+        assert not any(id(o) in seen for o in held_from_start)
+        assert id(later[0]) in seen
+    finally:
+        gc.unfreeze()
