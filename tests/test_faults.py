@@ -57,7 +57,7 @@ from tests.servers import (
     ServerBinaryMissing,
     in_ci,
 )
-from tests.stack import ADMIN, ADMIN_TOKEN, free_port, running_stack, wait_for_state
+from tests.stack import ADMIN, ADMIN_TOKEN, Stack, free_port, running_stack, wait_for_state
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = png_bytes(data.camera()[:48, :64])
@@ -425,6 +425,26 @@ async def test_broker_restart_under_load_leaves_no_orphans(
         await poll(only_accepted, 15, "the rollback of every refused job", every=0.5)
 
 
+async def _submit_to_a_model_queue(
+    stack: Stack, session: aiohttp.ClientSession
+) -> tuple[Answer, list[str]]:
+    """Submit a denoise job and wait until preprocess hands it on: the model queue's consumer
+    here only notes the ids it is handed (in the list returned, which goes on filling)."""
+    handed_on: list[str] = []
+
+    async def model_service(delivery: eventbus.Delivery) -> None:
+        handed_on.append(delivery.message.job_id)  # type: ignore[union-attr]
+
+    async def handed_on_once() -> bool:
+        return bool(handed_on)
+
+    await stack.bus.consume(topology.DENOISE, model_service)
+    answer = await post_job(session, stack.url)
+    assert answer.status == 202, answer
+    await poll(handed_on_once, 10, "the job handed on")
+    return answer, handed_on
+
+
 async def test_a_preprocessed_report_that_fails_still_hands_the_job_on_once(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
@@ -443,18 +463,7 @@ async def test_a_preprocessed_report_that_fails_still_hands_the_job_on_once(
 
         preprocess.reporter.report = hiccup_on_the_last  # type: ignore[method-assign]
         await preprocess.start()
-        handed_on: list[str] = []
-
-        async def model_service(delivery: eventbus.Delivery) -> None:
-            handed_on.append(delivery.message.job_id)  # type: ignore[union-attr]
-
-        async def handed_on_once() -> bool:
-            return bool(handed_on)
-
-        await stack.bus.consume(topology.DENOISE, model_service)
-        answer = await post_job(session, stack.url)
-        assert answer.status == 202, answer
-        await poll(handed_on_once, 10, "the job handed on")
+        answer, handed_on = await _submit_to_a_model_queue(stack, session)
         await asyncio.sleep(1.0)  # time for a redelivery, were the job's message not settled
         assert handed_on == [answer.body["id"]]
         view = await JobLog(stack.store).view(answer.body["id"])
@@ -626,18 +635,7 @@ async def test_preprocessing_is_told_as_it_starts_only_when_it_lasts(
     monkeypatch.setattr(preprocess_service, "QUIET_START_S", quiet_start_s)
     async with running_stack(tmp_path, workers=False) as stack:
         await PreprocessService(stack.bus, stack.store, PreprocessSettings()).start()
-        handed_on: list[str] = []
-
-        async def model_service(delivery: eventbus.Delivery) -> None:
-            handed_on.append(delivery.message.job_id)  # type: ignore[union-attr]
-
-        async def handed_on_once() -> bool:
-            return bool(handed_on)
-
-        await stack.bus.consume(topology.DENOISE, model_service)
-        answer = await post_job(session, stack.url)
-        assert answer.status == 202, answer
-        await poll(handed_on_once, 10, "the job handed on")
+        answer, _ = await _submit_to_a_model_queue(stack, session)
         view = await JobLog(stack.store).view(answer.body["id"])
         assert view is not None
         assert [e.progress for e in view.events if e.state == "preprocessing"] == told
