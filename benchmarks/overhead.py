@@ -23,8 +23,8 @@ and a fresh RESTORA_CACHE_DIR; `--env` sets any other. The denoise service comes
    both see the same machine:
    - pipeline: POST /api/v1/jobs (task=denoise, model=mwcnn, sigma), the job's event stream (SSE,
      as the page follows a job) until it is final, then the result through the presigned link
-     the done event carries: timed from the POST to the result's last byte (the job is read
-     after that, for the stage timings);
+     the done event carries: timed from the POST to the result's last byte (each job is read
+     for its stage timings once every run is over, not between runs);
    - pure function: `registry.restore(runtime, "denoise", "mwcnn", RestoreJob(pixels, sigma))`
      in this process, on the runtime `build_runtime` makes from the very settings the services
      were given (same threads, device and RESTORA_BACKEND; the same cache directory, so `auto`
@@ -247,15 +247,17 @@ class PipelineRun:
     seconds: float  # POST → result downloaded
     result: bytes
     timings: dict[str, Any] = field(default_factory=dict)  # the services' own, per stage
+    job_url: str = ""
+    auth: dict[str, str] = field(default_factory=dict)
+    wall_started: float = 0.0  # time.time() at the POST
 
 
 async def run_pipeline(session: aiohttp.ClientSession, url: str, upload: Upload) -> PipelineRun:
     """One job as a client does it: submit, follow its events, download the result from the
     link in the done event.
 
-    Its timings carry the client's view too ("client": when the 202 came, when each state was
-    first seen on the event stream, the download) and when each state was written ("log"), so
-    the time between the services' own stages can be placed."""
+    Its timings carry the client's view ("client": when the 202 came, when each state was
+    first seen on the event stream, the download); :func:`read_timings` adds the services'."""
     started, wall_started = time.perf_counter(), time.time()
     client: dict[str, float] = {}
 
@@ -275,15 +277,20 @@ async def run_pipeline(session: aiohttp.ClientSession, url: str, upload: Upload)
         result = await response.read()
     client["download_s"] = time.perf_counter() - t0
     seconds = time.perf_counter() - started
-    # Read after the clock stops: the services' stage timings and when each state was written
-    # (on the services' clocks, this machine's: loopback), to place the time between stages.
-    async with session.get(f"{url}/api/v1/jobs/{job_id}", headers=auth) as response:
+    return PipelineRun(seconds, result, {"client": client}, f"{url}/api/v1/jobs/{job_id}", auth,
+                       wall_started)
+
+
+async def read_timings(session: aiohttp.ClientSession, run: PipelineRun) -> None:
+    """Add the services' stage timings of `run` and when each state was written (on the
+    services' clocks, this machine's: loopback), to place the time between stages. Read once
+    every run is over: a read right after a run would load the store as the next run starts."""
+    async with session.get(run.job_url, headers=run.auth) as response:
         response.raise_for_status()
         doc = await response.json()
-    written = {f"{state}_written_at_s": at - wall_started
+    written = {f"{state}_written_at_s": at - run.wall_started
                for state, at in (doc.get("stages") or {}).items()}
-    timings = {**(doc.get("timings") or {}), "client": client, "log": written}
-    return PipelineRun(seconds, result, timings)
+    run.timings = {**(doc.get("timings") or {}), **run.timings, "log": written}
 
 
 async def _submit(session: aiohttp.ClientSession, url: str, upload: Upload) -> tuple[str, str]:
@@ -428,6 +435,8 @@ async def measure(stack: load.Stack, upload: Upload, runs: int) -> Measured:
         pure_first_s, reference = run_pure(runtime, upload)
         _say(f"pure function loaded in {pure_load_s:.1f} s; {runs} runs of each, in turn")
         pipeline, pure_s = await _interleaved(stack, session, upload, runtime, runs)
+        for run in pipeline:
+            await read_timings(session, run)
     start = WorkerStart(fresh_ready_s, fresh_result_s, restart_ready_s, first.seconds,
                         pure_load_s, pure_first_s)
     return Measured(start, pipeline, pure_s, reference, backends_of(runtime),
