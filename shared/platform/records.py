@@ -195,11 +195,14 @@ def _stage_times(
             for name in ("load_s", "inference_s", "encode_s", "store_s")
         }
     queued = _first_at(events, "queued")
-    preprocess_start = _first_at(events, "preprocessing")
     preprocess_end = _first_at(events, "preprocessing", progress=1.0)
-    if preprocess_start == preprocess_end and preprocess_end and preprocess.get("total_s"):
-        # Told once, as it handed the job on (a quick one): it began total_s before.
-        preprocess_start = preprocess_end - float(preprocess["total_s"])
+    # Where preprocess began: total_s before its last status (a quick one tells no other),
+    # else its first status.
+    preprocess_start = (
+        preprocess_end - float(preprocess["total_s"])
+        if preprocess_end is not None and preprocess.get("total_s") is not None
+        else _first_at(events, "preprocessing")
+    )
     running = _first_at(events, "running")
     return {
         "upload_s": gateway.get("upload_s"),
