@@ -250,6 +250,52 @@ def test_a_colour_photo_goes_through_the_plane_network_where_it_is_installed(
     assert [n.module.config.guide_channels for n in loaded] == [3, 0, 0]
 
 
+def test_a_chroma_network_beside_the_plane_network_restores_the_chroma_from_the_denoised_luma(
+    weights: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "cascade"
+    folder.mkdir()
+    for name in (mwcnn.DENOISE_WEIGHTS, mwcnn.DENOISE_GRAY_WEIGHTS):
+        (folder / name).write_bytes((weights / name).read_bytes())
+    save_mwcnn(_tiny_guided(3), folder / mwcnn.DENOISE_PLANES_WEIGHTS)
+    save_mwcnn(_tiny_guided(4), folder / mwcnn.DENOISE_CHROMA_WEIGHTS)
+    runtime = _runtime(folder)
+    photo = data.astronaut()[100:140, 150:198]
+    result = registry.restore(runtime, "denoise", "mwcnn", RestoreJob(photo, sigma=25))
+    assert result.details["weights_sha256"] == file_sha256(folder / mwcnn.DENOISE_PLANES_WEIGHTS)
+    assert result.details["chroma_weights_sha256"] == file_sha256(
+        folder / mwcnn.DENOISE_CHROMA_WEIGHTS)
+
+    # the luminance as before; each chroma plane by the chroma network, which sees the
+    # denoised luminance and the two noisy chroma planes
+    basis = colour_planes.OPPONENT
+    luma_net = mwcnn.load_network(runtime, mwcnn.DENOISE_PLANES_WEIGHTS).module
+    chroma_net = mwcnn.load_network(runtime, mwcnn.DENOISE_CHROMA_WEIGHTS).module
+    rgb = torch.from_numpy(photo.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    planes = basis.to_planes(rgb)
+    levels = [level_from_sigma(25 * gain) for gain in basis.noise_gains]
+    with torch.no_grad():
+        luma = luma_net(planes[:, :1], levels[0], planes)
+        guide = torch.cat([luma, planes[:, 1:]], dim=1)
+        out = torch.cat([luma, *(chroma_net(planes[:, c:c + 1], levels[c], guide)
+                                 for c in (1, 2))], dim=1)
+    expected = basis.to_rgb(out)[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
+    assert np.abs(result.pixels.astype(int) - expected.astype(int)).max() <= 1
+    (folder / mwcnn.DENOISE_CHROMA_WEIGHTS).unlink()
+    planes_only = registry.restore(_runtime(folder), "denoise", "mwcnn",
+                                   RestoreJob(photo, sigma=25))
+    assert "chroma_weights_sha256" not in planes_only.details
+    assert not np.array_equal(planes_only.pixels[..., 0], result.pixels[..., 0])
+
+    # a worker loads it with the others; a gray photo never goes near it
+    save_mwcnn(_tiny_guided(4), folder / mwcnn.DENOISE_CHROMA_WEIGHTS)
+    runtime = _runtime(folder)
+    assert len(mwcnn.load_denoisers(runtime)) == 4
+    gray = registry.restore(runtime, "denoise", "mwcnn",
+                            RestoreJob(data.camera()[:40, :48], sigma=25))
+    assert "chroma_weights_sha256" not in gray.details
+
+
 def test_the_shipped_plane_network_beats_the_gray_network_on_colour_photos(
     tmp_path: Path,
 ) -> None:

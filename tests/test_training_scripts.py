@@ -23,7 +23,7 @@ from shared.ml.models.deepfill_contextual_attention import DeepFillConfig, DeepF
 from shared.ml.models.esrgan import load_rrdbnet
 from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn, save_mwcnn
 from shared.ml.provenance import Provenance
-from training import train_deepfill, train_esrgan, train_mwcnn
+from training import export, train_deepfill, train_esrgan, train_mwcnn
 from training.common import REPO_ROOT, Schedule, WeightAverage, training_lineage
 from training.data import VALIDATION, ColourPlaneSampler, PatchSampler, TrainingImages
 
@@ -178,6 +178,59 @@ def test_a_colour_plane_run_starts_at_the_gray_network_and_samples_opponent_plan
     planes = [row.index(True) for row in matches]
     sigmas = batch.levels * 255 / np.asarray(OPPONENT.noise_gains)[planes]
     assert np.all((sigmas >= 0) & (sigmas <= 75.01))
+
+
+def _tiny_plane_network(seed: int) -> MWCNN:
+    """A colour-plane network (one channel, three guides) whose guides weigh in."""
+    torch.manual_seed(seed)
+    net = MWCNN(MWCNNConfig(in_channels=1, widths=(4, 8, 8), block_depth=2, bottom_depth=2,
+                            batch_norm=False, guide_channels=3))
+    with torch.no_grad():
+        net.dec1[-1].weight.normal_(0, 0.05)
+    return net.eval()
+
+
+def test_a_chroma_run_trains_beside_a_frozen_luminance_network_and_exports_the_pair(
+    data_root: Path, tmp_path: Path
+) -> None:
+    luma_path, init = tmp_path / "planes.safetensors", tmp_path / "chroma-init.safetensors"
+    save_mwcnn(_tiny_plane_network(1), luma_path)
+    save_mwcnn(_tiny_plane_network(2), init)
+    run = tmp_path / "run"
+    args = ["--task", "denoise", "--run-dir", str(run), "--init", str(init), "--gray",
+            "--colour-planes", "--chroma-of", str(luma_path), "--batch", "2", "--patch", "32",
+            "--val-every", "2", "--warmup", "1", "--lr", "1e-9", "--steps", "2"]
+    with pytest.raises(SystemExit, match="chroma planes only"):
+        train_mwcnn.main(args)  # the default plane weights include the luminance
+    assert train_mwcnn.main([*args, "--plane-weights", "0", "0.5", "0.5"]) == 0
+
+    # validated as the service runs the pair: luminance by the frozen network, chroma by this
+    luma, chroma = load_mwcnn(luma_path).eval(), load_mwcnn(init).eval()
+    items = train_mwcnn.colour_validation_set()
+    cpu = torch.device("cpu")
+    pair = train_mwcnn.validate_colour_planes(chroma, items, cpu, luma=luma)["all"]
+    alone = train_mwcnn.validate_colour_planes(chroma, items, cpu)["all"]
+    assert pair != pytest.approx(alone, abs=1e-3)
+    assert _log_events(run, "val")[0]["psnr"]["all"] == pytest.approx(pair, abs=1e-2)
+
+    out = tmp_path / "chroma.safetensors"
+    assert export.main(["--checkpoint", str(run / "best.pt"), "--out", str(out)]) == 0
+    provenance = json.loads(out.with_suffix(".json").read_text())
+    named = provenance["checks"]["chroma_of"]
+    assert named == {"file": luma_path.name,
+                     "sha256": hashlib.sha256(luma_path.read_bytes()).hexdigest()}
+    assert "denoised by the colour-plane network" in provenance["usage"]["input"]
+
+    # the sampler tells the luminance's level beside the restored plane's
+    sampler = ColourPlaneSampler(TrainingImages.load(min_size=32), 32,
+                                 np.random.default_rng(0), OPPONENT, plane_weights=(0, 1, 1))
+    batch = sampler.sample(4)
+    gains = np.asarray(OPPONENT.noise_gains)
+    planes = [next(c for c in range(3) if np.array_equal(batch.inputs[i, 0], batch.guides[i, c]))
+              for i in range(4)]
+    assert 0 not in planes
+    np.testing.assert_allclose(batch.luma_levels / gains[0] * gains[planes], batch.levels,
+                               rtol=1e-5)
 
 
 def test_a_fold_bn_run_starts_from_the_init_function_and_resumes_without_batchnorm(

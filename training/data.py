@@ -211,6 +211,7 @@ class PlaneBatch:
     guides: np.ndarray  # (B, 3, P, P) float32, all three noisy planes
     targets: np.ndarray  # (B, 1, P, P) float32, the clean plane
     levels: np.ndarray  # (B,) float32, the plane's level-map value
+    luma_levels: np.ndarray  # (B,) float32, the luminance plane's level-map value
 
 
 class ColourPlaneSampler:
@@ -251,11 +252,13 @@ class ColourPlaneSampler:
         target = self.rng.choice(3, size=batch, p=self.plane_weights)
         rows = np.arange(batch)
         gains = np.asarray(self.basis.noise_gains, dtype=np.float32)[target]
+        base_levels = np.asarray([level_from_sigma(s) for s in sigmas], dtype=np.float32)
         return PlaneBatch(
             inputs=np.ascontiguousarray(noisy_planes[rows, target][:, None]),
             guides=np.ascontiguousarray(noisy_planes),
             targets=np.ascontiguousarray(clean_planes[rows, target][:, None]),
-            levels=np.asarray([level_from_sigma(s) for s in sigmas], dtype=np.float32) * gains,
+            levels=base_levels * gains,
+            luma_levels=base_levels * np.float32(self.basis.noise_gains[0]),
         )
 
 

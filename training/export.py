@@ -43,7 +43,12 @@ from training.common import (
     write_provenance,
 )
 from training.data import VALIDATION, validation_set
-from training.train_mwcnn import colour_validation_set, validate, validate_colour_planes
+from training.train_mwcnn import (
+    colour_validation_set,
+    frozen_luma_network,
+    validate,
+    validate_colour_planes,
+)
 
 LEVEL_MAPS = {
     "denoise": "level = sigma / 255 (sigma on the 0-255 scale, trained range [0, 75])",
@@ -128,8 +133,18 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def usage_notes(task: str, in_channels: int, guide_channels: int = 0) -> dict[str, str]:
+def usage_notes(task: str, in_channels: int, guide_channels: int = 0,
+                chroma_of: str | None = None) -> dict[str, str]:
     """How to call a shipped MWCNN: its input, noise/quality level and gray handling."""
+    if chroma_of:
+        return {"input": "one chroma plane (opponent planes 2 and 3) of a colour photo and, as "
+                         "guide channels, the luminance plane denoised by the colour-plane "
+                         f"network it was trained with ({Path(chroma_of).name}), then both "
+                         "noisy chroma "
+                         "planes (colour_planes.cascade_guide)",
+                "level_map": LEVEL_MAPS.get(task, "") + ", times the plane's noise gain",
+                "gray_handling": "colour photos only, with the colour-plane network; gray "
+                                 "photos use the gray network"}
     if guide_channels:
         return {"input": "one opponent plane of a colour photo (float, H and W multiples of 8) "
                          "and, as guide channels, all three noisy planes",
@@ -147,12 +162,22 @@ def usage_notes(task: str, in_channels: int, guide_channels: int = 0) -> dict[st
                              "output averaged"}
 
 
-def validation_score(task: str, config: MWCNNConfig) -> Callable[[MWCNN, torch.device], float]:
-    """The validation its trainer ran: colour-plane networks are scored on RGB, as served."""
+def chroma_of(state: Mapping[str, Any]) -> str | None:
+    """The colour-plane weights a chroma network was trained beside (`--chroma-of`), if any."""
+    value = state.get("extra", {}).get("args", {}).get("chroma_of")
+    return None if value in (None, "None", "") else str(value)
+
+
+def validation_score(task: str, config: MWCNNConfig,
+                     luma_weights: str | None = None) -> Callable[[MWCNN, torch.device], float]:
+    """The validation its trainer ran: colour-plane networks are scored on RGB, as served (a
+    chroma network beside the luminance of the colour-plane network it was trained with)."""
     if config.guide_channels:
         colour_items = colour_validation_set()
+        cpu = torch.device("cpu")
+        luma = frozen_luma_network(Path(luma_weights), cpu) if luma_weights else None
         return lambda model, device: validate_colour_planes(model, colour_items, device,
-                                                            bf16=False)["all"]
+                                                            bf16=False, luma=luma)["all"]
     items = validation_set(task, channels=config.in_channels)
     return lambda model, device: validate(model, items, device, bf16=False)["all"]
 
@@ -165,7 +190,8 @@ def provenance(state: dict[str, Any], model: MWCNN, out: Path,
         out, state,
         network="MWCNN (Liu et al., CVPRW 2018), see shared/ml/models/mwcnn.py",
         config=model.config.to_json(), parameters=count_parameters(model), task=task,
-        usage=usage_notes(task, model.config.in_channels, model.config.guide_channels),
+        usage=usage_notes(task, model.config.in_channels, model.config.guide_channels,
+                          chroma_of(state)),
         data=TrainingData(description=extra.get("data"), root=DATA_ROOT,
                           held_out_for_validation=VALIDATION),
         checks=checks,
@@ -184,13 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
 
     checks: dict[str, Any] = {}
+    if luma := chroma_of(state):  # the pair is what was validated: name the other half exactly
+        checks["chroma_of"] = {"file": Path(luma).name, "sha256": sha256_of(Path(luma))}
     if not args.skip_validation:
-        score = validation_score(task, config)
+        score = validation_score(task, config, chroma_of(state))
         # fp32 compute on purpose: the check is about the stored precision, not the runtime's.
         fp32 = score(model, device)
         fp16 = score(fp16_roundtrip(model), device)
         change = fp16 - fp32
-        checks = {"val_psnr_fp32": fp32, "val_psnr_fp16_weights": fp16, "change_db": change}
+        checks.update(val_psnr_fp32=fp32, val_psnr_fp16_weights=fp16, change_db=change)
         print(f"validation PSNR fp32 {fp32:.4f} dB, fp16 weights {fp16:.4f} dB, "
               f"change {change:+.4f} dB")
         if abs(change) > args.max_drop_db:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from shared.ml.accel import autocast_for
-from shared.ml.colour_planes import OPPONENT, denoise_planes
+from shared.ml.colour_planes import OPPONENT, cascade_guide, denoise_planes
 from shared.ml.models.mwcnn import (
     MWCNN,
     MWCNNConfig,
@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plane-weights", type=float, nargs=3, default=(1 / 3, 1 / 3, 1 / 3),
                    metavar=("LUMA", "CHROMA1", "CHROMA2"),
                    help="--colour-planes: how often each opponent plane is the one to restore")
+    p.add_argument("--chroma-of", type=Path, default=None, metavar="PLANES_WEIGHTS",
+                   help="--colour-planes: train the chroma network of a cascade: the luminance is "
+                        "restored by these (frozen) weights first, and the network restores the "
+                        "chroma planes seeing it denoised (colour_planes.cascade_guide); use "
+                        "--plane-weights 0 0.5 0.5")
     p.add_argument("--steps", type=int, required=True, help="total steps of the cosine schedule")
     p.add_argument("--hours", type=float, default=0.0,
                    help="wall-clock budget of the schedule, resumes included (0: none): the LR "
@@ -277,6 +282,9 @@ class ColourPlaneTraining(MWCNNTraining):
         self.plane_sampler = ColourPlaneSampler(images, args.patch, self.np_rng, OPPONENT,
                                                 args.clip_prob, focus, tuple(args.plane_weights))
         self.colour_val = colour_validation_set()
+        self.luma_net = frozen_luma_network(args.chroma_of, self.device) if args.chroma_of else None
+        if self.luma_net is not None and args.plane_weights[0] > 0:
+            raise SystemExit("--chroma-of trains the chroma planes only: --plane-weights 0 W1 W2")
         return Prepared(data=images.describe(), log={"val_items": len(self.colour_val)})
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -284,6 +292,12 @@ class ColourPlaneTraining(MWCNNTraining):
         inp, target = to_tensor(batch.inputs, self.device), to_tensor(batch.targets, self.device)
         guide = to_tensor(batch.guides, self.device)
         levels = torch.from_numpy(batch.levels).to(self.device)
+        if self.luma_net is not None:
+            luma_levels = torch.from_numpy(batch.luma_levels).to(self.device)
+            with torch.no_grad(), autocast_for(self.device):
+                luma = self.luma_net(guide[:, :1].contiguous(memory_format=torch.channels_last),
+                                     luma_levels, guide)
+            guide = cascade_guide(guide, luma)
         with autocast_for(self.device):
             out = self.model(inp, levels, guide)
         loss = self.criterion(out.float(), target)
@@ -294,8 +308,18 @@ class ColourPlaneTraining(MWCNNTraining):
         return {"loss": float(loss.detach())}
 
     def validate(self, model: nn.Module) -> Validation:
-        scores = validate_colour_planes(model, self.colour_val, self.device)
+        scores = validate_colour_planes(model, self.colour_val, self.device, luma=self.luma_net)
         return Validation(score=scores["all"], scores=scores, log={"psnr": scores})
+
+
+def frozen_luma_network(path: Path, device: torch.device) -> nn.Module:
+    """The colour-plane network whose denoised luminance a chroma network is trained to see."""
+    net = load_mwcnn(path).to(device, memory_format=torch.channels_last).eval()
+    if net.config.guide_channels != PLANES:
+        raise SystemExit(f"--chroma-of {path}: not a colour-plane network (no guide channels)")
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net
 
 
 def colour_validation_set() -> list[tuple[str, float, np.ndarray, np.ndarray]]:
@@ -313,16 +337,22 @@ def colour_validation_set() -> list[tuple[str, float, np.ndarray, np.ndarray]]:
 
 @torch.no_grad()
 def validate_colour_planes(model: nn.Module, items: list[tuple[str, float, np.ndarray, np.ndarray]],
-                           device: torch.device, bf16: bool | None = None) -> dict[str, float]:
+                           device: torch.device, bf16: bool | None = None,
+                           luma: nn.Module | None = None) -> dict[str, float]:
     """Mean RGB PSNR (8-bit outputs) overall and per σ, planes restored as the service does
-    (``bf16``: None runs as training does, False in fp32)."""
+    (``bf16``: None runs as training does, False in fp32); ``luma``: `model` is a chroma
+    network, the luminance is ``luma``'s."""
     was_training = model.training
     model.eval()
     scores: dict[str, list[float]] = {}
     for _name, sigma, noisy, clean in items:
         rgb = to_tensor(noisy.transpose(2, 0, 1)[None] / 255.0, device)
         with autocast_for(device, bf16):
-            out = denoise_planes(model, rgb, sigma, OPPONENT, guided=True)
+            if luma is None:
+                out = denoise_planes(model, rgb, sigma, OPPONENT, guided=True)
+            else:
+                out = denoise_planes(luma, rgb, sigma, OPPONENT, guided=True,
+                                     denoise_chroma=model)
         value = psnr(restored_uint8(out)[0].cpu(),
                      torch.from_numpy(clean.transpose(2, 0, 1).astype(np.float32) / 255.0))
         scores.setdefault(f"{sigma:g}", []).append(value)

@@ -106,15 +106,33 @@ def plane_levels(sigma: float, basis: ColourBasis) -> list[float]:
 
 
 def denoise_planes(denoise_plane: PlaneDenoiser, rgb: torch.Tensor, sigma: float,
-                   basis: ColourBasis, guided: bool) -> torch.Tensor:
+                   basis: ColourBasis, guided: bool,
+                   denoise_chroma: PlaneDenoiser | None = None) -> torch.Tensor:
     """N×3×H×W RGB in [0, 1] → denoised RGB, one plane of `basis` at a time (fp32 result).
 
     The planes run one after the other, so a tile needs the one-channel network's working
     memory, not three times it. ``guided``: each call also gets all three noisy planes.
+    ``denoise_chroma``: the luminance first, then the chroma planes through this network, its
+    guide the *denoised* luminance beside the two noisy chroma planes (`cascade_guide`), as
+    CBM3D groups the chroma by the luminance's structure.
     """
     planes = basis.to_planes(rgb)
+    levels = plane_levels(sigma, basis)
     guide = planes.contiguous(memory_format=torch.channels_last) if guided else None
-    out = [denoise_plane(planes[:, c:c + 1].contiguous(memory_format=torch.channels_last),
-                         level, guide).float()
-           for c, level in enumerate(plane_levels(sigma, basis))]
+
+    def plane(c: int) -> torch.Tensor:
+        return planes[:, c:c + 1].contiguous(memory_format=torch.channels_last)
+
+    if denoise_chroma is None:
+        out = [denoise_plane(plane(c), level, guide).float() for c, level in enumerate(levels)]
+        return basis.to_rgb(torch.cat(out, dim=1))
+    luma = denoise_plane(plane(0), levels[0], guide).float()
+    chroma_guide = cascade_guide(planes, luma)
+    out = [luma, *(denoise_chroma(plane(c), levels[c], chroma_guide).float() for c in (1, 2))]
     return basis.to_rgb(torch.cat(out, dim=1))
+
+
+def cascade_guide(noisy_planes: torch.Tensor, denoised_luma: torch.Tensor) -> torch.Tensor:
+    """The chroma network's guide: the denoised luminance, then the two noisy chroma planes."""
+    guide = torch.cat([denoised_luma.float(), noisy_planes[:, 1:].float()], dim=1)
+    return guide.contiguous(memory_format=torch.channels_last)

@@ -33,6 +33,12 @@ DENOISE_GRAY_WEIGHTS = "mwcnn-denoise-gray.safetensors"
 #: restore each opponent plane of a colour photo while it sees all three; colour photos go
 #: through it when it is installed.
 DENOISE_PLANES_WEIGHTS = "mwcnn-denoise-planes.safetensors"
+#: Optional chroma network of a cascade beside the colour-plane network: where both are
+#: installed, the colour-plane network restores the luminance and this one the two chroma
+#: planes, seeing the *denoised* luminance (`colour_planes.cascade_guide`), as CBM3D groups the
+#: chroma by the luminance's structure. It was trained against the colour-plane network's
+#: output (its provenance names that file's sha256), so it ships and is replaced with it.
+DENOISE_CHROMA_WEIGHTS = "mwcnn-denoise-chroma.safetensors"
 ARTIFACTS_WEIGHTS = "mwcnn-artifacts.safetensors"
 # Peak working memory per input pixel of a tile: 1.5× the largest peak-RSS growth measured by
 # benchmarks/tile_memory.py (2-core AMD EPYC, torch 2.13, 128² and 256² tiles): colour denoiser
@@ -115,13 +121,25 @@ def denoise_colour_planes(runtime: ModelRuntime, weights: str, image: np.ndarray
     plane_net = load_network(runtime, weights)
     assert isinstance(plane_net.module, WaveletFusedMWCNN)
     guided = plane_net.module.config.guide_channels > 0
-    network = dataclasses.replace(plane_net, in_channels=3,
-                                  weights_id=f"{plane_net.weights_id}+{basis.name}")
+    chroma_net = chroma_network(runtime, weights)
+    chroma_id = f"+chroma:{chroma_net.weights_id}" if chroma_net else ""
+    network = dataclasses.replace(
+        plane_net, in_channels=3, weights_id=f"{plane_net.weights_id}{chroma_id}+{basis.name}"
+    )
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        return denoise_planes(plane_net.net, batch, sigma, basis, guided)
+        return denoise_planes(plane_net.net, batch, sigma, basis, guided,
+                              denoise_chroma=chroma_net.net if chroma_net else None)
 
     return _run(runtime, network, image, forward, job)
+
+
+def chroma_network(runtime: ModelRuntime, weights: str) -> LoadedNetwork | None:
+    """The cascade's chroma network, where it is installed beside the colour-plane network
+    `weights` (another one-channel network has no cascade)."""
+    if weights != DENOISE_PLANES_WEIGHTS or not runtime.has_weights([DENOISE_CHROMA_WEIGHTS]):
+        return None
+    return load_network(runtime, DENOISE_CHROMA_WEIGHTS)
 
 
 # --------------------------------------------------------------------------- restorers
@@ -167,7 +185,9 @@ def load_denoisers(runtime: ModelRuntime) -> list[LoadedNetwork]:
     """Load every network a denoise job may run here (the colour-plane and gray ones where
     installed, and the colour one), so that no job pays for loading them."""
     names = [DENOISE_PLANES_WEIGHTS, DENOISE_GRAY_WEIGHTS, DENOISE_WEIGHTS]
-    return [load_network(runtime, n) for n in names if runtime.has_weights([n])]
+    loaded = [load_network(runtime, n) for n in names if runtime.has_weights([n])]
+    chroma = chroma_network(runtime, DENOISE_PLANES_WEIGHTS)
+    return loaded + ([chroma] if chroma else [])
 
 
 def denoise(runtime: ModelRuntime, job: RestoreJob) -> Restored:
@@ -188,6 +208,8 @@ def denoise(runtime: ModelRuntime, job: RestoreJob) -> Restored:
                                   "weights_sha256": runtime.weights_sha256(weights)}
     if weights != DENOISE_WEIGHTS and not is_gray(image):
         details["colour_planes"] = COLOUR_BASIS.name if COLOUR_BASIS else None
+        if chroma_network(runtime, weights) is not None:
+            details["chroma_weights_sha256"] = runtime.weights_sha256(DENOISE_CHROMA_WEIGHTS)
     return Restored(out, details)
 
 
