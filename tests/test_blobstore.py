@@ -46,6 +46,18 @@ async def test_put_get_list_delete(store: BlobStore) -> None:
     assert await store.get("jobs/b/upload/image") == b"other"
 
 
+async def test_listing_with_times_tells_when_each_object_was_written(store: BlobStore) -> None:
+    before = time.time()
+    await store.put("jobs/a/job.json", b"{}")
+    await store.put("jobs/a/upload/image", b"pixels")
+    await store.put("jobs/b/job.json", b"{}")
+    modified = await store.list_modified("jobs/a/")
+    assert sorted(modified) == await store.list("jobs/a/")
+    # S3 keeps whole seconds: each time is within a second of the write
+    assert all(before - 1.5 <= at <= time.time() + 1.5 for at in modified.values()), modified
+    assert await store.list_modified("jobs/none/") == {}
+
+
 async def test_keys_cannot_escape(store: BlobStore) -> None:
     for bad in ("../etc/passwd", "/abs", "jobs/../../x"):
         with pytest.raises(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -241,3 +242,36 @@ def test_first_convs_of_rrdbnet_and_fused_mwcnn_run_in_fp32_under_autocast() -> 
     first = mwcnn.enc1[0]
     assert _first_conv_dtype(mwcnn, first, torch.rand(1, 1, 16, 16), 0.1) == torch.float32
     assert _first_conv_dtype(mwcnn, mwcnn.enc2[0], torch.rand(1, 1, 16, 16), 0.1) == torch.bfloat16
+
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to oversubscribe")
+def test_the_process_thread_count_holds_on_an_inference_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenMP keeps its thread count per thread: a service's inference thread must be held to
+    RESTORA_THREADS like the thread that chose it (it ran oneDNN on every core)."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(inference, "_cpu_threads", 0)  # the process's choice comes back after
+    inference.set_cpu_threads(1)
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1).eval()
+    x = torch.rand(1, 32, 192, 192)
+    busy: list[float] = []
+
+    def on_a_new_thread() -> None:
+        inference.use_cpu_threads_here()
+        with torch.no_grad():
+            conv(x)  # warm-up
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(8):
+                conv(x)
+        # the process's CPU time: helper threads on other cores count in it
+        busy.append((time.process_time() - cpu) / (time.perf_counter() - wall))
+
+    try:
+        worker = threading.Thread(target=on_a_new_thread)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(before)
+    assert busy[0] < 1.4, f"{busy[0]:.2f} cores busy on an inference thread held to one"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from services.gateway import maintenance
 from services.gateway.app import create_app, running_gateway
 from services.gateway.maintenance import sweep
 from services.preprocess.service import PreprocessService
@@ -146,7 +148,7 @@ async def test_cancelled_running_job_stops_and_its_objects_are_gone(
             assert (await response.json())["state"] == "cancelled"
         assert await asyncio.to_thread(stopped.wait, 10), "the running job did not stop"
         await asyncio.sleep(1.5)  # let the worker finish its bookkeeping
-        await sweep(stack.store, _reporter(stack), 3600, 3600)
+        await sweep(stack.store, _reporter(stack), 3600, 3600, orphan_grace_s=0)
         assert await stack.store.list(JobKeys(body["id"]).prefix) == []
         async with session.get(f"{stack.url}/api/v1/jobs/{body['id']}") as response:
             assert response.status == 404
@@ -247,6 +249,23 @@ async def test_expired_or_altered_local_links_are_403(tmp_path: Path) -> None:
             async with session.get(stack.url + link) as response:
                 assert response.status == 403
                 assert "expired" in (await response.json())["error"]
+
+
+async def test_the_sweeper_leaves_a_specless_job_alone_until_its_objects_are_old(
+    tmp_path: Path,
+) -> None:
+    """A submission's upload may land a moment before its spec (they are written side by
+    side): objects without a spec are an orphan's only once none is recent."""
+    store = LocalDirBlobStore(tmp_path, b"s")
+    reporter = StatusReporter(JobLog(store), InProcessBus(), "t")
+    upload = JobKeys("3" * 32).upload
+    await store.put(upload, IMAGE)
+    assert (await sweep(store, reporter, 3600, 10**9))["orphans"] == 0
+    assert await store.exists(upload)
+    past = time.time() - 2 * maintenance.ORPHAN_GRACE_S
+    os.utime(store.local_path(upload), (past, past))
+    assert (await sweep(store, reporter, 3600, 10**9))["orphans"] == 1
+    assert await store.list("jobs/") == []
 
 
 async def test_retention_sweeper_deletes_expired_jobs(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -208,13 +208,15 @@ async def submit_job(request: web.Request) -> web.Response:
                 owner_token_sha256=owner.token_sha256,
                 owner_key_sha256=owner.key_sha256,
             )
-            # The spec first: objects of a job without a spec are a deleted job's leftovers.
-            await JobLog(store).create(spec)
-            await store.put(keys.upload, form.files["image"].data, form.files["image"].content_type)
-            mask_key = None
-            if "mask" in form.files:
-                mask_key = keys.upload_mask
-                await store.put(mask_key, form.files["mask"].data, "application/octet-stream")
+            # The spec and the uploads side by side: one round trip, not two. Objects without
+            # a spec become an orphan's only when none is recent (maintenance.ORPHAN_GRACE_S).
+            mask_key = keys.upload_mask if "mask" in form.files else None
+            await _all_stored(
+                JobLog(store).create(spec),
+                store.put(keys.upload, form.files["image"].data, form.files["image"].content_type),
+                *([store.put(mask_key, form.files["mask"].data, "application/octet-stream")]
+                  if mask_key else []),
+            )
         except limits.Refused as exc:
             return exc.response()
         except InvalidRequest as exc:
@@ -260,6 +262,14 @@ async def submit_job(request: web.Request) -> web.Response:
         status=202,
         headers={"Location": status_url},
     )
+
+
+async def _all_stored(*writes: Awaitable[None]) -> None:
+    """Every write ended (none left running to land after a rollback), then the first error."""
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _validate(form: UploadForm, weights_dir: Path) -> tuple[messages.JobOptions, str]:

@@ -20,6 +20,10 @@ log = get_logger(__name__)
 # A job that ended this long ago and has no record: its final status went by while no
 # records writer listened (every gateway down). Younger ones are the live writer's.
 RECORD_GRACE_S = 60.0
+# How long a job's objects may go without its spec before they are an orphan's. The gateway
+# writes a submission's spec and upload side by side, so for a moment an accepted job's
+# upload can be there before its spec; a deleted job's leftovers just wait one sweep longer.
+ORPHAN_GRACE_S = 300.0
 
 
 def stalled_reason(view: JobView, deadline_s: float, now: float) -> str | None:
@@ -55,18 +59,22 @@ async def sweep(
     retention_s: float,
     deadline_s: float,
     writer: RecordWriter | None = None,
+    orphan_grace_s: float = ORPHAN_GRACE_S,
 ) -> dict[str, int]:
     """One pass over every job: expire old ones, fail stalled ones, record ended ones whose
     record is missing, drop orphans and submissions never announced."""
     jobs_log, now = JobLog(store), time.time()
     counts = {"expired": 0, "stalled": 0, "recorded": 0, "orphans": 0, "unannounced": 0}
-    for job_id, keys in group_by_job(await store.list("jobs/")).items():
+    modified = await store.list_modified("jobs/")
+    for job_id, keys in group_by_job(list(modified)).items():
         spec_key = JobKeys(job_id).spec
         if spec_key not in keys:
-            # The spec is written first and deleted last: without it the job was deleted
-            # and these are late writes from a worker that had not noticed yet.
-            await store.delete_prefix(JobKeys(job_id).prefix)
-            counts["orphans"] += 1
+            # The spec is deleted first: without it the job was deleted and these are late
+            # writes from a worker that had not noticed yet, once none is recent (a
+            # submission's upload may land a moment before its spec).
+            if now - max(modified[key] for key in keys) > orphan_grace_s:
+                await store.delete_prefix(JobKeys(job_id).prefix)
+                counts["orphans"] += 1
             continue
         view = await jobs_log.view(job_id)
         if view is None:
@@ -98,7 +106,8 @@ async def _record_missed_end(writer: RecordWriter, view: JobView, now: float) ->
 
 async def delete_job_objects(store: BlobStore, job_id: str) -> None:
     """The spec first: the job is gone for every reader at once (404, never a half-deleted
-    view), and whatever a half-done delete leaves is an orphan the sweeper removes."""
+    view), and whatever a half-done delete leaves is an orphan the sweeper removes (after
+    ORPHAN_GRACE_S)."""
     keys = JobKeys(job_id)
     await store.delete_prefix(keys.spec)
     await store.delete_prefix(keys.prefix)

@@ -88,9 +88,10 @@ class PreprocessService:
         job = delivery.message
         if not isinstance(job, JobSubmitted):
             raise Reject(f"preprocess cannot handle {type(job).__name__}")
-        # The upload is fetched while the job is looked up, and decoded while "preprocessing"
-        # is told: one wait each, not two.
+        # The upload is fetched and normalised while the job is looked up: one wait, not two
+        # (a job found over drops what was begun).
         fetched = asyncio.create_task(self._fetch(job))
+        normalizing = asyncio.create_task(self._normalize(job, fetched))
         try:
             if (await self.jobs.end(job.job_id)).is_over:
                 return  # deleted or cancelled before we got to it
@@ -100,7 +101,7 @@ class PreprocessService:
                 self.jobs, job.job_id, self.worker, self.settings.heartbeat_interval_s,
                 QUIET_START_S,
             ):
-                normalized = await self._normalize_telling_if_slow(job, fetched, started)
+                normalized = await self._normalize_telling_if_slow(job, normalizing, started)
         except BlobNotFound:
             await self.reporter.report(job.job_id, "failed", error="the upload is gone (deleted?)")
             return
@@ -108,6 +109,7 @@ class PreprocessService:
             await self.reporter.report(job.job_id, "failed", error=str(exc))
             return
         finally:
+            forget(normalizing)
             forget(fetched)
         height, width = normalized.pixels.shape[:2]
         steps, extra = chains.steps_of(job.task), {}
@@ -152,14 +154,12 @@ class PreprocessService:
             log.warning("preprocessed_not_told", job_id=job.job_id, error=repr(exc))
 
     async def _normalize_telling_if_slow(
-        self, job: JobSubmitted, fetched: asyncio.Task[tuple[bytes, bytes | None]],
-        started: float,
+        self, job: JobSubmitted, normalizing: asyncio.Task[NormalizedInput], started: float,
     ) -> NormalizedInput:
         """The normalised input; "preprocessing" is told as it started (at `started`: the
         record's queue wait ends where preprocess_s begins) only when it takes longer than
         QUIET_START_S. A photo done sooner is announced once, as it is handed on: one store
         write and broadcast fewer while the next service waits."""
-        normalizing = asyncio.ensure_future(self._normalize(job, fetched))
         try:
             return await asyncio.wait_for(asyncio.shield(normalizing), QUIET_START_S)
         except TimeoutError:

@@ -125,12 +125,31 @@ def tensor_to_numpy(tensor: torch.Tensor, *, in_place: bool = False) -> np.ndarr
 # --------------------------------------------------------------------------- threads & locking
 
 
+_cpu_threads = 0  # the process's choice (set_cpu_threads); 0: torch's default
+_threads_here = threading.local()  # the count applied in each thread, where one was
+
+
 def set_cpu_threads(count: int) -> None:
-    """Intra-op threads for CPU inference (inter-op can only be set before any parallel work)."""
-    torch.set_num_threads(max(1, count))
+    """Intra-op threads for CPU inference (inter-op can only be set before any parallel work).
+
+    The count holds in the calling thread; `use_cpu_threads_here` applies it in another."""
+    global _cpu_threads
+    _cpu_threads = max(1, count)
+    torch.set_num_threads(_cpu_threads)
+    _threads_here.count = _cpu_threads
     # Already fixed once torch has run parallel work; the intra-op setting is what matters.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
+
+
+def use_cpu_threads_here() -> None:
+    """Apply `set_cpu_threads`'s count in this thread. OpenMP keeps the count per thread: a
+    thread that never set it (a service's inference thread, off its event loop) runs oneDNN's
+    convolutions on every core whatever the process chose (measured: 2 cores busy for a 3×3
+    conv with RESTORA_THREADS=1, on a 2-core EPYC)."""
+    if _cpu_threads and getattr(_threads_here, "count", 0) != _cpu_threads:
+        torch.set_num_threads(_cpu_threads)
+        _threads_here.count = _cpu_threads
 
 
 class InferenceGate:
@@ -347,6 +366,7 @@ def run_network(
     one; bf16 is used only where it is native and keeps ≥ 50 dB vs fp32.
     `ensemble` averages the network over 8 flips/rotations of every tile (:func:`self_ensemble`).
     """
+    use_cpu_threads_here()
     forward = forward or network.net
     tensor = numpy_to_tensor(image)
     gray_through_colour = tensor.shape[1] == 1 and network.in_channels == 3

@@ -3,10 +3,13 @@
 Pillow's PNG encoder picks a filter per row by trying them all and compresses on one thread
 with the GIL held: a 512² colour photo takes 16-19 ms at zlib level 1. Here every row gets
 the "Up" filter (one vectorised subtraction) and the filtered bytes are deflated in pieces on
-a small thread pool (zlib releases the GIL), each piece ending on a byte boundary
-(`Z_SYNC_FLUSH`) as pigz does, so the pieces join into one valid zlib stream: 5 ms for the
-same photo, for files about 2 % larger (measured on skimage's astronaut and coffee). The
-output is a plain PNG any decoder reads.
+a small thread pool (the compressor releases the GIL), each piece ending on a byte boundary
+(`Z_SYNC_FLUSH`) as pigz does, so the pieces join into one valid zlib stream. The output is a
+plain PNG any decoder reads.
+
+The deflate is ISA-L's (`isal`, Intel's storage acceleration library) where it is installed,
+zlib's otherwise: on skimage's astronaut at 512² (the filtered rows, one thread, 2-core AMD
+EPYC) ISA-L's level 1 took 1.8 ms for 461 KB where zlib's level 1 took 8.8 ms for 474 KB.
 """
 
 from __future__ import annotations
@@ -14,8 +17,17 @@ from __future__ import annotations
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
 import numpy as np
+
+_deflater: ModuleType = zlib
+try:  # ISA-L's deflate: the same streams, ~5x faster (the module's docstring)
+    from isal import isal_zlib
+
+    _deflater = isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+    pass
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels → gray, gray+alpha, RGB, RGBA
@@ -61,22 +73,25 @@ def _filtered_up(pixels: np.ndarray) -> memoryview:
 
 
 def _deflate(raw: memoryview, level: int) -> bytes:
+    """A zlib stream of `raw` at zlib's `level` (1-9; ISA-L's 1-3 stand for them)."""
+    if _deflater is not zlib:
+        level = min(3, max(1, (level + 2) // 3))  # zlib 1-3 → 1, 4-6 → 2, 7-9 → 3
     pieces = min(_MAX_PIECES, len(raw) // _PIECE_BYTES)
     if pieces <= 1:
-        return zlib.compress(raw, level)
+        return _deflater.compress(raw, level)
     step = -(-len(raw) // pieces)
     views = [raw[start : start + step] for start in range(0, len(raw), step)]
     last = len(views) - 1
 
     def piece(index: int) -> bytes:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-        ending = zlib.Z_FINISH if index == last else zlib.Z_SYNC_FLUSH
+        compressor = _deflater.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        ending = _deflater.Z_FINISH if index == last else _deflater.Z_SYNC_FLUSH
         return compressor.compress(views[index]) + compressor.flush(ending)
 
     body = b"".join(_POOL.map(piece, range(len(views))))
-    return _ZLIB_HEADER + body + struct.pack(">I", zlib.adler32(raw))
+    return _ZLIB_HEADER + body + struct.pack(">I", _deflater.adler32(raw))
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(kind))
+    crc = _deflater.crc32(payload, _deflater.crc32(kind))
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)

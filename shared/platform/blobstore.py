@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -79,6 +80,7 @@ class BlobStore(Protocol):
     async def get(self, key: str) -> bytes: ...
     async def exists(self, key: str) -> bool: ...
     async def list(self, prefix: str) -> list[str]: ...
+    async def list_modified(self, prefix: str) -> dict[str, float]: ...
     async def delete_prefix(self, prefix: str) -> None: ...
     async def ping(self) -> bool: ...
     def link(self, key: str, options: LinkOptions) -> str: ...
@@ -148,6 +150,18 @@ class LocalDirBlobStore:
         return sorted(
             k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith(".")
         )
+
+    async def list_modified(self, prefix: str) -> dict[str, float]:
+        """`list`'s keys, each with when it was last written (Unix time)."""
+
+        def modified() -> dict[str, float]:
+            times = {}
+            for key in self._list_sync(prefix):
+                with contextlib.suppress(FileNotFoundError):  # deleted since it was listed
+                    times[key] = self._path(key).stat().st_mtime
+            return times
+
+        return await self._run(modified)
 
     async def delete_prefix(self, prefix: str) -> None:
         for key in await self.list(prefix):
@@ -359,6 +373,20 @@ class S3BlobStore:
         def listing() -> list[str]:
             objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
             return sorted(o.object_name for o in objects if o.object_name)
+
+        return await self._run(listing)
+
+    async def list_modified(self, prefix: str) -> dict[str, float]:
+        """`list`'s keys, each with when it was last written (Unix time)."""
+        await self.ensure_bucket()
+
+        def listing() -> dict[str, float]:
+            objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            return {
+                o.object_name: o.last_modified.timestamp() if o.last_modified else 0.0
+                for o in objects
+                if o.object_name
+            }
 
         return await self._run(listing)
 

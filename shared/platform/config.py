@@ -50,11 +50,12 @@ class CommonSettings:
     retention_s: int = 7 * 24 * 3600
     # Every S3 call: how long to wait for a connection and for each answer, and how often to
     # retry a refused connection or a 5xx (a server silent past the read timeout is not asked
-    # again); calls run on their own pool of this many threads.
+    # again); calls run on their own pool of this many threads (a submission writes its spec
+    # and upload at once: 16 keep 8 submissions apart when the store hangs).
     s3_connect_timeout_s: float = 2.0
     s3_read_timeout_s: float = 3.0
     s3_retries: int = 2
-    store_threads: int = 8
+    store_threads: int = 16
     # How long a publish may wait for the broker's confirm before the broker counts as down.
     publish_timeout_s: float = 5.0
     # A worker holding a job writes the job's heartbeat this often.

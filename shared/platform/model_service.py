@@ -21,7 +21,7 @@ import numpy as np
 
 from shared.errors import UnprocessableInput
 from shared.ml import imaging, registry
-from shared.ml.inference import InferenceGate
+from shared.ml.inference import InferenceGate, use_cpu_threads_here
 from shared.ml.restorers.common import RestoreJob
 from shared.ml.runtime import ModelRuntime
 from shared.ml.tiling import Cancelled
@@ -390,6 +390,7 @@ def _run_exclusive(
     gate: InferenceGate, restorer: Restorer, restore_input: RestoreInput
 ) -> RestoreOutput:
     """One inference at a time per slot: on 2 cores, two at once only slow both."""
+    use_cpu_threads_here()  # on this thread too (not every restorer goes through the tiler)
     with gate:
         if restore_input.should_cancel():
             raise Cancelled()
