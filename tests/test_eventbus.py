@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from shared.platform import eventbus, topology
 from shared.platform.eventbus import (
     DEPTH_CACHE_S,
+    DEPTH_STALE_S,
     Delivery,
     EventBus,
     InProcessBus,
@@ -225,6 +227,14 @@ async def test_rabbitmq_queue_depth_is_cached_for_a_burst(rabbitmq_url: str) -> 
         await asyncio.sleep(0.2)  # the broker has it, but the count is less than a second old
         assert await bus.queue_depth(QUEUE) == 0
         await asyncio.sleep(DEPTH_CACHE_S)
+        # older than DEPTH_CACHE_S: answered at once all the same, and asked for anew beside it
+        assert await bus.queue_depth(QUEUE) == 0
+        deadline = asyncio.get_running_loop().time() + 5
+        while (depth := await bus.queue_depth(QUEUE)) != 1:
+            assert asyncio.get_running_loop().time() < deadline, f"depth stuck at {depth}"
+            await asyncio.sleep(0.02)
+        # past DEPTH_STALE_S a count is waited for, never answered stale
+        bus._depth_cache[QUEUE.name] = (time.monotonic() - DEPTH_STALE_S, 7)
         assert await bus.queue_depth(QUEUE) == 1
     finally:
         await bus.close()

@@ -49,6 +49,9 @@ log = get_logger(__name__)
 
 #: How long RabbitBus.queue_depth reuses a count: a burst of submissions asks the broker once.
 DEPTH_CACHE_S = 1.0
+#: Up to this age a count is still answered at once while a fresh one is asked for beside it:
+#: a submission never waits for the broker's round trip unless the count is this old.
+DEPTH_STALE_S = 5.0
 
 
 class Reject(Exception):
@@ -395,6 +398,7 @@ class RabbitBus:
         self._depth_channel: AbstractChannel | None = None
         self._depth_lock = asyncio.Lock()
         self._depth_cache: dict[str, tuple[float, int]] = {}  # queue -> (monotonic time, count)
+        self._depth_refreshes: dict[str, asyncio.Task[None]] = {}  # at most one per queue
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(
@@ -446,6 +450,8 @@ class RabbitBus:
             log.warning("drain_timeout", in_flight=self._in_flight.count)
 
     async def close(self) -> None:
+        for refresh in self._depth_refreshes.values():
+            refresh.cancel()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -630,14 +636,33 @@ class RabbitBus:
             return depths
 
     async def queue_depth(self, queue: QueueSpec) -> int:
-        """Messages ready in `queue`, at most DEPTH_CACHE_S old: the gateway asks on every
-        submission, and one passive declare a second per queue is all the broker sees."""
-        async with self._depth_lock:  # a burst waits for the one declare in flight
-            cached = self._depth_cache.get(queue.name)
-            if cached is None or time.monotonic() - cached[0] >= DEPTH_CACHE_S:
-                cached = (time.monotonic(), await self._declared_depth(queue.name))
-                self._depth_cache[queue.name] = cached
+        """Messages ready in `queue`: the gateway asks on every submission, and one passive
+        declare a second per queue is all the broker sees. A count older than DEPTH_CACHE_S is
+        still the answer while a fresh one is asked for in the background, up to DEPTH_STALE_S;
+        an older one (or none) is waited for."""
+        cached = self._depth_cache.get(queue.name)
+        age = time.monotonic() - cached[0] if cached else DEPTH_STALE_S
+        if cached is not None and age < DEPTH_STALE_S:
+            if age >= DEPTH_CACHE_S and queue.name not in self._depth_refreshes:
+                refresh = asyncio.create_task(self._refresh_depth(queue.name))
+                self._depth_refreshes[queue.name] = refresh
+                refresh.add_done_callback(lambda _t: self._depth_refreshes.pop(queue.name, None))
             return cached[1]
+        return await self._fresh_depth(queue.name)
+
+    async def _fresh_depth(self, name: str) -> int:
+        async with self._depth_lock:  # a burst waits for the one declare in flight
+            cached = self._depth_cache.get(name)
+            if cached is None or time.monotonic() - cached[0] >= DEPTH_CACHE_S:
+                cached = (time.monotonic(), await self._declared_depth(name))
+                self._depth_cache[name] = cached
+            return cached[1]
+
+    async def _refresh_depth(self, name: str) -> None:
+        try:
+            await self._fresh_depth(name)
+        except Exception:  # the next submission asks again; past DEPTH_STALE_S it waits
+            log.warning("queue_depth_refresh_failed", queue=name, exc_info=True)
 
     async def _declared_depth(self, name: str) -> int:
         assert self._connection is not None, "bus not started"
