@@ -147,6 +147,7 @@ def _mwcnn_network(entry: registry.Restorer, runtime: ModelRuntime) -> Network:
     from shared.ml.restorers import mwcnn
 
     levels: tuple[float, ...]
+    chroma: Path | None = None
     if entry.task == "artifacts":
         weights, graph = mwcnn.ARTIFACTS_WEIGHTS, "mwcnn"
         levels, what = (level_from_quality(QUALITY),), f"q{QUALITY}"
@@ -161,13 +162,16 @@ def _mwcnn_network(entry: registry.Restorer, runtime: ModelRuntime) -> Network:
             graph, levels = "mwcnn-planes", tuple(level_from_sigma(sigma * g)
                                                    for g in basis.noise_gains)
             what = f"σ{sigma:g}, {weights.removesuffix('.safetensors')} on {basis.name} planes"
+            if mwcnn.has_chroma_network(runtime, weights):
+                chroma = runtime.weights_path(mwcnn.DENOISE_CHROMA_WEIGHTS)
+                what += f", chroma by {chroma.stem}"
         else:
             graph, levels, what = "mwcnn", (level_from_sigma(sigma),), f"σ{sigma:g}"
     path = runtime.weights_path(weights)
     widths = json.loads(_metadata(path)["mwcnn_config"])["widths"]
     return Network(f"mwcnn-{entry.task}", f"MWCNN {entry.task} {'/'.join(map(str, widths))} "
                    f"({what})", entry.task, entry.name, graph, path, multiple=8,
-                   levels=levels, options=dict(TASK_OPTIONS[entry.task]))
+                   levels=levels, options=dict(TASK_OPTIONS[entry.task]), chroma=chroma)
 
 
 def _rrdbnet_network(entry: registry.Restorer, runtime: ModelRuntime) -> Network:

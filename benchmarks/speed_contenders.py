@@ -61,6 +61,7 @@ class Network:
     scale: int = 1
     multiple: int = 1
     levels: tuple[float, ...] = ()  # MWCNN's level (per plane for "mwcnn-planes")
+    chroma: Path | None = None  # "mwcnn-planes": the cascade's chroma network, where installed
     prefill: bool = False  # DeepFill: the hole is Telea-filled before the network
     max_side: int | None = None  # DeepFill: the longest window side it runs at
     options: dict[str, Any] = field(default_factory=dict)  # the registry job's options

@@ -57,21 +57,30 @@ class AtLevel(nn.Module):
 class OnPlanes(nn.Module):
     """A colour photo through a one-channel MWCNN, plane by plane in the service's colour basis
     (:func:`shared.ml.restorers.mwcnn.denoise_colour_planes`), each plane at its own level and,
-    for a colour-plane network, with all three noisy planes as its guides."""
+    for a colour-plane network, with all three noisy planes as its guides; with a `chroma`
+    network, the chroma planes through it, guided by the denoised luminance (the cascade)."""
 
-    def __init__(self, gray: nn.Module, levels: tuple[float, ...]) -> None:
+    def __init__(self, gray: nn.Module, levels: tuple[float, ...],
+                 chroma: nn.Module | None = None) -> None:
         super().__init__()
         from shared.ml.restorers import mwcnn
 
         assert mwcnn.COLOUR_BASIS is not None
         self.gray, self.levels, self.basis = gray, levels, mwcnn.COLOUR_BASIS
+        self.chroma = chroma
         self.guided = bool(getattr(getattr(gray, "config", None), "guide_channels", 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         planes = self.basis.to_planes(x)
         guide = planes if self.guided else None
-        out = [self.gray(planes[:, c : c + 1], level, guide)
-               for c, level in enumerate(self.levels)]
+        if self.chroma is None:
+            out = [self.gray(planes[:, c : c + 1], level, guide)
+                   for c, level in enumerate(self.levels)]
+            return self.basis.to_rgb(torch.cat(out, dim=1))
+        luma = self.gray(planes[:, :1], self.levels[0], guide)
+        chroma_guide = torch.cat([luma, planes[:, 1:]], dim=1)
+        out = [luma, *(self.chroma(planes[:, c : c + 1], self.levels[c], chroma_guide)
+                       for c in (1, 2))]
         return self.basis.to_rgb(torch.cat(out, dim=1))
 
 
@@ -94,8 +103,9 @@ def build_graph(network: Network) -> nn.Module:
 
         # The restorer folds BN too: the same function with one memory pass less per layer.
         mw = fold_batchnorm(load_mwcnn(network.weights))
+        chroma = fold_batchnorm(load_mwcnn(network.chroma)) if network.chroma else None
         module = (AtLevel(mw, network.levels[0]) if network.graph == "mwcnn"
-                  else OnPlanes(mw, network.levels))
+                  else OnPlanes(mw, network.levels, chroma))
     elif network.graph == "rrdbnet":
         from shared.ml.models.esrgan import load_rrdbnet
 
@@ -134,7 +144,8 @@ def export_key(network: Network, weights_sha256: str, fmt: str,
     `<network key>-<first 16 hex of the weights' sha256>-<digest>`, the digest covering the
     graph's baked-in options, the export format's version and the exporting tools' versions.
     """
-    recipe = {"graph": network.graph, "levels": list(network.levels),
+    chroma = cached_file_sha256(network.chroma) if network.chroma else None
+    recipe = {"graph": network.graph, "levels": list(network.levels), "chroma": chroma,
               "prefill": network.prefill, "scale": network.scale, "format": fmt,
               "export_format": EXPORT_FORMAT, "versions": dict(versions)}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]

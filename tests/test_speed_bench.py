@@ -124,3 +124,44 @@ def test_a_contender_serves_rounds_from_its_own_process() -> None:
     finally:
         worker.close()
     assert peak_rss_bytes() > 0
+
+
+def test_the_peers_colour_graph_runs_the_chroma_cascade_as_the_service(tmp_path: Path) -> None:
+    """With a chroma network installed, eager and the exports run what the restorer runs:
+    the luminance by the colour-plane network, the chroma planes by the chroma network."""
+    from benchmarks.speed_graphs import build_graph
+    from shared.ml.colour_planes import OPPONENT, denoise_planes
+    from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, level_from_sigma, save_mwcnn
+
+    def tiny(seed: int) -> MWCNN:
+        torch.manual_seed(seed)
+        net = MWCNN(MWCNNConfig(in_channels=1, widths=(4, 8, 8), block_depth=2, bottom_depth=2,
+                                batch_norm=False, guide_channels=3))
+        with torch.no_grad():
+            net.dec1[-1].weight.normal_(0, 0.05)
+            net.enc1[0].weight.normal_(0, 0.1)
+        return net.eval()
+
+    luma, chroma = tmp_path / "planes.safetensors", tmp_path / "chroma.safetensors"
+    save_mwcnn(tiny(1), luma)
+    save_mwcnn(tiny(2), chroma)
+    levels = tuple(level_from_sigma(25 * g) for g in OPPONENT.noise_gains)
+    network = Network("mwcnn-denoise", "MWCNN", "denoise", "mwcnn", "mwcnn-planes", luma,
+                      multiple=8, levels=levels, chroma=chroma)
+    x = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        graph = build_graph(network)(x)
+        service = denoise_planes(graph_net(luma), x, 25.0, OPPONENT, guided=True,
+                                 denoise_chroma=graph_net(chroma))
+        without = build_graph(dataclasses.replace(network, chroma=None))(x)
+    torch.testing.assert_close(graph, service, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(graph, without)
+    versions = {"torch": "2.13.0", "opset": "17"}
+    assert export_key(network, SHA, "onnx", versions) != export_key(
+        dataclasses.replace(network, chroma=None), SHA, "onnx", versions)
+
+
+def graph_net(path: Path) -> torch.nn.Module:
+    from shared.ml.models.mwcnn import load_mwcnn
+
+    return load_mwcnn(path).eval()

@@ -134,10 +134,15 @@ def denoise_colour_planes(runtime: ModelRuntime, weights: str, image: np.ndarray
     return _run(runtime, network, image, forward, job)
 
 
-def chroma_network(runtime: ModelRuntime, weights: str) -> LoadedNetwork | None:
-    """The cascade's chroma network, where it is installed beside the colour-plane network
+def has_chroma_network(runtime: ModelRuntime, weights: str) -> bool:
+    """Whether the cascade's chroma network is installed beside the colour-plane network
     `weights` (another one-channel network has no cascade)."""
-    if weights != DENOISE_PLANES_WEIGHTS or not runtime.has_weights([DENOISE_CHROMA_WEIGHTS]):
+    return weights == DENOISE_PLANES_WEIGHTS and runtime.has_weights([DENOISE_CHROMA_WEIGHTS])
+
+
+def chroma_network(runtime: ModelRuntime, weights: str) -> LoadedNetwork | None:
+    """The cascade's chroma network beside `weights`, loaded once, where it is installed."""
+    if not has_chroma_network(runtime, weights):
         return None
     return load_network(runtime, DENOISE_CHROMA_WEIGHTS)
 
@@ -208,7 +213,7 @@ def denoise(runtime: ModelRuntime, job: RestoreJob) -> Restored:
                                   "weights_sha256": runtime.weights_sha256(weights)}
     if weights != DENOISE_WEIGHTS and not is_gray(image):
         details["colour_planes"] = COLOUR_BASIS.name if COLOUR_BASIS else None
-        if chroma_network(runtime, weights) is not None:
+        if has_chroma_network(runtime, weights):
             details["chroma_weights_sha256"] = runtime.weights_sha256(DENOISE_CHROMA_WEIGHTS)
     return Restored(out, details)
 
