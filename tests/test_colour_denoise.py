@@ -210,14 +210,19 @@ def test_guides_start_at_zero_weight_and_are_required() -> None:
         with_guides(guided, 3)
 
 
-def test_a_colour_photo_goes_through_the_plane_network_where_it_is_installed(
-    weights: Path, tmp_path: Path
-) -> None:
-    folder = tmp_path / "with-planes"
+def _with_plane_network(weights: Path, folder: Path) -> Path:
+    """The two denoisers of `weights` and a tiny colour-plane network beside them."""
     folder.mkdir()
     for name in (mwcnn.DENOISE_WEIGHTS, mwcnn.DENOISE_GRAY_WEIGHTS):
         (folder / name).write_bytes((weights / name).read_bytes())
     save_mwcnn(_tiny_guided(3), folder / mwcnn.DENOISE_PLANES_WEIGHTS)
+    return folder
+
+
+def test_a_colour_photo_goes_through_the_plane_network_where_it_is_installed(
+    weights: Path, tmp_path: Path
+) -> None:
+    folder = _with_plane_network(weights, tmp_path / "with-planes")
     runtime = _runtime(folder)
     photo = data.astronaut()[100:140, 150:198]
     result = registry.restore(runtime, "denoise", "mwcnn", RestoreJob(photo, sigma=25))
@@ -253,11 +258,7 @@ def test_a_colour_photo_goes_through_the_plane_network_where_it_is_installed(
 def test_a_chroma_network_beside_the_plane_network_restores_the_chroma_from_the_denoised_luma(
     weights: Path, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "cascade"
-    folder.mkdir()
-    for name in (mwcnn.DENOISE_WEIGHTS, mwcnn.DENOISE_GRAY_WEIGHTS):
-        (folder / name).write_bytes((weights / name).read_bytes())
-    save_mwcnn(_tiny_guided(3), folder / mwcnn.DENOISE_PLANES_WEIGHTS)
+    folder = _with_plane_network(weights, tmp_path / "cascade")
     save_mwcnn(_tiny_guided(4), folder / mwcnn.DENOISE_CHROMA_WEIGHTS)
     runtime = _runtime(folder)
     photo = data.astronaut()[100:140, 150:198]

@@ -16,6 +16,7 @@ from benchmarks.speed_contenders import Network, Spec, Worker, pad_to_multiple, 
 from benchmarks.speed_graphs import export_key
 from shared.ml import registry
 from shared.ml.tiling import pad_to_multiple as torch_pad_to_multiple
+from tests.tiny_networks import tiny_plane_network
 
 NET = Network("mwcnn-denoise", "MWCNN", "denoise", "mwcnn", "mwcnn", Path("w.safetensors"),
               multiple=8, levels=(25 / 255,))
@@ -131,20 +132,11 @@ def test_the_peers_colour_graph_runs_the_chroma_cascade_as_the_service(tmp_path:
     the luminance by the colour-plane network, the chroma planes by the chroma network."""
     from benchmarks.speed_graphs import build_graph
     from shared.ml.colour_planes import OPPONENT, denoise_planes
-    from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, level_from_sigma, save_mwcnn
-
-    def tiny(seed: int) -> MWCNN:
-        torch.manual_seed(seed)
-        net = MWCNN(MWCNNConfig(in_channels=1, widths=(4, 8, 8), block_depth=2, bottom_depth=2,
-                                batch_norm=False, guide_channels=3))
-        with torch.no_grad():
-            net.dec1[-1].weight.normal_(0, 0.05)
-            net.enc1[0].weight.normal_(0, 0.1)
-        return net.eval()
+    from shared.ml.models.mwcnn import level_from_sigma, save_mwcnn
 
     luma, chroma = tmp_path / "planes.safetensors", tmp_path / "chroma.safetensors"
-    save_mwcnn(tiny(1), luma)
-    save_mwcnn(tiny(2), chroma)
+    save_mwcnn(tiny_plane_network(1), luma)
+    save_mwcnn(tiny_plane_network(2), chroma)
     levels = tuple(level_from_sigma(25 * g) for g in OPPONENT.noise_gains)
     network = Network("mwcnn-denoise", "MWCNN", "denoise", "mwcnn", "mwcnn-planes", luma,
                       multiple=8, levels=levels, chroma=chroma)

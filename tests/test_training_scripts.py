@@ -23,6 +23,7 @@ from shared.ml.models.deepfill_contextual_attention import DeepFillConfig, DeepF
 from shared.ml.models.esrgan import load_rrdbnet
 from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, load_mwcnn, save_mwcnn
 from shared.ml.provenance import Provenance
+from tests.tiny_networks import tiny_plane_network
 from training import export, train_deepfill, train_esrgan, train_mwcnn
 from training.common import REPO_ROOT, Schedule, WeightAverage, training_lineage
 from training.data import VALIDATION, ColourPlaneSampler, PatchSampler, TrainingImages
@@ -180,22 +181,12 @@ def test_a_colour_plane_run_starts_at_the_gray_network_and_samples_opponent_plan
     assert np.all((sigmas >= 0) & (sigmas <= 75.01))
 
 
-def _tiny_plane_network(seed: int) -> MWCNN:
-    """A colour-plane network (one channel, three guides) whose guides weigh in."""
-    torch.manual_seed(seed)
-    net = MWCNN(MWCNNConfig(in_channels=1, widths=(4, 8, 8), block_depth=2, bottom_depth=2,
-                            batch_norm=False, guide_channels=3))
-    with torch.no_grad():
-        net.dec1[-1].weight.normal_(0, 0.05)
-    return net.eval()
-
-
 def test_a_chroma_run_trains_beside_a_frozen_luminance_network_and_exports_the_pair(
     data_root: Path, tmp_path: Path
 ) -> None:
     luma_path, init = tmp_path / "planes.safetensors", tmp_path / "chroma-init.safetensors"
-    save_mwcnn(_tiny_plane_network(1), luma_path)
-    save_mwcnn(_tiny_plane_network(2), init)
+    save_mwcnn(tiny_plane_network(1), luma_path)
+    save_mwcnn(tiny_plane_network(2), init)
     run = tmp_path / "run"
     args = ["--task", "denoise", "--run-dir", str(run), "--init", str(init), "--gray",
             "--colour-planes", "--chroma-of", str(luma_path), "--batch", "2", "--patch", "32",
