@@ -7,6 +7,7 @@ The margins asserted are what the shipped weights measurably clear, not the pape
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from shared.ml.restorers.deepfill import build_deepfill
 from shared.ml.restorers.esrgan import GAN_WEIGHTS, PSNR_WEIGHTS
 from shared.ml.restorers.mwcnn import (
     ARTIFACTS_WEIGHTS,
+    DENOISE_CHROMA_WEIGHTS,
     DENOISE_GRAY_WEIGHTS,
     DENOISE_PLANES_WEIGHTS,
     DENOISE_WEIGHTS,
@@ -46,6 +48,9 @@ NOISY_MARGIN_DB = 5.0
 CLASSIC_MARGIN_DB = 0.25
 JPEG_MARGIN_DB = 0.7
 SR_MARGIN_DB = 1.0
+# What the cascade's chroma network adds over the colour-plane network alone (the crops in
+# its test, σ 25 uploads): +0.021 / +0.058 / +0.014 dB, mean +0.031, when it shipped.
+CHROMA_OVER_PLANES_MARGIN_DB = 0.015
 GAN_DEGRADED_MARGIN_DB = 0.08
 # The gray denoiser over the colour one on gray photos at σ 25 (2026-12-02, camera / coins /
 # moon crops): +0.12 / +0.16 / +0.47 dB after 2,000 gray steps, +0.36 / +0.43 / +1.35 dB with
@@ -88,7 +93,7 @@ def _load_deepfill(path: Path) -> torch.nn.Module:
 
 
 LOADERS = {DENOISE_WEIGHTS: load_mwcnn, DENOISE_GRAY_WEIGHTS: load_mwcnn,
-           DENOISE_PLANES_WEIGHTS: load_mwcnn,
+           DENOISE_PLANES_WEIGHTS: load_mwcnn, DENOISE_CHROMA_WEIGHTS: load_mwcnn,
            ARTIFACTS_WEIGHTS: load_mwcnn,
            PSNR_WEIGHTS: load_rrdbnet, GAN_WEIGHTS: load_rrdbnet,
            DEEPFILL_WEIGHTS: _load_deepfill}
@@ -126,6 +131,29 @@ def test_shipped_gray_denoiser_beats_the_colour_one_on_gray_photos(tmp_path: Pat
         gray_out = restored("denoise", "mwcnn", job, weights_dir=gray.parent)
         gains.append(psnr(gray_out, clean) - psnr(colour_out, clean))
     assert np.mean(gains) > GRAY_OVER_COLOUR_MARGIN_DB
+
+
+def test_the_shipped_chroma_network_adds_to_the_plane_network_on_colour_photos(
+    tmp_path: Path,
+) -> None:
+    """What the cascade's chroma network adds (skimage photos, σ 25, uploads), and that it is
+    the pair it was trained as: its provenance names the colour-plane file beside it."""
+    chroma = shipped(DENOISE_CHROMA_WEIGHTS)
+    planes = shipped(DENOISE_PLANES_WEIGHTS)
+    named = json.loads(chroma.with_suffix(".json").read_text())["checks"]["chroma_of"]
+    assert named["sha256"] == hashlib.sha256(planes.read_bytes()).hexdigest()
+    planes_only = tmp_path / "planes-only"
+    planes_only.mkdir()
+    for name in (DENOISE_WEIGHTS, DENOISE_GRAY_WEIGHTS, DENOISE_PLANES_WEIGHTS):
+        (planes_only / name).symlink_to(SHIPPED_WEIGHTS_DIR / name)
+    gains = []
+    for clean in (data.astronaut()[:192, 160:352], data.coffee()[100:292, 200:392],
+                  data.chelsea()[:192, 100:292]):
+        job = RestoreJob(with_noise(clean, 25), sigma=25)
+        alone = restored("denoise", "mwcnn", job, weights_dir=planes_only)
+        pair = restored("denoise", "mwcnn", job)
+        gains.append(psnr(pair, clean) - psnr(alone, clean))
+    assert np.mean(gains) > CHROMA_OVER_PLANES_MARGIN_DB, gains
 
 
 def test_shipped_deblocker_beats_the_jpeg() -> None:
