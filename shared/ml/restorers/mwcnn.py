@@ -187,8 +187,8 @@ def denoiser_for(runtime: ModelRuntime, image: np.ndarray) -> str:
 
 
 def load_denoisers(runtime: ModelRuntime) -> list[LoadedNetwork]:
-    """Load every network a denoise job may run here (the colour-plane and gray ones where
-    installed, and the colour one), so that no job pays for loading them."""
+    """Load every network a denoise job may run here (the colour-plane, gray and chroma ones
+    where installed, and the colour one), so that no job pays for loading them."""
     names = [DENOISE_PLANES_WEIGHTS, DENOISE_GRAY_WEIGHTS, DENOISE_WEIGHTS]
     loaded = [load_network(runtime, n) for n in names if runtime.has_weights([n])]
     chroma = chroma_network(runtime, DENOISE_PLANES_WEIGHTS)
