@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from benchmarks.speed_contenders import Network
+from shared.ml.colour_planes import denoise_planes_at
 from shared.ml.hashing import cached_file_sha256
 
 #: Bump when a graph below changes: cached exports of the old graph are then not reused.
@@ -71,17 +72,8 @@ class OnPlanes(nn.Module):
         self.guided = bool(getattr(getattr(gray, "config", None), "guide_channels", 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        planes = self.basis.to_planes(x)
-        guide = planes if self.guided else None
-        if self.chroma is None:
-            out = [self.gray(planes[:, c : c + 1], level, guide)
-                   for c, level in enumerate(self.levels)]
-            return self.basis.to_rgb(torch.cat(out, dim=1))
-        luma = self.gray(planes[:, :1], self.levels[0], guide)
-        chroma_guide = torch.cat([luma, planes[:, 1:]], dim=1)
-        out = [luma, *(self.chroma(planes[:, c : c + 1], self.levels[c], chroma_guide)
-                       for c in (1, 2))]
-        return self.basis.to_rgb(torch.cat(out, dim=1))
+        return denoise_planes_at(self.gray, x, self.levels, self.basis, self.guided,
+                                 self.chroma)
 
 
 class Refined(nn.Module):

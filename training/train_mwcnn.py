@@ -281,10 +281,10 @@ class ColourPlaneTraining(MWCNNTraining):
         focus = (*args.focus_range, args.focus_prob) if args.focus_range else None
         self.plane_sampler = ColourPlaneSampler(images, args.patch, self.np_rng, OPPONENT,
                                                 args.clip_prob, focus, tuple(args.plane_weights))
+        if args.chroma_of and args.plane_weights[0] > 0:
+            raise SystemExit("--chroma-of trains the chroma planes only: --plane-weights 0 W1 W2")
         self.colour_val = colour_validation_set()
         self.luma_net = frozen_luma_network(args.chroma_of, self.device) if args.chroma_of else None
-        if self.luma_net is not None and args.plane_weights[0] > 0:
-            raise SystemExit("--chroma-of trains the chroma planes only: --plane-weights 0 W1 W2")
         return Prepared(data=images.describe(), log={"val_items": len(self.colour_val)})
 
     def train_step(self, step: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ planes while it restores one, so the chroma planes can follow the luminance's ed
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,8 +116,15 @@ def denoise_planes(denoise_plane: PlaneDenoiser, rgb: torch.Tensor, sigma: float
     guide the *denoised* luminance beside the two noisy chroma planes (`cascade_guide`), as
     CBM3D groups the chroma by the luminance's structure.
     """
+    return denoise_planes_at(denoise_plane, rgb, plane_levels(sigma, basis), basis, guided,
+                             denoise_chroma)
+
+
+def denoise_planes_at(denoise_plane: PlaneDenoiser, rgb: torch.Tensor,
+                      levels: Sequence[float], basis: ColourBasis, guided: bool,
+                      denoise_chroma: PlaneDenoiser | None = None) -> torch.Tensor:
+    """`denoise_planes` with each plane's level given (`plane_levels`), as exports bake it."""
     planes = basis.to_planes(rgb)
-    levels = plane_levels(sigma, basis)
     guide = planes.contiguous(memory_format=torch.channels_last) if guided else None
 
     def plane(c: int) -> torch.Tensor:
