@@ -26,6 +26,7 @@ from shared.platform.bootstrap import (
     build_runtime,
     configure_process,
     connect,
+    freeze_startup_objects,
     shutdown,
     wait_for_shutdown,
     warm_up,
@@ -67,7 +68,8 @@ async def main() -> None:
     await start_workers(bus, store, load_settings(PreprocessSettings), runtime)
     app = create_app(bus, store, settings)
     async with running_gateway(app, settings.host, settings.port):
-        log.info("restora_ready", url=f"http://{settings.host}:{settings.port}")
+        log.info("restora_ready", url=f"http://{settings.host}:{settings.port}",
+                 frozen_objects=freeze_startup_objects())
         url = f"http://{settings.host}:{settings.port}"
         print(f"Restora is running at {url}  (Ctrl-C stops)")
         print(f"Dashboard (operators): {url}/dashboard?token={settings.admin_token}", flush=True)

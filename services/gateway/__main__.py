@@ -3,7 +3,13 @@
 import asyncio
 
 from services.gateway.app import create_app, running_gateway
-from shared.platform.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
+from shared.platform.bootstrap import (
+    configure_process,
+    connect,
+    freeze_startup_objects,
+    shutdown,
+    wait_for_shutdown,
+)
 from shared.platform.config import GatewaySettings, load_settings
 
 
@@ -12,6 +18,7 @@ async def main() -> None:
     configure_process("gateway", settings)
     bus, store = await connect(settings)
     async with running_gateway(create_app(bus, store, settings), settings.host, settings.port):
+        freeze_startup_objects()  # ~118,000 objects a full collection would walk mid-request
         try:
             await wait_for_shutdown()
         finally:

@@ -3,7 +3,13 @@
 import asyncio
 
 from services.preprocess.service import PreprocessService
-from shared.platform.bootstrap import configure_process, connect, shutdown, wait_for_shutdown
+from shared.platform.bootstrap import (
+    configure_process,
+    connect,
+    freeze_startup_objects,
+    shutdown,
+    wait_for_shutdown,
+)
 from shared.platform.config import PreprocessSettings, load_settings
 from shared.platform.health import serve_health
 
@@ -14,6 +20,7 @@ async def main() -> None:
     bus, store = await connect(settings)
     await PreprocessService(bus, store, settings).start()
     health = await serve_health({"broker": bus.ping, "store": store.ping}, settings.health_port)
+    freeze_startup_objects()  # ~117,000 objects a full collection would walk mid-job
     try:
         await wait_for_shutdown()
     finally:

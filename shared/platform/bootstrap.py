@@ -95,7 +95,9 @@ def freeze_startup_objects() -> int:
     the garbage collector's sight, and return how many. A full collection otherwise walks
     them all, holding the GIL, in whichever thread allocated last: on a model service, often
     the event loop's while a job infers on another, whose every operation then waits for the
-    GIL. What is frozen is never freed, so this is for what lives as long as the process."""
+    GIL (the gateway and preprocess hold ~118,000 without torch: a full collection took
+    50 ms there, mid-request). What is frozen is never freed, so this is for what lives as
+    long as the process: every process calls it once it is up."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
