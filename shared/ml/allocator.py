@@ -12,7 +12,10 @@ Those settings hold for the main arena only: a thread (where a service runs infe
 event loop) gets an arena of its own that maps and trims its heaps regardless, and a 512² colour
 denoise run there took 12,000 page faults a call (0.766 s against 0.757 s on the main thread).
 So every thread shares the main arena (``M_ARENA_MAX`` = 1): a service runs one inference at a
-time, and its other threads allocate little.
+time, and its other threads allocate little. The limit binds only arenas made after it, so a
+process tunes this before any thread allocates (`bootstrap.configure_process` does it first):
+tuned after tracing and metrics had started theirs, a service's inference threads were handed
+those arenas in turn and a 512² colour denoise faulted ~35,000 pages in again every other job.
 """
 
 from __future__ import annotations
