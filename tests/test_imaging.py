@@ -27,6 +27,7 @@ from shared.ml.imaging import (
     resize_alpha,
     srgb_icc_profile,
     to_float01,
+    warm_codecs,
 )
 
 RNG = np.random.default_rng(1234)
@@ -222,3 +223,7 @@ def test_renditions_of_a_jpeg_result_show_it_flattened() -> None:
     _, small = encode_result_with_renditions(pixels, alpha=alpha, icc_profile=None, fmt="jpeg")
     preview = _open(small[0][0])  # the thumbnail: this result is its own preview
     assert preview.mode == "RGB" and np.asarray(preview).min() > 245
+
+
+def test_warm_codecs_encodes_every_result_format_at_start() -> None:
+    assert warm_codecs() == ("png", "jpeg", "webp")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.ml import registry
+from shared.ml import imaging, registry
 from shared.ml.allocator import keep_freed_memory
 from shared.ml.inference import InferenceGate
 from shared.ml.runtime import ModelRuntime
@@ -88,6 +88,8 @@ async def warm_up(runtime: ModelRuntime, tasks: tuple[str, ...]) -> None:
     started = time.perf_counter()
     warmed = await asyncio.to_thread(registry.warm, runtime, tasks)
     log.info("networks_warmed", networks=warmed, seconds=round(time.perf_counter() - started, 2))
+    # On the threads that decode inputs and encode results later (asyncio's default executor).
+    log.info("codecs_warmed", formats=await asyncio.to_thread(imaging.warm_codecs))
 
 
 def freeze_startup_objects() -> int:
