@@ -51,7 +51,6 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again(where: str) -> None
     assert later > 5 * first, (first, later)  # by default each is mapped and faulted anew
 
 
-
 SERVICE_THREADS = """
 import concurrent.futures, resource
 import torch
