@@ -59,7 +59,8 @@ class OnPlanes(nn.Module):
     """A colour photo through a one-channel MWCNN, plane by plane in the service's colour basis
     (:func:`shared.ml.restorers.mwcnn.denoise_colour_planes`), each plane at its own level and,
     for a colour-plane network, with all three noisy planes as its guides; with a `chroma`
-    network, the chroma planes through it, guided by the denoised luminance (the cascade)."""
+    network, the chroma planes through it, guided by the denoised luminance (the cascade); the
+    luminance averaged over as many views as the service's (`mwcnn.LUMA_VIEWS`)."""
 
     def __init__(self, gray: nn.Module, levels: tuple[float, ...],
                  chroma: nn.Module | None = None) -> None:
@@ -68,12 +69,12 @@ class OnPlanes(nn.Module):
 
         assert mwcnn.COLOUR_BASIS is not None
         self.gray, self.levels, self.basis = gray, levels, mwcnn.COLOUR_BASIS
-        self.chroma = chroma
+        self.chroma, self.luma_views = chroma, mwcnn.LUMA_VIEWS
         self.guided = bool(getattr(getattr(gray, "config", None), "guide_channels", 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return denoise_planes_at(self.gray, x, self.levels, self.basis, self.guided,
-                                 self.chroma)
+                                 self.chroma, self.luma_views)
 
 
 class Refined(nn.Module):
@@ -136,8 +137,12 @@ def export_key(network: Network, weights_sha256: str, fmt: str,
     `<network key>-<first 16 hex of the weights' sha256>-<digest>`, the digest covering the
     graph's baked-in options, the export format's version and the exporting tools' versions.
     """
+    from shared.ml.restorers import mwcnn
+
     chroma = cached_file_sha256(network.chroma) if network.chroma else None
+    luma_views = mwcnn.LUMA_VIEWS if network.graph == "mwcnn-planes" else None
     recipe = {"graph": network.graph, "levels": list(network.levels), "chroma": chroma,
+              "luma_views": luma_views,
               "prefill": network.prefill, "scale": network.scale, "format": fmt,
               "export_format": EXPORT_FORMAT, "versions": dict(versions)}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]

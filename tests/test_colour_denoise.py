@@ -11,6 +11,7 @@ from skimage import data
 
 from shared.ml import colour_planes, registry
 from shared.ml.hashing import file_sha256
+from shared.ml.inference import self_ensemble
 from shared.ml.models.mwcnn import MWCNN, MWCNNConfig, level_from_sigma, save_mwcnn, with_guides
 from shared.ml.restorers import mwcnn
 from shared.ml.restorers.common import RestoreJob, resolve_sigma
@@ -50,6 +51,22 @@ def _all_rgb_levels() -> torch.Tensor:
                            dtype=torch.float32)
     sample = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5000, 3))) / 255.0
     return torch.cat([corners, sample.float()])[:, :, None, None]
+
+
+def _luminance(net: torch.nn.Module, plane: torch.Tensor, level: float,
+               guide: torch.Tensor | None = None) -> torch.Tensor:
+    """The luminance as the service restores it: the network on the plane and on its quarter
+    turn (the guide turned with it), the second turned back, the two averaged."""
+    assert mwcnn.LUMA_VIEWS == 2
+
+    def net_on(x: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        return net(x, level) if g is None else net(x, level, g)
+
+    def quarter(t: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(t, 1, dims=(2, 3))
+
+    turned = net_on(quarter(plane), None if guide is None else quarter(guide))
+    return (net_on(plane, guide) + torch.rot90(turned, -1, dims=(2, 3))) / 2
 
 
 def test_the_opponent_transform_is_orthonormal_and_round_trips() -> None:
@@ -115,10 +132,11 @@ def test_a_colour_photo_goes_through_the_gray_network_plane_by_plane(weights: Pa
     basis, gray = mwcnn.COLOUR_BASIS, mwcnn.load_network(runtime, mwcnn.DENOISE_GRAY_WEIGHTS)
     rgb = torch.from_numpy(photo.astype(np.float32) / 255).permute(2, 0, 1)[None]
     planes = basis.to_planes(rgb)
+    levels = [level_from_sigma(25 * gain) for gain in basis.noise_gains]
     with torch.no_grad():
         out = torch.cat([
-            gray.module(planes[:, c:c + 1], level_from_sigma(25 * basis.noise_gains[c]))
-            for c in range(3)
+            _luminance(gray.module, planes[:, :1], levels[0]),
+            *(gray.module(planes[:, c:c + 1], levels[c]) for c in (1, 2)),
         ], dim=1)
     expected = basis.to_rgb(out)[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
     assert np.abs(result.pixels.astype(int) - expected.astype(int)).max() <= 1
@@ -128,6 +146,12 @@ def test_a_colour_photo_goes_through_the_gray_network_plane_by_plane(weights: Pa
     assert ensembled.pixels.shape == photo.shape
     assert ensembled.details["weights_sha256"] == result.details["weights_sha256"]
     assert not np.array_equal(ensembled.pixels, result.pixels)
+    # x8 turns every plane 8 ways: one view of the luminance within each (not 16)
+    with torch.no_grad():
+        by_hand = self_ensemble(lambda b: colour_planes.denoise_planes(
+            lambda x, level, _guide: gray.module(x, level), b, 25.0, basis, guided=False))(rgb)
+    by_hand_pixels = by_hand[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
+    assert np.abs(ensembled.pixels.astype(int) - by_hand_pixels.astype(int)).max() <= 1
 
 
 def test_gray_photos_and_a_colour_only_install_keep_their_paths(
@@ -235,11 +259,11 @@ def test_a_colour_photo_goes_through_the_plane_network_where_it_is_installed(
     planes_net = mwcnn.load_network(runtime, mwcnn.DENOISE_PLANES_WEIGHTS)
     rgb = torch.from_numpy(photo.astype(np.float32) / 255).permute(2, 0, 1)[None]
     planes = basis.to_planes(rgb)
+    levels = [level_from_sigma(25 * gain) for gain in basis.noise_gains]
     with torch.no_grad():
         out = torch.cat([
-            planes_net.module(planes[:, c:c + 1], level_from_sigma(25 * basis.noise_gains[c]),
-                              planes)
-            for c in range(3)
+            _luminance(planes_net.module, planes[:, :1], levels[0], planes),
+            *(planes_net.module(planes[:, c:c + 1], levels[c], planes) for c in (1, 2)),
         ], dim=1)
     expected = basis.to_rgb(out)[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
     assert np.abs(result.pixels.astype(int) - expected.astype(int)).max() <= 1
@@ -276,7 +300,7 @@ def test_a_chroma_network_beside_the_plane_network_restores_the_chroma_from_the_
     planes = basis.to_planes(rgb)
     levels = [level_from_sigma(25 * gain) for gain in basis.noise_gains]
     with torch.no_grad():
-        luma = luma_net(planes[:, :1], levels[0], planes)
+        luma = _luminance(luma_net, planes[:, :1], levels[0], planes)
         guide = torch.cat([luma, planes[:, 1:]], dim=1)
         out = torch.cat([luma, *(chroma_net(planes[:, c:c + 1], levels[c], guide)
                                  for c in (1, 2))], dim=1)

@@ -129,10 +129,12 @@ def test_a_contender_serves_rounds_from_its_own_process() -> None:
 
 def test_the_peers_colour_graph_runs_the_chroma_cascade_as_the_service(tmp_path: Path) -> None:
     """With a chroma network installed, eager and the exports run what the restorer runs:
-    the luminance by the colour-plane network, the chroma planes by the chroma network."""
+    the luminance by the colour-plane network over the service's views, the chroma planes by
+    the chroma network."""
     from benchmarks.speed_graphs import build_graph
     from shared.ml.colour_planes import OPPONENT, denoise_planes
     from shared.ml.models.mwcnn import level_from_sigma, save_mwcnn
+    from shared.ml.restorers.mwcnn import LUMA_VIEWS
 
     luma, chroma = tmp_path / "planes.safetensors", tmp_path / "chroma.safetensors"
     save_mwcnn(tiny_plane_network(1), luma)
@@ -144,7 +146,7 @@ def test_the_peers_colour_graph_runs_the_chroma_cascade_as_the_service(tmp_path:
     with torch.no_grad():
         graph = build_graph(network)(x)
         service = denoise_planes(graph_net(luma), x, 25.0, OPPONENT, guided=True,
-                                 denoise_chroma=graph_net(chroma))
+                                 denoise_chroma=graph_net(chroma), luma_views=LUMA_VIEWS)
         without = build_graph(dataclasses.replace(network, chroma=None))(x)
     torch.testing.assert_close(graph, service, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(graph, without)

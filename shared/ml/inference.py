@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from shared.ml import accel
+from shared.ml.dihedral import VIEWS, averaged_over_views
 from shared.ml.tiling import DEFAULT_PIXEL_COST, run_tiled
 
 #: bf16 is accepted only when its output is at least this close to fp32's.
@@ -70,16 +71,7 @@ def self_ensemble(
     """
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        total: torch.Tensor | None = None
-        for turns in range(4):
-            for flip in (False, True):
-                x = torch.rot90(batch, turns, dims=(2, 3))
-                x = x.flip(3) if flip else x
-                y = model(x.contiguous(memory_format=torch.channels_last)).float()
-                y = torch.rot90(y.flip(3) if flip else y, -turns, dims=(2, 3))
-                total = y if total is None else total + y
-        assert total is not None
-        return total / 8
+        return averaged_over_views(model, (batch,), len(VIEWS))
 
     return run
 

@@ -166,14 +166,15 @@ def _dip_inpaint(runtime: ModelRuntime, job: RestoreJob) -> Restored:
 _MWCNN = "MWCNN (Liu et al. 2018)"
 _DIP = "Deep Image Prior (Ulyanov et al. 2018), fitted per image; slow"
 
-# cost_per_megapixel: MWCNN 0.42 s and NLM 0.30 s at 512² (2 threads, fp32); RRDBNet ×4 2.4 s for a
-# 1 MP output; DIP ~0.6 s per step at 256² (so 600 steps ≈ 6 minutes). Relative values matter:
-# the budget (RESTORA_MAX_JOB_COST) is where an operator says what a job may cost.
+# cost_per_megapixel: MWCNN 0.42 s and NLM 0.30 s at 512² (2 threads, fp32), a colour photo's
+# planes 1.4× that since its luminance takes two views; RRDBNet ×4 2.4 s for a 1 MP output;
+# DIP ~0.6 s per step at 256² (so 600 steps ≈ 6 minutes). Relative values matter: the budget
+# (RESTORA_MAX_JOB_COST) is where an operator says what a job may cost.
 _DIP_STEP_PER_MP = 9.2
 RESTORERS: tuple[Restorer, ...] = (
     Restorer("denoise", "mwcnn", _MWCNN, _mwcnn_denoise, ("mwcnn-denoise.safetensors",),
              ensemble=True, level_option="sigma", load=_load_mwcnn_denoise,
-             cost_per_megapixel=1.6),
+             cost_per_megapixel=2.2),
     Restorer("denoise", "classic", "non-local means (OpenCV)", classic.denoise,
              level_option="sigma", cost_per_megapixel=1.2),
     Restorer("denoise", "dip", _DIP, _dip_denoise, level_option="sigma", slow=True,
