@@ -14,5 +14,11 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_bytes(array: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def decode_image(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))

@@ -4,16 +4,13 @@ end to end in the embedded stack."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
-from PIL import Image
 from skimage import data
 
 from services.gateway.validation import InvalidRequest, parse_options
@@ -24,7 +21,7 @@ from shared.platform import messages, topology
 from shared.platform.config import PreprocessSettings
 from shared.platform.messages import JobOptions, RestoreRequested
 from shared.platform.model_service import ModelService, RestoreInput, RestoreOutput
-from tests.pipeline_helpers import decode_image, png_bytes
+from tests.pipeline_helpers import decode_image, jpeg_bytes, png_bytes
 from tests.stack import ADMIN, download, follow_events, running_stack, submit, wait_for_state
 
 WEIGHTS = registry.SHIPPED_WEIGHTS_DIR
@@ -121,12 +118,6 @@ def test_a_chain_costs_the_sum_of_its_steps() -> None:
 
 
 # ------------------------------------------------------------------------------ end to end
-
-
-def jpeg_bytes(array: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 @pytest.fixture

@@ -35,7 +35,8 @@ SETTINGS_OF = {
     **{name: config.ModelServiceSettings for name in MODEL_SERVICES},
 }
 # Settings classes that are no deployed service's: the base and the single-process launcher.
-NOT_DEPLOYED = {config.CommonSettings, config.EmbeddedSettings, config.ModelRuntimeSettings}
+NOT_DEPLOYED = {config.CommonSettings, config.EmbeddedSettings, config.ModelRuntimeSettings,
+                config.InputLimitSettings}
 ENV_READ = re.compile(r"""(?:environ\.get|environ\[|getenv)\(?\s*["']((?:RESTORA|OTEL)_\w+)""")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 Doc = dict[str, Any]

@@ -49,7 +49,7 @@ from shared.platform.messages import (
     MessageError,
     RestoreRequested,
 )
-from tests.pipeline_helpers import png_bytes
+from tests.pipeline_helpers import jpeg_bytes
 from tests.servers import (
     RabbitMQServer,
     S3Endpoint,
@@ -60,7 +60,8 @@ from tests.servers import (
 from tests.stack import ADMIN, ADMIN_TOKEN, Stack, free_port, running_stack, wait_for_state
 
 REPO = Path(__file__).resolve().parent.parent
-IMAGE = png_bytes(data.camera()[:48, :64])
+# A JPEG: these jobs go through preprocess (a plain PNG goes from the gateway to its model).
+IMAGE = jpeg_bytes(data.camera()[:48, :64])
 JOB_ID = "c" * 32
 
 
@@ -76,7 +77,7 @@ class Answer:
 
 async def post_job(session: aiohttp.ClientSession, url: str, **fields: str) -> Answer:
     form = aiohttp.FormData()
-    form.add_field("image", IMAGE, filename="photo.png", content_type="image/png")
+    form.add_field("image", IMAGE, filename="photo.jpg", content_type="image/jpeg")
     form.add_field("task", "denoise")
     for name, value in fields.items():
         form.add_field(name, value)

@@ -21,7 +21,7 @@ from skimage import data
 from shared.ml.registry import SHIPPED_WEIGHTS_DIR, models_for
 from shared.platform.jobs import JobKeys
 from shared.platform.telemetry import setup_tracing
-from tests.pipeline_helpers import decode_image, png_bytes
+from tests.pipeline_helpers import decode_image, jpeg_bytes, png_bytes
 from tests.stack import ADMIN, Stack, download, follow_events, running_stack, submit, wait_for_state
 
 
@@ -66,7 +66,7 @@ async def run_job(
     async with session.get(stack.url + body["status_url"], headers=owner) as response:
         doc = await response.json()
     assert doc["state"] == "done" and doc["error"] is None
-    assert {"queued", "preprocessing", "running", "done"} <= set(doc["stages"])
+    assert {"queued", "running", "done"} <= set(doc["stages"])
     result = decode_image(await download(session, stack.url, doc["result_url"]))
     return doc, result
 
@@ -80,8 +80,12 @@ async def test_denoise_lowers_the_error(stack: Stack, session: aiohttp.ClientSes
     mse = lambda a: float(np.mean((a.astype(float) - clean) ** 2))  # noqa: E731
     assert mse(result) < 0.6 * mse(noisy)
     assert doc["task"] == "denoise" and doc["output"]["width"] == clean.shape[1]
-    # A plain PNG is its own model input: preprocess stored no copy of it.
+    # A plain PNG is its own model input: the gateway sent it straight to the denoiser, which
+    # read the upload; the record still tells what came in.
+    assert "preprocessing" not in doc["stages"]
     assert not await stack.store.exists(JobKeys(doc["id"]).input)
+    assert doc["input"] == {"width": 160, "height": 128, "format": "PNG", "resized": False,
+                            "jpeg_quality": None}
 
 
 async def test_artifacts_reads_quality_from_the_file(
@@ -93,6 +97,7 @@ async def test_artifacts_reads_quality_from_the_file(
     doc, result = await run_job(session, stack, buf.getvalue(), "artifacts")
     assert result.shape == clean.shape
     assert doc["input"]["format"] == "JPEG" and doc["input"]["jpeg_quality"] == 20
+    assert "preprocessing" in doc["stages"]  # a JPEG is decoded by preprocess
     assert await stack.store.exists(JobKeys(doc["id"]).input)  # decoded once, stored as PNG
 
 
@@ -173,6 +178,7 @@ async def test_corrupt_image_fails_with_a_reason_and_workers_live_on(
     assert doc["state"] == "failed"
     reason = (doc["error"] or "").lower()
     assert "truncated" in reason or "corrupt" in reason, reason
+    assert "attempt" not in reason  # a user error is not retried
     # The same workers still serve the next job.
     doc, _ = await run_job(session, stack, good, "denoise", sigma=10)
     assert doc["state"] == "done"
@@ -194,14 +200,23 @@ async def test_one_job_is_one_trace(
     stack: Stack, session: aiohttp.ClientSession, spans: InMemorySpanExporter
 ) -> None:
     spans.clear()
-    image = png_bytes(data.camera()[:64, :64])
-    status, body = await submit(session, stack.url, image, "denoise", sigma="10")
+    jpeg = jpeg_bytes(data.camera()[:64, :64])
+    status, body = await submit(session, stack.url, jpeg, "denoise", sigma="10")
     assert status == 202
     await follow_events(session, stack.url, body["id"])
     expected = {"gateway submit", "restora.preprocess process", "restora.denoise process"}
     expected.add("denoise inference")
     names = await span_names_of_job_trace(spans, body["id"], expected)
     assert expected <= names
+
+    # A plain PNG goes from the gateway straight to the denoiser, in one trace all the same.
+    status, body = await submit(session, stack.url, png_bytes(data.camera()[:64, :64]),
+                                "denoise", sigma="10")
+    assert status == 202
+    await follow_events(session, stack.url, body["id"])
+    expected = {"gateway submit", "restora.denoise process", "denoise inference"}
+    names = await span_names_of_job_trace(spans, body["id"], expected)
+    assert expected <= names and "restora.preprocess process" not in names
 
 
 async def span_names_of_job_trace(

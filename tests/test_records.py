@@ -39,11 +39,12 @@ from shared.platform.records import (
     record_key,
 )
 from shared.platform.telemetry import setup_tracing
-from tests.pipeline_helpers import png_bytes
+from tests.pipeline_helpers import jpeg_bytes, png_bytes
 from tests.servers import S3Endpoint
 from tests.stack import ADMIN, ADMIN_TOKEN, Stack, follow_events, free_port, running_stack, submit
 
 IMAGE = png_bytes(data.camera()[:48, :64])
+JPEG = jpeg_bytes(data.camera()[:48, :64])
 RGB = data.astronaut()[::8, ::8][:32, :40].copy()
 PROCESSING = ("upload_s", "preprocess_s", "load_s", "inference_s", "encode_s", "store_s")
 WAITS = ("queue_preprocess_s", "queue_inference_s")
@@ -63,9 +64,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def run_job(
-    session: aiohttp.ClientSession, url: str, task: str, **fields: str
+    session: aiohttp.ClientSession, url: str, task: str, image: bytes | None = None,
+    **fields: str,
 ) -> tuple[str, list[dict[str, Any]]]:
-    image, mask = (png_bytes(RGB), None) if task != "denoise" else (IMAGE, None)
+    mask = None
+    if image is None:
+        image = png_bytes(RGB) if task != "denoise" else IMAGE
     if task == "inpaint":
         hole = np.zeros(RGB.shape[:2], np.uint8)
         hole[10:20, 10:24] = 255
@@ -86,7 +90,8 @@ async def test_a_done_job_has_a_complete_record(
     tmp_path: Path, session: aiohttp.ClientSession, spans: InMemorySpanExporter
 ) -> None:
     async with running_stack(tmp_path) as stack:
-        job_id, events = await run_job(session, stack.url, "denoise", sigma="25")
+        # A JPEG goes through every stage (a plain PNG skips preprocess: below).
+        job_id, events = await run_job(session, stack.url, "denoise", JPEG, sigma="25")
         assert events[-1]["state"] == "done"
         # Written beside the SSE streams, and the records API waits for it: readable at once.
         body = await get_records(session, stack.url)
@@ -101,12 +106,27 @@ async def test_a_done_job_has_a_complete_record(
     assert record["finished_at"] - record["started_at"] == pytest.approx(record["latency_s"])
     assert (record["input_width"], record["input_height"]) == (64, 48)
     assert record["input_pixels"] == record["output_pixels"] == 64 * 48
-    assert record["input_bytes"] == len(IMAGE) and record["output_bytes"] > 0
-    assert record["input_format"] == "PNG" and record["output_format"] == "png"
+    assert record["input_bytes"] == len(JPEG) and record["output_bytes"] > 0
+    assert record["input_format"] == "JPEG" and record["output_format"] == "png"
     assert set(record["versions"]) == {"gateway", "preprocess", "denoise"}
     assert record["versions"]["gateway"].startswith(records.service_version().split("+")[0])
     assert record["trace_id"] and len(record["trace_id"]) == 32
     assert record["attempts"] == 1
+
+
+async def test_a_plain_pngs_record_has_no_preprocess_and_waits_from_queued(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_stack(tmp_path) as stack:
+        job_id, events = await run_job(session, stack.url, "denoise", sigma="25")
+        assert events[-1]["state"] == "done"
+        body = await get_records(session, stack.url)
+    (record,) = [r for r in body["records"] if r["job_id"] == job_id]
+    assert record["preprocess_s"] is None and record["queue_preprocess_s"] is None
+    assert record["queue_inference_s"] is not None and record["queue_inference_s"] >= 0
+    assert (record["input_width"], record["input_height"]) == (64, 48)
+    assert record["input_format"] == "PNG" and record["input_bytes"] == len(IMAGE)
+    assert set(record["versions"]) == {"gateway", "denoise"}
 
 
 async def test_a_failed_job_has_a_record_with_the_reason(
@@ -539,14 +559,17 @@ async def test_each_task_is_one_trace_with_the_expected_span_tree(
         assert inference.attributes["restora.megapixels"] > 0
         # Each hop's parent chain, nearest first: the service's consumer span, its publish by
         # preprocess, preprocess's consumer span, the gateway's publish, the submit request.
+        # The plain PNGs of the other tasks go from the gateway straight to their model.
+        via_preprocess = task == "inpaint"
         chain = _ancestors(inference, by_id)
         expected = [
             f"restora.{service} process",
             f"restora.{service} publish",
-            "restora.preprocess process",
-            "restora.preprocess publish",
+            *(["restora.preprocess process", "restora.preprocess publish"]
+              if via_preprocess else []),
             "gateway submit",
         ]
+        assert ("restora.preprocess process" in chain) == via_preprocess, chain
         positions = [chain.index(name) for name in expected]
         assert positions == sorted(positions), chain
         roots = [s for s in tree if s.parent is None or s.parent.span_id not in by_id]

@@ -22,11 +22,13 @@ from services.gateway import (
     openapi,
     owner_limits,
     records_api,
+    routing,
     security,
 )
 from services.gateway.events import StatusBroadcaster, event_id, follow_statuses
 from services.gateway.uploads import (
     BodyPace,
+    UploadedFile,
     UploadForm,
     check_mask_matches,
     read_upload,
@@ -230,21 +232,24 @@ async def submit_job(request: web.Request) -> web.Response:
         stored_at = time.time()
         upload_s = stored_at - received  # receiving and storing the upload
         metrics.observe_stage("upload", upload_s, task=task)
-        submitted = JobSubmitted(job_id, task, options, keys.upload, mask_key, spec.created_at)
+        queue, message, queued_details = _first_hop(
+            job_id, task, options, form.files["image"], keys.upload, mask_key, spec.created_at,
+            settings,
+        )
         # Publish first, announce after: until the broker confirms the message there is no
         # event and no client knows the id, and if publishing fails what was stored is rolled
         # back and the answer is 503. So no job can say "queued" without its message. What a
         # failed rollback or a crash here leaves has no event: the sweeper deletes it. A
         # message confirmed after we gave up finds its job gone, and every stage skips it.
         try:
-            await bus.publish(topology.PREPROCESS, submitted)
+            await bus.publish(queue, message)
         except Exception as exc:
             log.warning("publish_failed", job_id=job_id, error=repr(exc))
             faults.roll_back(store, job_id)
             return faults.unavailable("the job queue is unavailable; try again shortly")
         try:
-            timings = {"timings": {"gateway": {"upload_s": upload_s}}}
-            await _reporter(request.app).report(job_id, "queued", at=stored_at, details=timings)
+            details = {"timings": {"gateway": {"upload_s": upload_s}}, **queued_details}
+            await _reporter(request.app).report(job_id, "queued", at=stored_at, details=details)
         except Exception as exc:  # queued all the same: the stages announce its progress
             log.warning("queued_not_announced", job_id=job_id, error=repr(exc))
     owner_limits.accepted(request, job_id)
@@ -262,6 +267,23 @@ async def submit_job(request: web.Request) -> web.Response:
         status=202,
         headers={"Location": status_url},
     )
+
+
+def _first_hop(
+    job_id: str, task: str, options: messages.JobOptions, image: UploadedFile, upload_key: str,
+    mask_key: str | None, submitted_at: float, settings: GatewaySettings,
+) -> tuple[topology.QueueSpec, JobSubmitted | messages.RestoreRequested, dict[str, Any]]:
+    """Where the job's message goes, the message, and what "queued" tells beside it: a PNG
+    that needs no normalising goes to its first model with its input's facts (`routing`),
+    anything else to preprocess."""
+    straight = routing.straight_to_model(job_id, task, options, image, upload_key,
+                                         submitted_at, settings)
+    if straight is None:
+        submitted = JobSubmitted(job_id, task, options, upload_key, mask_key, submitted_at)
+        return topology.PREPROCESS, submitted, {}
+    first = straight.request.task
+    queue = topology.queue_for_task(first, options.for_step(first).model)
+    return queue, straight.request, {"input": straight.input_facts}
 
 
 async def _all_stored(*writes: Awaitable[None]) -> None:

@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, UnidentifiedImageError
 
 from services.gateway.validation import InvalidRequest
-from shared.ml.imaging import oriented_size
+from shared.ml.imaging import decodes_as_stored, oriented_size
 
 FILE_FIELDS = ("image", "mask")
 TEXT_FIELD_LIMIT = 1024
@@ -37,6 +37,9 @@ class UploadedFile:
     format: str = ""
     # (width, height) as displayed, i.e. after EXIF orientation; None when unknown.
     dimensions: tuple[int, int] | None = None
+    # The header says the file is a model's input as it is (`imaging.decodes_as_stored`),
+    # upright and with no colour profile to carry to the result: preprocess has nothing to do.
+    needs_no_normalising: bool = False
 
 
 @dataclass
@@ -207,7 +210,8 @@ def sniff_image(upload: UploadedFile, what: str) -> str:
     """The image format from the file's header, or a 415 saying it is not an image.
 
     Only the header is parsed here: a full decode (and the pixel limits) is preprocess's
-    job, so a corrupt body still gets in and fails there with a reason.
+    job, or the model service's for a PNG that goes straight to it, so a corrupt body still
+    gets in and fails there with a reason.
     """
     if upload.size == 0:
         raise InvalidRequest(f"the {what} is empty", status=400)
@@ -216,6 +220,11 @@ def sniff_image(upload: UploadedFile, what: str) -> str:
             fmt = img.format or ""
             orientation = _orientation(img, upload.data)
             upload.dimensions = oriented_size(img.size, orientation)
+            upload.needs_no_normalising = (
+                decodes_as_stored(fmt, img.mode, "transparency" in img.info)
+                and orientation == 1
+                and "icc_profile" not in img.info
+            )
     except Image.DecompressionBombError:
         fmt = "oversized"  # preprocess rejects it with the pixel limit it exceeds
     except (UnidentifiedImageError, OSError, ValueError):

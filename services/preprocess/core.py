@@ -18,6 +18,7 @@ from PIL import Image
 
 from shared.ml.imaging import (
     apply_orientation,
+    decodes_as_stored,
     estimate_jpeg_quality,
     icc_colour_space,
     icc_matches_mode,
@@ -104,7 +105,7 @@ def normalize(
         _load(img, "image")
         orientation = _exif_orientation(img)
         source_format = img.format or "unknown"
-        plain_png = source_format == "PNG" and img.mode in ("L", "RGB")
+        plain_png = decodes_as_stored(source_format, img.mode, "transparency" in img.info)
         jpeg_quality = _jpeg_quality(img)
         pixels, alpha, icc_profile = _to_model_mode(img, img.info.get("icc_profile"))
 

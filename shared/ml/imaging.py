@@ -69,6 +69,14 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGBA" if img.has_transparency_data else "RGB"))
 
 
+def decodes_as_stored(fmt: str, mode: str, has_transparency: bool) -> bool:
+    """Whether a file (Pillow's format and mode, and whether its header has a transparency
+    chunk) decodes with `decode_png` to exactly the uint8 gray or RGB pixels a model runs on: a
+    PNG in L or RGB with no transparency. Such an upload is the model's input as it is.
+    """
+    return fmt == "PNG" and mode in ("L", "RGB") and not has_transparency
+
+
 def decode_mask_png(data: bytes) -> np.ndarray:
     """Decode a stored mask PNG into a bool HxW array (True = fill)."""
     arr = decode_png(data)

@@ -71,7 +71,23 @@ class CommonSettings:
 
 
 @dataclass(frozen=True)
-class GatewaySettings(CommonSettings):
+class InputLimitSettings:
+    """The largest input each task takes, in pixels. Preprocess refuses larger images with the
+    limit they exceed; the gateway sends a PNG that needs no normalising straight to its model
+    only within them (services/gateway/routing.py), so both read the same variables."""
+
+    max_pixels_denoise: int = 40 * MP
+    max_pixels_artifacts: int = 40 * MP
+    max_pixels_inpaint: int = 40 * MP
+    # SR's output is 16x its input: the input cap is what the output may grow to.
+    max_pixels_superres: int = 4 * MP
+
+    def max_pixels_for(self, task: str) -> int:
+        return int(getattr(self, f"max_pixels_{task}"))
+
+
+@dataclass(frozen=True)
+class GatewaySettings(CommonSettings, InputLimitSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     max_upload_bytes: int = 50 * MiB
@@ -120,18 +136,12 @@ class GatewaySettings(CommonSettings):
     worker_stale_s: float = 20.0
 
 
+
+
 @dataclass(frozen=True)
-class PreprocessSettings(CommonSettings):
+class PreprocessSettings(CommonSettings, InputLimitSettings):
     health_port: int = 8081
     max_upload_bytes: int = 50 * MiB
-    max_pixels_denoise: int = 40 * MP
-    max_pixels_artifacts: int = 40 * MP
-    max_pixels_inpaint: int = 40 * MP
-    # SR's output is 16x its input: the input cap is what the output may grow to.
-    max_pixels_superres: int = 4 * MP
-
-    def max_pixels_for(self, task: str) -> int:
-        return int(getattr(self, f"max_pixels_{task}"))
 
 
 @dataclass(frozen=True)

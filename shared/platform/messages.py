@@ -1,7 +1,8 @@
 """The messages services exchange: small, typed, versioned; keys to objects, never bytes.
 
-Flow: gateway --JobSubmitted--> preprocess --RestoreRequested--> model service, and every
-stage reports JobStatus events (to the status exchange and to the job's event log).
+Flow: gateway --JobSubmitted--> preprocess --RestoreRequested--> model service (a PNG with
+nothing to normalise: gateway --RestoreRequested--> model service), and every stage reports
+JobStatus events (to the status exchange and to the job's event log).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class JobSubmitted:
 
 @dataclass(frozen=True)
 class RestoreRequested:
-    """preprocess → model service: a normalised input is stored and waits for a network."""
+    """preprocess (or the gateway, for a PNG with nothing to normalise) → model service: a
+    normalised input is stored and waits for a network."""
 
     TYPE: ClassVar[str] = "restore.requested"
     job_id: str

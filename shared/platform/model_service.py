@@ -320,7 +320,14 @@ class ModelService:
         # Decoded on a thread: the event loop goes on telling "running", reading the job's
         # state and beating meanwhile (a 512² PNG takes 3.5 ms to decode, a 40 MP one 0.5 s).
         async def decoded(key: str, decode: Callable[[bytes], np.ndarray]) -> np.ndarray:
-            return await asyncio.to_thread(decode, await self.store.get(key))
+            data = await self.store.get(key)
+            try:
+                return await asyncio.to_thread(decode, data)
+            except MemoryError:
+                raise
+            except Exception as exc:  # OSError, SyntaxError, zlib.error, ... from the plugin
+                # A PNG upload that came straight from the gateway is decoded first here.
+                raise UnprocessableInput(f"the image is corrupt or truncated: {exc}") from exc
 
         try:
             pixels = await decoded(request.input_key, imaging.decode_png)

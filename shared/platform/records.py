@@ -204,11 +204,14 @@ def _stage_times(
         else _first_at(events, "preprocessing")
     )
     running = _first_at(events, "running")
+    # A PNG with nothing to normalise went from the gateway straight to its model: it waited
+    # for a model service from "queued" on.
+    handed_on = queued if preprocess_start is None else preprocess_end
     return {
         "upload_s": gateway.get("upload_s"),
         "queue_preprocess_s": _gap(preprocess_start, queued),
         "preprocess_s": preprocess.get("total_s"),
-        "queue_inference_s": _gap(running, preprocess_end),
+        "queue_inference_s": _gap(running, handed_on),
         "load_s": model.get("load_s"),
         "inference_s": model.get("inference_s"),
         "encode_s": model.get("encode_s"),

@@ -1,0 +1,59 @@
+"""Where a submitted job goes first: preprocess, or straight to its model's queue.
+
+Preprocess decodes an upload to validate it and normalises it (orientation, colour mode, alpha,
+colour profile, `max_side`). A PNG whose header says there is nothing to normalise would leave
+it unchanged (its `pixels_as_uploaded` case), so the gateway hands such a job to its first
+model itself: the model service reads the upload as its input, and a corrupt body fails there
+with the same reason. One hop fewer: ~25 ms of a 512² denoise's ~80 ms outside the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from services.gateway.uploads import UploadedFile
+from shared.ml import chains
+from shared.ml.imaging import shrunk_size
+from shared.platform.config import InputLimitSettings
+from shared.platform.messages import JobOptions, RestoreRequested
+
+
+@dataclass(frozen=True)
+class StraightToModel:
+    """A job that skips preprocess: its request and the input facts preprocess would tell."""
+
+    request: RestoreRequested
+    input_facts: dict[str, Any]
+
+
+def straight_to_model(
+    job_id: str, task: str, options: JobOptions, upload: UploadedFile, upload_key: str,
+    submitted_at: float, limits: InputLimitSettings,
+) -> StraightToModel | None:
+    """The first model's request for a job preprocess would pass on unchanged, else None.
+
+    None sends the job through preprocess, which also refuses what is over a limit with the
+    limit's name: `auto` (it chooses its steps from the pixels), masks (inpainting), a
+    `max_side` that shrinks, an image over a step's pixel limit, anything but a plain PNG.
+    """
+    steps = chains.steps_of(task)
+    if task == chains.AUTO or "inpaint" in steps or not upload.needs_no_normalising:
+        return None
+    size = upload.dimensions
+    if size is None or shrunk_size(size, options.max_side) != size:
+        return None
+    if size[0] * size[1] > min(limits.max_pixels_for(step) for step in steps):
+        return None
+    request = RestoreRequested(
+        job_id=job_id,
+        task=steps[0],
+        options=options,
+        input_key=upload_key,
+        source_format="PNG",
+        submitted_at=submitted_at,
+        steps=list(steps) if len(steps) > 1 else [],
+    )
+    facts = {"width": size[0], "height": size[1], "format": "PNG", "resized": False,
+             "jpeg_quality": None}
+    return StraightToModel(request, facts)
