@@ -21,6 +21,9 @@ def test_the_eight_views_are_distinct_and_each_turns_back() -> None:
     for (turns, flip), turned in zip(VIEWS, views, strict=True):
         assert torch.equal(unview(turned, turns, flip), x)
     assert views[1].shape == (2, 3, 6, 4)  # a quarter turn swaps the sides
+    for (turns, flip), turned in zip(VIEWS, views, strict=True):  # torch's own turn, then flip
+        by_torch = torch.rot90(x, turns, dims=(2, 3))
+        assert torch.equal(turned, by_torch.flip(3) if flip else by_torch)
 
 
 def test_a_pointwise_network_is_left_unchanged_by_any_number_of_views() -> None:

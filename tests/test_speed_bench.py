@@ -150,6 +150,14 @@ def test_the_peers_colour_graph_runs_the_chroma_cascade_as_the_service(tmp_path:
         without = build_graph(dataclasses.replace(network, chroma=None))(x)
     torch.testing.assert_close(graph, service, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(graph, without)
+    # ONNX Runtime runs the same graph, turned views included (opset 17 has no rot90).
+    import onnxruntime
+
+    from benchmarks.speed_graphs import onnx_file
+
+    session = onnxruntime.InferenceSession(str(onnx_file(network, tmp_path / "cache")))
+    (exported,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(exported), service, rtol=1e-4, atol=1e-4)
     versions = {"torch": "2.13.0", "opset": "17"}
     assert export_key(network, SHA, "onnx", versions) != export_key(
         dataclasses.replace(network, chroma=None), SHA, "onnx", versions)

@@ -22,16 +22,28 @@ VIEWS: tuple[tuple[int, bool], ...] = (
 )
 
 
+def _turned(x: torch.Tensor, turns: int) -> torch.Tensor:
+    """`torch.rot90(x, turns, dims=(2, 3))` written as flips and a transpose, which export to
+    ONNX (opset 17 has no rot90; the peers' graphs in the speed benchmark contain this)."""
+    turns %= 4
+    if turns == 1:
+        return x.flip(3).transpose(2, 3)
+    if turns == 2:
+        return x.flip(2).flip(3)
+    if turns == 3:
+        return x.flip(2).transpose(2, 3)
+    return x
+
+
 def view(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
     """N×C×H×W `x` turned by `turns` quarter turns, then flipped left-right if `flip`."""
-    turned = torch.rot90(x, turns, dims=(2, 3)) if turns else x
+    turned = _turned(x, turns)
     return turned.flip(3) if flip else turned
 
 
 def unview(y: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
     """The inverse of :func:`view`: a result computed on the view, back in the input's frame."""
-    unflipped = y.flip(3) if flip else y
-    return torch.rot90(unflipped, -turns, dims=(2, 3)) if turns else unflipped
+    return _turned(y.flip(3) if flip else y, -turns)
 
 
 def averaged_over_views(
