@@ -136,8 +136,6 @@ class GatewaySettings(CommonSettings, InputLimitSettings):
     worker_stale_s: float = 20.0
 
 
-
-
 @dataclass(frozen=True)
 class PreprocessSettings(CommonSettings, InputLimitSettings):
     health_port: int = 8081
