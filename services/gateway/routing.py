@@ -17,7 +17,7 @@ from services.gateway.uploads import UploadedFile
 from shared.ml import chains
 from shared.ml.imaging import shrunk_size
 from shared.platform.config import InputLimitSettings
-from shared.platform.messages import JobOptions, RestoreRequested
+from shared.platform.messages import JobOptions, RestoreRequested, input_facts
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,4 @@ def straight_to_model(
         submitted_at=submitted_at,
         steps=list(steps) if len(steps) > 1 else [],
     )
-    facts = {"width": size[0], "height": size[1], "format": "PNG", "resized": False,
-             "jpeg_quality": None}
-    return StraightToModel(request, facts)
+    return StraightToModel(request, input_facts(size[0], size[1], "PNG", False, None))

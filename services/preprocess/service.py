@@ -25,7 +25,7 @@ from shared.platform.jobs import (
     worker_name,
 )
 from shared.platform.logging import get_logger
-from shared.platform.messages import JobSubmitted, RestoreRequested
+from shared.platform.messages import JobSubmitted, RestoreRequested, input_facts
 
 log = get_logger(__name__)
 
@@ -52,13 +52,8 @@ def _choose(normalized: NormalizedInput) -> auto.AutoChoice:
 def _input_facts(normalized: NormalizedInput) -> dict[str, Any]:
     """What the job's record tells of its input."""
     height, width = normalized.pixels.shape[:2]
-    return {
-        "width": width,
-        "height": height,
-        "format": normalized.source_format,
-        "resized": normalized.was_resized,
-        "jpeg_quality": normalized.jpeg_quality,
-    }
+    return input_facts(width, height, normalized.source_format, normalized.was_resized,
+                       normalized.jpeg_quality)
 
 
 class PreprocessService:

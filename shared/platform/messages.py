@@ -137,6 +137,14 @@ _MESSAGE_TYPES: dict[str, type[JobSubmitted | RestoreRequested | JobStatus]] = {
 _OMITTED_WHEN_EMPTY = {"steps": [], "step": 0, "models": {}}
 
 
+def input_facts(width: int, height: int, source_format: str, resized: bool,
+                jpeg_quality: int | None) -> dict[str, Any]:
+    """What a job's status tells of its input (`details["input"]`, read by its record): told by
+    preprocess, or by the gateway for a PNG it sends straight to a model."""
+    return {"width": width, "height": height, "format": source_format, "resized": resized,
+            "jpeg_quality": jpeg_quality}
+
+
 def _compact(body: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in body.items() if _OMITTED_WHEN_EMPTY.get(k, ...) != v}
     if isinstance(out.get("options"), dict):

@@ -290,10 +290,10 @@ class WaveletFusedMWCNN(nn.Module):
     channel by channel. What goes is the wavelets' reshuffles and sums in fp32 and the
     bf16↔fp32 casts around them: the JPEG network (32/64/64) at 512² in bf16, 2 threads, went
     from 0.066 to 0.049 s, the gray denoiser (64/128/128) from 0.167 to 0.148 s (2-core AMD
-    EPYC). Made by `fuse_wavelets`
-    from a network without BatchNorm (`fold_batchnorm` first); not for training. Under bf16
-    autocast the first conv still runs in fp32 (`full_precision`): a bf16-rounded input took
-    the colour-plane denoiser's bf16 output from 57.1 to 54.9 dB against fp32 (256²).
+    EPYC). Made by `fuse_wavelets` from a network without BatchNorm (`fold_batchnorm` first);
+    not for training. Under bf16 autocast the first conv still runs in fp32
+    (`full_precision`): a bf16-rounded input took the colour-plane denoiser's bf16 output from
+    57.1 to 54.9 dB against fp32 (256²).
     """
 
     def __init__(self, model: MWCNN) -> None:
